@@ -1,0 +1,1 @@
+//! kitfleet-builder (not yet implemented).

@@ -1,0 +1,1 @@
+//! kitfleet-cni-wg (not yet implemented).

@@ -1,0 +1,1 @@
+//! kitfleet-api

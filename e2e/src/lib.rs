@@ -1,0 +1,1 @@
+//! kitfleet-e2e (not yet implemented).

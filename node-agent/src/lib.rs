@@ -1,0 +1,1 @@
+//! kitfleet-node-agent (not yet implemented).

@@ -1,0 +1,1 @@
+//! kitfleet-operator (not yet implemented).

@@ -1,0 +1,1 @@
+//! kitfleet-sandbox (not yet implemented).
