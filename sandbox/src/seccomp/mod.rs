@@ -1,0 +1,10 @@
+//! Seccomp: actions, architectures and syscall tables, BPF generation and installation.
+
+pub mod action;
+pub mod arch;
+pub mod bpf;
+pub mod codegen;
+
+pub use action::Action;
+pub use arch::Arch;
+pub use codegen::{CmpOp, Cond, FilterSpec, SyscallRule, generate};
