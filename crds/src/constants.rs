@@ -1,0 +1,53 @@
+//! Names shared by every Kitfleet component: the API group, annotation and label keys, finalizers, media types.
+
+/// The API group.
+pub const GROUP: &str = "kitfleet.dev";
+/// The first API version.
+pub const VERSION: &str = "v1alpha1";
+/// The namespace of Kitfleet's own workloads (build Jobs, the push secret, the operator).
+pub const SYSTEM_NAMESPACE: &str = "kitfleet-system";
+
+/// Server-side apply field manager of the operator.
+pub const OPERATOR_FIELD_MANAGER: &str = "kitfleet-operator";
+/// Server-side apply field manager of the node agent.
+pub const NODE_AGENT_FIELD_MANAGER: &str = "kitfleet-node-agent";
+
+/// Finalizer the operator puts on a NodeImage so that deletion cancels its in-flight build Jobs.
+pub const NODEIMAGE_FINALIZER: &str = "kitfleet.dev/build-cleanup";
+
+/// Annotation on a NodeImage asking for its references to be resolved again (any new value triggers one refresh).
+pub const ANNOTATION_REFRESH: &str = "kitfleet.dev/refresh";
+/// Annotation on an artifact manifest (and label on a build Job): the build key.
+pub const ANNOTATION_BUILD_KEY: &str = "kitfleet.dev/build-key";
+/// Label on a build Job: the NodeImage it builds.
+pub const LABEL_NODEIMAGE: &str = "kitfleet.dev/nodeimage";
+/// Label on a build Job: the (truncated, label-safe) build key.
+pub const LABEL_BUILD_KEY: &str = "kitfleet.dev/build-key";
+/// Label on Kitfleet's own objects.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Node annotation: the node's WireGuard public key (base64).
+pub const ANNOTATION_WG_PUBLIC_KEY: &str = "kitfleet.dev/wg-public-key";
+/// Node annotation: the node's WireGuard endpoint (`IP:port`).
+pub const ANNOTATION_WG_ENDPOINT: &str = "kitfleet.dev/wg-endpoint";
+/// Node annotation: the NodeImage artifact digest the node booted.
+pub const ANNOTATION_BOOTED_DIGEST: &str = "kitfleet.dev/booted-digest";
+/// Node annotation: the rollout state of the node (`Pending`, `Staging`, …).
+pub const ANNOTATION_ROLLOUT_STATE: &str = "kitfleet.dev/rollout-state";
+/// Node annotation: the Landlock ABI the node's kernel offers.
+pub const ANNOTATION_LANDLOCK_ABI: &str = "kitfleet.dev/landlock-abi";
+
+/// The CSI driver that provides the sandbox volume.
+pub const CSI_DRIVER: &str = "sandbox.kitfleet.dev";
+/// Where the sandbox volume is mounted in each sandboxed container.
+pub const SANDBOX_MOUNT: &str = "/.kitfleet";
+
+/// Artifact type of a published node image (the OCI manifest's `artifactType`).
+pub const MEDIA_TYPE_ARTIFACT: &str = "application/vnd.kitfleet.nodeimage.v1";
+/// Config blob of a published node image: the resolved inputs, JSON.
+pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.kitfleet.nodeimage.config.v1+json";
+/// Prefix of a layer's media type; the output file's role follows (`kernel`, `initrd`, `cmdline`, `tar`, `raw-efi`…).
+pub const MEDIA_TYPE_LAYER_PREFIX: &str = "application/vnd.kitfleet.nodeimage.layer.v1.";
+
+/// Port the WireGuard mesh listens on by default.
+pub const WG_DEFAULT_PORT: u16 = 51820;

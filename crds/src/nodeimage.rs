@@ -1,0 +1,328 @@
+//! `NodeImage`: a LinuxKit node image, how it is published and how it is rolled onto nodes.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::linuxkit;
+
+/// The spec of a `NodeImage` (cluster-scoped): LinuxKit's own declaration, plus output and rollout.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "kitfleet.dev",
+    version = "v1alpha1",
+    kind = "NodeImage",
+    status = "NodeImageStatus",
+    shortname = "ni",
+    category = "kitfleet",
+    printcolumn = r#"{"name":"Built","type":"string","jsonPath":".status.conditions[?(@.type==\"Built\")].status"}"#,
+    printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.artifact.shortDigest"}"#,
+    printcolumn = r#"{"name":"Updated","type":"string","jsonPath":".status.nodes.progress"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImageSpec {
+    /// The LinuxKit declaration: `kernel`, `init`, `onboot`, `onshutdown`, `services`, `files`, `volumes`.
+    #[serde(flatten)]
+    pub image: linuxkit::Config,
+    /// Output formats to build (at least one).
+    #[schemars(length(min = 1, max = 6))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g == f))").message("formats must be unique"))]
+    pub formats: Vec<OutputFormat>,
+    /// Where the built artifact is published.
+    pub output: OutputSpec,
+    /// Resolve tags to digests again this often (a Go duration, e.g. `24h`). Unset: only when the spec changes or the
+    /// `kitfleet.dev/refresh` annotation changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be positive"))]
+    pub refresh_interval: Option<Duration>,
+    /// How the image is rolled onto nodes. Unset: built and published, not rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+/// A build output format.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+pub enum OutputFormat {
+    /// `kernel`, `initrd.img` (newc cpio, gzip) and `cmdline`.
+    #[serde(rename = "kernel+initrd")]
+    KernelInitrd,
+    /// The root filesystem as a tar.
+    #[serde(rename = "tar")]
+    Tar,
+    /// A tar holding `boot/kernel`, `boot/initrd.img` and `boot/cmdline`.
+    #[serde(rename = "tar-kernel-initrd")]
+    TarKernelInitrd,
+    /// An EFI-bootable ISO 9660 image.
+    #[serde(rename = "iso-efi-initrd")]
+    IsoEfiInitrd,
+    /// A GPT disk with an ESP holding the unified kernel image.
+    #[serde(rename = "raw-efi")]
+    RawEfi,
+    /// `raw-efi` as qcow2.
+    #[serde(rename = "qcow2-efi")]
+    Qcow2Efi,
+}
+
+impl OutputFormat {
+    pub const ALL: [OutputFormat; 6] =
+        [Self::KernelInitrd, Self::Tar, Self::TarKernelInitrd, Self::IsoEfiInitrd, Self::RawEfi, Self::Qcow2Efi];
+
+    /// The name used in manifests and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KernelInitrd => "kernel+initrd",
+            Self::Tar => "tar",
+            Self::TarKernelInitrd => "tar-kernel-initrd",
+            Self::IsoEfiInitrd => "iso-efi-initrd",
+            Self::RawEfi => "raw-efi",
+            Self::Qcow2Efi => "qcow2-efi",
+        }
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|f| f.as_str()).collect();
+            format!("unknown format {s:?} (expected one of {})", names.join(", "))
+        })
+    }
+}
+
+/// Where artifacts are pushed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputSpec {
+    /// An OCI repository without tag or digest (`registry.example.com/fleet/node`). The tag is derived from the build key.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("must not be empty"))]
+    pub repository: String,
+    /// A `kubernetes.io/dockerconfigjson` Secret in `kitfleet-system` used to push and pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_secret_name: Option<String>,
+}
+
+/// How a built image reaches nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Nodes to roll onto. Unset: none (a selector must be given to roll out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+    /// How many selected nodes may be unavailable at once: a count (> 0) or a percentage (`25%`, rounded up, at least one).
+    #[serde(default = "default_max_unavailable")]
+    #[x_kube(validation = Rule::new("type(self) == int ? self > 0 : self.matches('^[0-9]+%$') && int(self.replace('%', '')) > 0 && int(self.replace('%', '')) <= 100").message("must be an integer > 0 or a percentage in (0%, 100%]"))]
+    pub max_unavailable: IntOrString,
+    /// How pods are evicted before a node restarts.
+    #[serde(default)]
+    pub drain: DrainSpec,
+    /// What counts as a healthy node after the restart.
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
+    /// Stop starting new nodes (nodes in progress finish).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Only start nodes inside this window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<MaintenanceWindow>,
+    /// `reboot` (default: one-shot EFI BootNext) or `kexec`.
+    #[serde(default)]
+    pub method: RolloutMethod,
+}
+
+fn default_max_unavailable() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+/// Eviction settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainSpec {
+    /// Give up on a node whose pods are not gone by then (default `10m`); the node is marked Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be positive"))]
+    pub timeout: Option<Duration>,
+    /// Override of the pods' termination grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0").message("must not be negative"))]
+    pub grace_period_seconds: Option<i64>,
+    /// Delete pods that no controller manages (they are lost).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+    /// Pods matching this selector are not evicted (DaemonSet pods never are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_pod_selector: Option<LabelSelector>,
+}
+
+/// Health after restart: the node is Ready and reports the new artifact's digest as booted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// How long a restarted node may take to become healthy (default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be positive"))]
+    pub timeout: Option<Duration>,
+}
+
+/// A weekly maintenance window. An end earlier than the start crosses midnight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.start != self.end").message("start and end must differ"))]
+pub struct MaintenanceWindow {
+    /// Days the window opens on (empty: every day).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 7))]
+    #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e == d))").message("days must be unique"))]
+    pub days: Vec<Weekday>,
+    /// `HH:MM`, 24-hour.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// `HH:MM`, 24-hour.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+    /// IANA time zone (default `UTC`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// A day of the week.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// How a node switches to the new image.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutMethod {
+    /// Set EFI `BootNext` to the new entry and reboot; commit it to `BootOrder` after a healthy boot.
+    #[default]
+    Reboot,
+    /// `kexec` into the new kernel (no firmware pass); commit after a healthy boot.
+    Kexec,
+}
+
+/// What the operator observed and did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeImageStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Built`, `Progressing`, `RolledOut`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Hash of the spec with every reference replaced by its digest, plus the builder's version (`sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_key: Option<String>,
+    /// Every referenced image with its resolved digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 512))]
+    pub resolved: Vec<ResolvedImage>,
+    /// The published artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactStatus>,
+    /// Rollout progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeCounts>,
+    /// The most recent node failures (at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub failures: Vec<NodeFailure>,
+}
+
+/// A reference and the digest it resolved to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedImage {
+    /// The reference as written in the spec.
+    pub reference: String,
+    /// `sha256:…`; unset when it could not be resolved (see `error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A published artifact.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactStatus {
+    /// `repository:tag@digest`.
+    pub reference: String,
+    /// The artifact manifest's digest.
+    pub digest: String,
+    /// The first 12 hex digits of `digest`.
+    pub short_digest: String,
+    /// One entry per output format.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub formats: Vec<FormatArtifact>,
+}
+
+/// One output format of an artifact.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FormatArtifact {
+    pub format: String,
+    /// Digest of the format's main file (the disk, tar, or initrd).
+    pub digest: String,
+    pub size: i64,
+}
+
+/// Node counts of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    pub total: i32,
+    pub updated: i32,
+    pub in_progress: i32,
+    pub failed: i32,
+    /// `updated/total`, for `kubectl get`.
+    pub progress: String,
+}
+
+/// Why a node failed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFailure {
+    pub node: String,
+    /// CamelCase reason (`DrainTimeout`, `VerifyFailed`…).
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub time: String,
+}
+
+impl NodeImage {
+    /// A NodeImage holding a LinuxKit declaration.
+    pub fn from_linuxkit(name: &str, image: linuxkit::Config, formats: Vec<OutputFormat>, output: OutputSpec) -> Self {
+        NodeImage::new(name, NodeImageSpec { image, formats, output, refresh_interval: None, rollout: None })
+    }
+
+    /// Parses a NodeImage manifest. Unknown fields and wrong types are errors naming their path.
+    pub fn from_yaml(text: &str) -> Result<Self, crate::ParseError> {
+        crate::parse::from_yaml(text)
+    }
+
+    /// The manifest as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_saphyr::to_string(self).expect("a NodeImage serializes to YAML")
+    }
+}
