@@ -1,1 +1,22 @@
-//! kitfleet-builder (not yet implemented).
+//! kitfleet-builder: a LinuxKit-compatible, reproducible image builder that needs no Docker.
+//!
+//! Layers, bottom up: [`reference`] and [`source`] resolve images to digests and fetch verified
+//! blobs through the [`cache`]; [`tree`] flattens untrusted layers; [`cpio`] and [`tarout`] write
+//! deterministic archives.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cache;
+pub mod cpio;
+pub mod digest;
+pub mod error;
+pub mod oci;
+pub mod reference;
+pub mod source;
+pub mod tarout;
+pub mod tree;
+
+pub use error::{Error, Result};
+
+/// The builder's version, part of every build key.
+pub const BUILDER_VERSION: &str = concat!("kitfleet-builder/", env!("CARGO_PKG_VERSION"));

@@ -1,0 +1,506 @@
+//! A FAT16/FAT32 writer: a fixed set of files is laid out contiguously and streamed.
+//!
+//! Clusters are allocated in a fixed order (FAT32 root, then every other directory in
+//! pre-order, then the files in pre-order), names sorted bytewise, every timestamp the
+//! same: the same files always give the same bytes.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+
+use super::content::{Parts, write_zeros};
+use super::error::{Error, Result};
+use super::fat_geometry::{self, FAT16_ROOT_ENTRIES, FatType, Geometry, SECTOR, Sizing};
+use super::time::fat_datetime;
+
+const ATTR_DIRECTORY: u8 = 0x10;
+const ATTR_ARCHIVE: u8 = 0x20;
+const ATTR_LFN: u8 = 0x0f;
+const LFN_CHARS: usize = 13;
+
+/// What to build: type choices, sizing and the fixed fields.
+#[derive(Debug, Clone)]
+pub(crate) struct FatOptions {
+    pub(crate) types: Vec<FatType>,
+    pub(crate) sizing: Sizing,
+    /// Free space to leave beyond the files.
+    pub(crate) headroom: u64,
+    /// Sectors before the volume on its disk (the partition's start LBA).
+    pub(crate) hidden_sectors: u32,
+    pub(crate) volume_id: u32,
+    /// Timestamp of every entry, seconds since the Unix epoch.
+    pub(crate) mtime: u64,
+}
+
+#[derive(Debug)]
+enum ChildKind {
+    Dir(usize),
+    File(usize),
+}
+
+#[derive(Debug)]
+struct Child {
+    long: String,
+    short: [u8; 11],
+    lfn: bool,
+    kind: ChildKind,
+}
+
+#[derive(Debug, Default)]
+struct Dir {
+    parent: Option<usize>,
+    children: Vec<Child>,
+    first_cluster: u32,
+}
+
+#[derive(Debug)]
+struct File<'a> {
+    content: &'a Parts<'a>,
+    first_cluster: u32,
+}
+
+/// A FAT volume ready to be streamed.
+#[derive(Debug)]
+pub(crate) struct FatImage<'a> {
+    geometry: Geometry,
+    dirs: Vec<Dir>,
+    files: Vec<File<'a>>,
+    /// Data-region order: directories then files, each (is_dir, index, clusters).
+    order: Vec<(bool, usize, u64)>,
+    options: FatOptions,
+    next_free: u64,
+}
+
+fn fat_err(reason: impl Into<String>) -> Error {
+    Error::Fat { reason: reason.into() }
+}
+
+/// Characters allowed in a short (8.3) name besides A-Z and 0-9.
+fn short_char_ok(c: u8) -> bool {
+    c.is_ascii_uppercase() || c.is_ascii_digit() || b"!#$%&'()-@^_`{}~".contains(&c)
+}
+
+fn check_component(path: &str, name: &str) -> Result<()> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.encode_utf16().count() > 255
+        || name.ends_with('.')
+        || name.ends_with(' ')
+        || name.chars().any(|c| c < ' ' || "\"*/:<>?\\|".contains(c));
+    if bad {
+        return Err(fat_err(format!("{path:?}: {name:?} is not a valid FAT long name")));
+    }
+    Ok(())
+}
+
+/// The 8.3 form of `name` if its upper-case form is one already.
+fn plain_short(name: &str) -> Option<[u8; 11]> {
+    let upper = name.to_ascii_uppercase();
+    let (base, ext) = match upper.rsplit_once('.') {
+        Some((b, e)) => (b, e),
+        None => (upper.as_str(), ""),
+    };
+    let ok = !base.is_empty()
+        && base.len() <= 8
+        && ext.len() <= 3
+        && base.bytes().chain(ext.bytes()).all(short_char_ok);
+    ok.then(|| {
+        let mut out = [b' '; 11];
+        out[..base.len()].copy_from_slice(base.as_bytes());
+        out[8..8 + ext.len()].copy_from_slice(ext.as_bytes());
+        out
+    })
+}
+
+/// Generates a unique short name (`BASE~N.EXT`) for a long name that is not plain 8.3.
+fn tailed_short(name: &str, taken: &HashSet<[u8; 11]>) -> Result<[u8; 11]> {
+    let clean = |s: &str| -> Vec<u8> {
+        s.to_ascii_uppercase()
+            .bytes()
+            .filter(|&c| c != b' ' && c != b'.')
+            .map(|c| if short_char_ok(c) { c } else { b'_' })
+            .collect()
+    };
+    let (base, ext) = match name.trim_start_matches('.').rsplit_once('.') {
+        Some((b, e)) => (clean(b), clean(e)),
+        None => (clean(name), Vec::new()),
+    };
+    let base = if base.is_empty() { b"_".to_vec() } else { base };
+    for n in 1..1_000_000u32 {
+        let tail = format!("~{n}");
+        let keep = base.len().min(8 - tail.len());
+        let mut out = [b' '; 11];
+        out[..keep].copy_from_slice(&base[..keep]);
+        out[keep..keep + tail.len()].copy_from_slice(tail.as_bytes());
+        let e = ext.len().min(3);
+        out[8..8 + e].copy_from_slice(&ext[..e]);
+        if !taken.contains(&out) {
+            return Ok(out);
+        }
+    }
+    Err(fat_err(format!("no free short name for {name:?}")))
+}
+
+fn lfn_checksum(short: &[u8; 11]) -> u8 {
+    short.iter().fold(0u8, |sum, &c| (sum >> 1).wrapping_add(sum << 7).wrapping_add(c))
+}
+
+fn lfn_entries(long: &str) -> usize {
+    long.encode_utf16().count().div_ceil(LFN_CHARS)
+}
+
+impl<'a> FatImage<'a> {
+    /// Lays out a volume holding `files` (paths with `/` separators) and sizes it.
+    pub(crate) fn new(files: &[(&str, &'a Parts<'a>)], options: FatOptions) -> Result<Self> {
+        let (mut dirs, mut file_nodes) = build_tree(files)?;
+        let root_entries = dir_entries(&dirs[0], true);
+        if !options.types.contains(&FatType::Fat32) && root_entries > u64::from(FAT16_ROOT_ENTRIES) {
+            return Err(fat_err(format!("{root_entries} root entries exceed FAT16's {FAT16_ROOT_ENTRIES}")));
+        }
+        let needed = |cluster: u64| -> Result<u64> {
+            let files: u64 = file_nodes.iter().map(|f| f.content.len().div_ceil(cluster)).sum();
+            let dirs_total: u64 = dirs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (dir_entries(d, i == 0) * 32).div_ceil(cluster).max(1))
+                .sum();
+            // FAT16 keeps the root outside the clusters; counting it anyway costs one cluster.
+            Ok(files + dirs_total)
+        };
+        let mut geometry = fat_geometry::choose(&options.types, options.sizing, options.headroom, &needed)?;
+        if geometry.fat_type == FatType::Fat16 && root_entries > u64::from(FAT16_ROOT_ENTRIES) {
+            geometry = fat_geometry::choose(&[FatType::Fat32], options.sizing, options.headroom, &needed)?;
+        }
+        for f in &file_nodes {
+            if f.content.len() > u64::from(u32::MAX) {
+                return Err(fat_err(format!("a file of {} bytes exceeds FAT's 4 GiB - 1 limit", f.content.len())));
+            }
+        }
+        let cluster = geometry.cluster_bytes();
+        let mut next = 2u64;
+        let mut order = Vec::new();
+        let fat32 = geometry.fat_type == FatType::Fat32;
+        for (i, dir) in dirs.iter_mut().enumerate() {
+            if i == 0 && !fat32 {
+                continue;
+            }
+            let clusters = (dir_entries(dir, i == 0) * 32).div_ceil(cluster).max(1);
+            dir.first_cluster = next as u32;
+            order.push((true, i, clusters));
+            next += clusters;
+        }
+        for (i, f) in file_nodes.iter_mut().enumerate() {
+            let clusters = f.content.len().div_ceil(cluster);
+            if clusters > 0 {
+                f.first_cluster = next as u32;
+                order.push((false, i, clusters));
+                next += clusters;
+            }
+        }
+        if next - 2 > geometry.clusters {
+            return Err(fat_err(format!("layout needs {} clusters, volume has {}", next - 2, geometry.clusters)));
+        }
+        Ok(FatImage { geometry, dirs, files: file_nodes, order, options, next_free: next })
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Size of the volume in bytes.
+    pub(crate) fn len(&self) -> u64 {
+        self.geometry.bytes()
+    }
+
+    /// Streams the whole volume.
+    pub(crate) fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+        let g = &self.geometry;
+        let boot = self.boot_sector();
+        w.write_all(&boot)?;
+        let mut written = SECTOR;
+        if g.fat_type == FatType::Fat32 {
+            let fsinfo = self.fsinfo_sector();
+            w.write_all(&fsinfo)?;
+            write_zeros(w, 4 * SECTOR)?;
+            w.write_all(&boot)?;
+            w.write_all(&fsinfo)?;
+            written = 8 * SECTOR;
+        }
+        write_zeros(w, g.reserved_sectors() * SECTOR - written)?;
+        let fat = self.fat_bytes();
+        for _ in 0..2 {
+            w.write_all(&fat)?;
+            write_zeros(w, g.fat_sectors * SECTOR - fat.len() as u64)?;
+        }
+        if g.fat_type == FatType::Fat16 {
+            let root = self.dir_bytes(0);
+            w.write_all(&root)?;
+            write_zeros(w, g.root_dir_sectors() * SECTOR - root.len() as u64)?;
+        }
+        let cluster = g.cluster_bytes();
+        for &(is_dir, i, clusters) in &self.order {
+            let len = if is_dir {
+                let bytes = self.dir_bytes(i);
+                w.write_all(&bytes)?;
+                bytes.len() as u64
+            } else {
+                self.files[i].content.write_to(w)?;
+                self.files[i].content.len()
+            };
+            write_zeros(w, clusters * cluster - len)?;
+        }
+        let data_end = g.first_data_sector() * SECTOR + (self.next_free - 2) * cluster;
+        write_zeros(w, g.bytes() - data_end)
+    }
+
+    fn boot_sector(&self) -> Vec<u8> {
+        let g = &self.geometry;
+        let fat32 = g.fat_type == FatType::Fat32;
+        let mut b = vec![0u8; SECTOR as usize];
+        b[..3].copy_from_slice(if fat32 { &[0xeb, 0x58, 0x90] } else { &[0xeb, 0x3c, 0x90] });
+        b[3..11].copy_from_slice(b"KITFLEET");
+        b[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
+        b[13] = g.sectors_per_cluster as u8;
+        b[14..16].copy_from_slice(&(g.reserved_sectors() as u16).to_le_bytes());
+        b[16] = 2;
+        let root_entries = if fat32 { 0 } else { FAT16_ROOT_ENTRIES as u16 };
+        b[17..19].copy_from_slice(&root_entries.to_le_bytes());
+        let small = !fat32 && g.total_sectors < 0x10000;
+        if small {
+            b[19..21].copy_from_slice(&(g.total_sectors as u16).to_le_bytes());
+        } else {
+            b[32..36].copy_from_slice(&(g.total_sectors as u32).to_le_bytes());
+        }
+        b[21] = 0xf8;
+        if !fat32 {
+            b[22..24].copy_from_slice(&(g.fat_sectors as u16).to_le_bytes());
+        }
+        b[24..26].copy_from_slice(&32u16.to_le_bytes()); // sectors per track
+        b[26..28].copy_from_slice(&64u16.to_le_bytes()); // heads
+        b[28..32].copy_from_slice(&self.options.hidden_sectors.to_le_bytes());
+        let ext = if fat32 {
+            b[36..40].copy_from_slice(&(g.fat_sectors as u32).to_le_bytes());
+            b[44..48].copy_from_slice(&self.dirs[0].first_cluster.to_le_bytes());
+            b[48..50].copy_from_slice(&1u16.to_le_bytes()); // FSInfo sector
+            b[50..52].copy_from_slice(&6u16.to_le_bytes()); // backup boot sector
+            64
+        } else {
+            36
+        };
+        b[ext] = 0x80; // drive number
+        b[ext + 2] = 0x29; // extended boot signature
+        b[ext + 3..ext + 7].copy_from_slice(&self.options.volume_id.to_le_bytes());
+        b[ext + 7..ext + 18].copy_from_slice(b"NO NAME    ");
+        b[ext + 18..ext + 26].copy_from_slice(if fat32 { b"FAT32   " } else { b"FAT16   " });
+        b[510] = 0x55;
+        b[511] = 0xaa;
+        b
+    }
+
+    fn fsinfo_sector(&self) -> Vec<u8> {
+        let mut b = vec![0u8; SECTOR as usize];
+        b[..4].copy_from_slice(&0x4161_5252u32.to_le_bytes());
+        b[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
+        let free = self.geometry.clusters - (self.next_free - 2);
+        b[488..492].copy_from_slice(&(free as u32).to_le_bytes());
+        let next = if free > 0 { self.next_free as u32 } else { u32::MAX };
+        b[492..496].copy_from_slice(&next.to_le_bytes());
+        b[508..512].copy_from_slice(&0xaa55_0000u32.to_le_bytes());
+        b
+    }
+
+    /// The used part of one FAT (the rest of its sectors is zero).
+    fn fat_bytes(&self) -> Vec<u8> {
+        let fat32 = self.geometry.fat_type == FatType::Fat32;
+        let (media, eoc) = if fat32 { (0x0fff_fff8u32, 0x0fff_ffffu32) } else { (0xfff8, 0xffff) };
+        let mut entries = vec![0u32; self.next_free as usize];
+        entries[0] = media;
+        entries[1] = eoc;
+        for &(is_dir, i, clusters) in &self.order {
+            let first = if is_dir { self.dirs[i].first_cluster } else { self.files[i].first_cluster } as usize;
+            for c in first..first + clusters as usize - 1 {
+                entries[c] = c as u32 + 1;
+            }
+            entries[first + clusters as usize - 1] = eoc;
+        }
+        if fat32 {
+            entries.iter().flat_map(|e| e.to_le_bytes()).collect()
+        } else {
+            entries.iter().flat_map(|&e| (e as u16).to_le_bytes()).collect()
+        }
+    }
+
+    fn dir_bytes(&self, index: usize) -> Vec<u8> {
+        let dir = &self.dirs[index];
+        let (date, time) = fat_datetime(self.options.mtime);
+        let mut out = Vec::new();
+        let short_entry = |name: &[u8; 11], attr: u8, cluster: u32, size: u32| {
+            let mut e = [0u8; 32];
+            e[..11].copy_from_slice(name);
+            e[11] = attr;
+            e[14..16].copy_from_slice(&time.to_le_bytes());
+            e[16..18].copy_from_slice(&date.to_le_bytes());
+            e[18..20].copy_from_slice(&date.to_le_bytes());
+            e[20..22].copy_from_slice(&((cluster >> 16) as u16).to_le_bytes());
+            e[22..24].copy_from_slice(&time.to_le_bytes());
+            e[24..26].copy_from_slice(&date.to_le_bytes());
+            e[26..28].copy_from_slice(&(cluster as u16).to_le_bytes());
+            e[28..32].copy_from_slice(&size.to_le_bytes());
+            e
+        };
+        if let Some(parent) = dir.parent {
+            let parent_cluster = if parent == 0 { 0 } else { self.dirs[parent].first_cluster };
+            out.extend(short_entry(b".          ", ATTR_DIRECTORY, dir.first_cluster, 0));
+            out.extend(short_entry(b"..         ", ATTR_DIRECTORY, parent_cluster, 0));
+        }
+        for child in &dir.children {
+            if child.lfn {
+                push_lfn(&mut out, &child.long, &child.short);
+            }
+            let entry = match child.kind {
+                ChildKind::Dir(d) => short_entry(&child.short, ATTR_DIRECTORY, self.dirs[d].first_cluster, 0),
+                ChildKind::File(f) => {
+                    let file = &self.files[f];
+                    short_entry(&child.short, ATTR_ARCHIVE, file.first_cluster, file.content.len() as u32)
+                }
+            };
+            out.extend(entry);
+        }
+        out
+    }
+}
+
+fn push_lfn(out: &mut Vec<u8>, long: &str, short: &[u8; 11]) {
+    let mut units: Vec<u16> = long.encode_utf16().collect();
+    let count = units.len().div_ceil(LFN_CHARS);
+    if units.len() % LFN_CHARS != 0 {
+        units.push(0);
+    }
+    units.resize(count * LFN_CHARS, 0xffff);
+    let sum = lfn_checksum(short);
+    for seq in (1..=count).rev() {
+        let chunk = &units[(seq - 1) * LFN_CHARS..seq * LFN_CHARS];
+        let mut e = [0u8; 32];
+        e[0] = seq as u8 | if seq == count { 0x40 } else { 0 };
+        e[11] = ATTR_LFN;
+        e[13] = sum;
+        let slots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
+        for (slot, unit) in slots.zip(chunk) {
+            e[slot..slot + 2].copy_from_slice(&unit.to_le_bytes());
+        }
+        out.extend(e);
+    }
+}
+
+fn dir_entries(dir: &Dir, root: bool) -> u64 {
+    let own = if root { 0 } else { 2 };
+    own + dir.children.iter().map(|c| 1 + if c.lfn { lfn_entries(&c.long) as u64 } else { 0 }).sum::<u64>()
+}
+
+/// Builds the directory arena (root = 0, pre-order) and the file list (pre-order).
+fn build_tree<'a>(files: &[(&str, &'a Parts<'a>)]) -> Result<(Vec<Dir>, Vec<File<'a>>)> {
+    #[derive(Default)]
+    struct Node<'a> {
+        dirs: BTreeMap<String, Node<'a>>,
+        files: BTreeMap<String, &'a Parts<'a>>,
+    }
+    let mut root = Node::default();
+    for &(path, content) in files {
+        let parts: Vec<&str> = path.split('/').collect();
+        let (name, dirs) = parts.split_last().expect("split yields one item");
+        let mut node = &mut root;
+        for dir in dirs {
+            check_component(path, dir)?;
+            if node.files.contains_key(*dir) {
+                return Err(fat_err(format!("{path:?}: {dir:?} is a file")));
+            }
+            node = node.dirs.entry((*dir).to_string()).or_default();
+        }
+        check_component(path, name)?;
+        if node.dirs.contains_key(*name) || node.files.insert((*name).to_string(), content).is_some() {
+            return Err(fat_err(format!("{path:?} is given twice")));
+        }
+    }
+    fn flatten<'a>(node: Node<'a>, parent: Option<usize>, dirs: &mut Vec<Dir>, files: &mut Vec<File<'a>>) -> Result<()> {
+        let index = dirs.len();
+        dirs.push(Dir { parent, ..Dir::default() });
+        let mut names: Vec<(String, Option<Node<'a>>, Option<&'a Parts<'a>>)> = Vec::new();
+        for (n, d) in node.dirs {
+            names.push((n, Some(d), None));
+        }
+        for (n, f) in node.files {
+            names.push((n, None, Some(f)));
+        }
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut taken = HashSet::new();
+        let mut children = Vec::new();
+        let mut subdirs = Vec::new();
+        for (long, dir, file) in names {
+            let plain = plain_short(&long).filter(|s| !taken.contains(s));
+            let short = match plain {
+                Some(s) => s,
+                None => tailed_short(&long, &taken)?,
+            };
+            taken.insert(short);
+            let lfn = plain.is_none() || long != long.to_ascii_uppercase();
+            let kind = match (dir, file) {
+                (Some(d), _) => {
+                    subdirs.push((children.len(), d));
+                    ChildKind::Dir(0)
+                }
+                (None, Some(content)) => {
+                    files.push(File { content, first_cluster: 0 });
+                    ChildKind::File(files.len() - 1)
+                }
+                (None, None) => unreachable!("each name is a dir or a file"),
+            };
+            children.push(Child { long, short, lfn, kind });
+        }
+        for (slot, d) in subdirs {
+            children[slot].kind = ChildKind::Dir(dirs.len());
+            flatten(d, Some(index), dirs, files)?;
+        }
+        dirs[index].children = children;
+        Ok(())
+    }
+    let mut dirs = Vec::new();
+    let mut out_files = Vec::new();
+    flatten(root, None, &mut dirs, &mut out_files)?;
+    Ok((dirs, out_files))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names() {
+        assert_eq!(&plain_short("BOOTX64.EFI").unwrap(), b"BOOTX64 EFI");
+        assert_eq!(&plain_short("kitfleet").unwrap(), b"KITFLEET   ");
+        assert!(plain_short("0123456789abcdef.efi").is_none());
+        let taken = HashSet::new();
+        assert_eq!(&tailed_short("0123456789abcdef.efi", &taken).unwrap(), b"012345~1EFI");
+        let taken: HashSet<_> = [*b"012345~1EFI"].into();
+        assert_eq!(&tailed_short("0123456789abcdef.efi", &taken).unwrap(), b"012345~2EFI");
+    }
+
+    #[test]
+    fn lfn_checksum_matches_the_specification_example() {
+        // Sum over "BOOTX64 EFI" computed by hand with the rotate-right-and-add rule.
+        let mut sum = 0u8;
+        for &c in b"BOOTX64 EFI" {
+            sum = (if sum & 1 != 0 { 0x80 } else { 0 }) + (sum >> 1) + c;
+        }
+        assert_eq!(lfn_checksum(b"BOOTX64 EFI"), sum);
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        let parts = Parts::new();
+        for bad in ["a//b", "a/../b", "a/b:c", "x/"] {
+            assert!(build_tree(&[(bad, &parts)]).is_err(), "{bad}");
+        }
+        assert!(build_tree(&[("a/b", &parts), ("a/b", &parts)]).is_err());
+        assert!(build_tree(&[("a", &parts), ("a/b", &parts)]).is_err());
+    }
+}
