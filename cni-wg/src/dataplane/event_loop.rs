@@ -1,0 +1,374 @@
+//! The single-threaded I/O loop: poll(TUN, UDP, wake-up eventfd), batch both directions, tick timers.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc::{self, TryRecvError};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519;
+
+use super::offload::{self, Coalescer, PacketSink, VnetHdr};
+use super::peers::{Peer, Peers};
+use super::tun::{Tun, VNET_HDR_LEN};
+use super::udp::{Incoming, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Outgoing, Udp};
+use super::{Command, Config, LoopStats, PeerStats, PrivateKey, PublicKey, Stats};
+
+const TIMER_TICK: Duration = Duration::from_millis(100);
+const RECV_BATCH: usize = 8;
+const RECV_BUF: usize = 65_536;
+const SEND_BUF: usize = 512 * 1024;
+/// Room one TUN packet may need once encrypted: 64 KiB plus per-segment headers and tags.
+const SEND_HEADROOM: usize = 96 * 1024;
+const TUN_BURST: usize = 32;
+const UDP_BURST: usize = 8;
+
+pub(super) struct Loop {
+    tun: Tun,
+    udp: Udp,
+    private: PrivateKey,
+    listen_port: u16,
+    rx: mpsc::Receiver<Command>,
+    wake: OwnedFd,
+    peers: Peers,
+    tun_buf: Vec<u8>,
+    tx: TxBatch,
+    recv_bufs: Vec<Vec<u8>>,
+    incoming: Vec<Incoming>,
+    plain: Vec<u8>,
+    coalescer: Coalescer,
+    counters: LoopStats,
+}
+
+/// Encrypted datagrams waiting to be sent, grouped into GSO trains.
+struct TxBatch {
+    buf: Vec<u8>,
+    pos: usize,
+    items: Vec<Outgoing>,
+    open: bool,
+}
+
+impl TxBatch {
+    /// Records a datagram just written at `buf[pos..pos+len]`.
+    fn commit(&mut self, dst: SocketAddr, len: usize) {
+        let off = self.pos;
+        self.pos += len;
+        if self.open
+            && let Some(last) = self.items.last_mut()
+            && last.dst == dst
+            && last.off + last.len == off
+            && len <= last.seg
+            && last.len + len <= MAX_GSO_BYTES
+            && last.len / last.seg < MAX_GSO_SEGMENTS
+        {
+            last.len += len;
+            self.open = len == last.seg;
+            return;
+        }
+        self.items.push(Outgoing { dst, off, len, seg: len });
+        self.open = true;
+    }
+}
+
+struct TunSink<'a> {
+    tun: &'a Tun,
+    writes: &'a mut u64,
+}
+
+impl PacketSink for TunSink<'_> {
+    fn write_packet(&mut self, buf: &[u8]) {
+        *self.writes += 1;
+        if let Err(e) = self.tun.write(buf) {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
+    }
+}
+
+fn random_seed() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into the live array; a short read only weakens the seed.
+    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
+    u32::from_ne_bytes(b)
+}
+
+impl Loop {
+    pub fn new(tun: Tun, udp: Udp, cfg: Config, rx: mpsc::Receiver<Command>, wake: OwnedFd) -> Self {
+        Loop {
+            tun,
+            udp,
+            private: cfg.private_key,
+            listen_port: cfg.listen_port,
+            rx,
+            wake,
+            peers: Peers::new(random_seed()),
+            tun_buf: vec![0; VNET_HDR_LEN + 65_536],
+            tx: TxBatch { buf: vec![0; SEND_BUF], pos: 0, items: Vec::new(), open: false },
+            recv_bufs: (0..RECV_BATCH).map(|_| vec![0; RECV_BUF]).collect(),
+            incoming: Vec::with_capacity(RECV_BATCH),
+            plain: vec![0; RECV_BUF],
+            coalescer: Coalescer::default(),
+            counters: LoopStats::default(),
+        }
+    }
+
+    pub fn run(&mut self) {
+        tracing::info!(interface = self.tun.name(), port = self.listen_port, gro = self.udp.gro(), "data plane running");
+        let mut last_tick = Instant::now();
+        loop {
+            let mut fds = [
+                libc::pollfd { fd: self.tun.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.udp.fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            ];
+            // SAFETY: `fds` is a live array of 3 pollfd structs.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, TIMER_TICK.as_millis() as i32) };
+            if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                tracing::error!(error = %std::io::Error::last_os_error(), "poll failed; data plane stops");
+                return;
+            }
+            if fds[2].revents != 0 && !self.handle_commands() {
+                tracing::info!(interface = self.tun.name(), "data plane stopped");
+                return;
+            }
+            if fds[1].revents != 0 {
+                self.handle_udp();
+            }
+            if fds[0].revents != 0 {
+                self.handle_tun();
+            }
+            if last_tick.elapsed() >= TIMER_TICK {
+                last_tick = Instant::now();
+                self.tick_timers();
+            }
+        }
+    }
+
+    /// Returns false when the loop must stop.
+    fn handle_commands(&mut self) -> bool {
+        let mut counter = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live array from our non-blocking eventfd.
+        unsafe { libc::read(self.wake.as_raw_fd(), counter.as_mut_ptr().cast(), 8) };
+        loop {
+            match self.rx.try_recv() {
+                Ok(Command::SetPeers(peers, reply)) => {
+                    let _ = reply.send(self.peers.apply(&self.private, peers));
+                }
+                Ok(Command::SetPrivateKey(key, reply)) => {
+                    let r = self.peers.set_private(&key);
+                    if r.is_ok() {
+                        tracing::info!(public_key = %key.public_key(), "private key rotated");
+                        self.private = key;
+                    }
+                    let _ = reply.send(r);
+                }
+                Ok(Command::Stats(reply)) => {
+                    let _ = reply.send(self.stats());
+                }
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let mut counters = self.counters.clone();
+        counters.gso = self.udp.gso();
+        counters.gro = self.udp.gro();
+        let mut peers: Vec<PeerStats> = self
+            .peers
+            .iter()
+            .map(|p| {
+                let (hs, tx, rx, _, _) = p.tunn.stats();
+                PeerStats { public_key: p.key, endpoint: p.endpoint, last_handshake: hs, tx_bytes: tx, rx_bytes: rx }
+            })
+            .collect();
+        peers.sort_by_key(|p| p.public_key);
+        Stats {
+            interface: self.tun.name().to_string(),
+            public_key: self.private.public_key(),
+            listen_port: self.listen_port,
+            peers,
+            counters,
+        }
+    }
+
+    fn flush_tx(&mut self) {
+        if self.tx.items.is_empty() {
+            return;
+        }
+        self.counters.udp_sends += self.tx.items.len() as u64;
+        if let Err(e) = self.udp.send_batch(&self.tx.buf[..self.tx.pos], &self.tx.items) {
+            tracing::debug!(error = %e, "UDP send failed");
+        }
+        self.tx.items.clear();
+        self.tx.pos = 0;
+        self.tx.open = false;
+    }
+
+    fn handle_tun(&mut self) {
+        for _ in 0..TUN_BURST {
+            let n = match self.tun.read(&mut self.tun_buf) {
+                Ok(Some(n)) if n > VNET_HDR_LEN => n,
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "TUN read failed");
+                    break;
+                }
+            };
+            self.counters.tun_reads += 1;
+            if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                self.flush_tx();
+            }
+            let Some(hdr) = VnetHdr::parse(&self.tun_buf) else { continue };
+            let pkt = &mut self.tun_buf[VNET_HDR_LEN..n];
+            let peer = Tunn::dst_address(pkt).and_then(|d| self.peers.route(d)).and_then(|i| self.peers.get_mut(i));
+            let Some(peer) = peer else {
+                self.counters.dropped_no_peer += 1;
+                continue;
+            };
+            let Some(dst) = peer.endpoint else {
+                self.counters.dropped_no_peer += 1;
+                continue;
+            };
+            let tx = &mut self.tx;
+            let r = offload::segment(pkt, &hdr, |seg| encrypt_one(peer, dst, seg, tx));
+            if let Err(e) = r {
+                tracing::debug!(error = ?e, "dropping packet from the TUN");
+            }
+        }
+        self.flush_tx();
+    }
+
+    fn handle_udp(&mut self) {
+        for _ in 0..UDP_BURST {
+            let got = match self.udp.recv_batch(&mut self.recv_bufs, &mut self.incoming) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    break;
+                }
+            };
+            self.counters.udp_recv_buffers += got as u64;
+            let incoming = std::mem::take(&mut self.incoming);
+            for (i, inc) in incoming.iter().enumerate() {
+                let mut off = 0;
+                while off < inc.len {
+                    let end = (off + inc.seg).min(inc.len);
+                    self.counters.udp_datagrams_in += 1;
+                    self.handle_datagram(i, off, end, inc.src);
+                    off = end;
+                }
+            }
+            self.incoming = incoming;
+            let mut sink = TunSink { tun: &self.tun, writes: &mut self.counters.tun_writes };
+            self.coalescer.flush(&mut sink);
+            if got < RECV_BATCH {
+                break;
+            }
+        }
+        self.flush_tx();
+    }
+
+    fn peer_for(&self, data: &[u8]) -> Option<u32> {
+        match Tunn::parse_incoming_packet(data).ok()? {
+            Packet::HandshakeInit(p) => {
+                let public = x25519::PublicKey::from(self.private.public_key().0);
+                let half = parse_handshake_anon(self.private.secret(), &public, &p).ok()?;
+                self.peers.by_key(&PublicKey(half.peer_static_public))
+            }
+            Packet::HandshakeResponse(p) => self.peers.by_receiver(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.by_receiver(p.receiver_idx),
+            Packet::PacketData(p) => self.peers.by_receiver(p.receiver_idx),
+        }
+    }
+
+    fn handle_datagram(&mut self, buf: usize, off: usize, end: usize, src: SocketAddr) {
+        let data = &self.recv_bufs[buf][off..end];
+        let Some(idx) = self.peer_for(data) else {
+            self.counters.dropped_no_peer += 1;
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(idx) else { return };
+        let mut sink = TunSink { tun: &self.tun, writes: &mut self.counters.tun_writes };
+        match peer.tunn.decapsulate(Some(src.ip()), data, &mut self.plain) {
+            TunnResult::WriteToNetwork(out) => {
+                let len = out.len();
+                self.tx.buf[self.tx.pos..self.tx.pos + len].copy_from_slice(out);
+                self.tx.commit(src, len);
+                peer.endpoint = Some(src);
+                // Packets queued while the handshake was pending leave now.
+                loop {
+                    match peer.tunn.decapsulate(None, &[], &mut self.plain) {
+                        TunnResult::WriteToNetwork(out) => {
+                            let len = out.len();
+                            if self.tx.pos + len > self.tx.buf.len() {
+                                break;
+                            }
+                            self.tx.buf[self.tx.pos..self.tx.pos + len].copy_from_slice(out);
+                            self.tx.commit(src, len);
+                        }
+                        _ => break,
+                    }
+                }
+                if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                    self.flush_tx();
+                }
+            }
+            TunnResult::WriteToTunnelV4(pkt, ip) => {
+                deliver(peer, pkt, ip.into(), src, &mut self.coalescer, &mut sink, &mut self.counters.dropped_bad_source)
+            }
+            TunnResult::WriteToTunnelV6(pkt, ip) => {
+                deliver(peer, pkt, ip.into(), src, &mut self.coalescer, &mut sink, &mut self.counters.dropped_bad_source)
+            }
+            TunnResult::Done => {}
+            TunnResult::Err(e) => tracing::trace!(error = ?e, %src, "datagram rejected"),
+        }
+    }
+
+    fn tick_timers(&mut self) {
+        for idx in self.peers.indices() {
+            if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                self.flush_tx();
+            }
+            let Some(peer) = self.peers.get_mut(idx) else { continue };
+            let Some(dst) = peer.endpoint else { continue };
+            let tx = &mut self.tx;
+            if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(&mut tx.buf[tx.pos..]) {
+                let len = out.len();
+                tx.commit(dst, len);
+            }
+        }
+        self.flush_tx();
+    }
+}
+
+fn encrypt_one(peer: &mut Peer, dst: SocketAddr, seg: &[u8], tx: &mut TxBatch) {
+    let room = &mut tx.buf[tx.pos..];
+    if room.len() < seg.len() + 32 + 148 {
+        return;
+    }
+    if let TunnResult::WriteToNetwork(out) = peer.tunn.encapsulate(seg, room) {
+        let len = out.len();
+        tx.commit(dst, len);
+    }
+}
+
+fn deliver(
+    peer: &mut Peer,
+    pkt: &[u8],
+    inner_src: std::net::IpAddr,
+    outer: SocketAddr,
+    coalescer: &mut Coalescer,
+    sink: &mut TunSink<'_>,
+    dropped: &mut u64,
+) {
+    if !peer.allowed.iter().any(|c| c.contains(inner_src)) {
+        *dropped += 1;
+        return;
+    }
+    peer.endpoint = Some(outer);
+    coalescer.push(pkt, sink);
+}
