@@ -46,6 +46,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     }
     let record = Record { container_id: env.container_id.clone(), ifname: env.ifname.clone(), host_if: host_if.clone() };
     let ip = Store::lock(&conf.data_dir, &conf.name).and_then(|s| s.reserve(cidr, &record)).map_err(ipam)?;
+    fault_point("after-reserve");
     let a = Attached {
         host_if,
         host_mac: format_mac(&HOST_MAC),
@@ -88,6 +89,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
             kernel(e)
         }
     })?;
+    fault_point("after-veth");
     // Pod side: up, the /32, a link route to the gateway, a permanent neighbour entry for it
     // (no proxy ARP needed on the host), and the default route with MTU/advmss metrics.
     let missing = || CniError::new(code::KERNEL, format!("{} vanished from {} after creation", a.pod_if, a.netns));
@@ -106,6 +108,16 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
     nl.add_route(&Route { dst: a.ip, prefix: 32, gw: None, oif: Some(host_idx) }, RT_SCOPE_LINK, None)
         .map_err(kernel)?;
     Ok(())
+}
+
+/// Fault injection for the killed-ADD tests: with `KITFLEET_WG_TEST_HANG=<point>` the plugin
+/// stops at that point (until killed) so a test can SIGKILL it there deterministically.
+fn fault_point(point: &str) {
+    if std::env::var("KITFLEET_WG_TEST_HANG").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "KITFLEET_WG_TEST_HANG: hanging until killed");
+        eprintln!("kitfleet-wg: hanging at {point}");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
 }
 
 /// Undoes a partial ADD: the veth pair (its routes go with it) and the reservation.
