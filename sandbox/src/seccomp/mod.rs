@@ -4,6 +4,7 @@ pub mod action;
 pub mod arch;
 pub mod bpf;
 pub mod codegen;
+pub mod install;
 
 pub use action::Action;
 pub use arch::Arch;
