@@ -5,12 +5,16 @@
 //! deterministic archives.
 #![forbid(unsafe_code)]
 
+pub mod assemble;
 pub mod auth;
 pub mod cache;
 pub mod cpio;
 pub mod digest;
+pub mod disk;
 pub mod error;
 pub mod oci;
+pub mod oci_config;
+pub mod runtime_spec;
 pub mod reference;
 pub mod source;
 pub mod tarout;
