@@ -49,7 +49,7 @@ pub struct Config {
 impl Config {
     /// Parses a LinuxKit YAML file. Unknown fields and wrong types are errors naming their path.
     pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
-        crate::parse::from_yaml(text)
+        crate::parse::from_value(read_yaml(text)?)
     }
 
     /// The LinuxKit YAML for this declaration.
@@ -85,6 +85,62 @@ impl Config {
     }
 }
 
+/// Reads a LinuxKit YAML document as a generic value, as LinuxKit's parser would.
+pub fn read_yaml(text: &str) -> Result<serde_json::Value, ParseError> {
+    serde_saphyr::from_str(text).or_else(|e| {
+        let fixed = go_yaml_block_comments(text).ok_or_else(|| ParseError::Yaml(e.to_string()))?;
+        serde_saphyr::from_str(&fixed).map_err(|_| ParseError::Yaml(e.to_string()))
+    })
+}
+
+/// LinuxKit reads its YAML with go-yaml v3, which takes a `#` line indented less than a block scalar's content as a
+/// comment and carries on with the scalar; YAML 1.2 parsers of the libyaml family end the scalar there and then fail.
+/// LinuxKit's own `examples/static-ip.yml` relies on it. Returns the text without such lines, or `None` when there are
+/// none (then the YAML error stands).
+fn go_yaml_block_comments(text: &str) -> Option<String> {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut drop = vec![false; lines.len()];
+    let mut i = 0;
+    while i < lines.len() {
+        let head = lines[i].split(" #").next().unwrap_or("").trim_end();
+        let is_block = head.ends_with(['|', '>']) || head.ends_with("|-") || head.ends_with("|+") || head.ends_with(">-");
+        if !is_block {
+            i += 1;
+            continue;
+        }
+        let parent = indent(lines[i]);
+        // The content's indentation: the first non-blank, non-comment line indented deeper than the indicator's line.
+        let content = lines[i + 1..]
+            .iter()
+            .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .map(|l| indent(l))
+            .filter(|&n| n > parent);
+        let Some(content) = content else {
+            i += 1;
+            continue;
+        };
+        let mut j = i + 1;
+        while j < lines.len() {
+            let l = lines[j];
+            if !l.trim().is_empty() && indent(l) < content {
+                if l.trim_start().starts_with('#') {
+                    drop[j] = true;
+                } else {
+                    break;
+                }
+            }
+            j += 1;
+        }
+        i = j;
+    }
+    if !drop.contains(&true) {
+        return None;
+    }
+    let kept: Vec<&str> = lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| *l).collect();
+    Some(kept.join("\n") + "\n")
+}
+
 /// The kernel (`KernelConfig`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -106,113 +162,161 @@ pub struct Kernel {
 }
 
 /// A container: `onboot`, `onshutdown` or `services` entry (`Image`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+///
+/// On the wire the settings sit beside `name` and `image`, as in LinuxKit; in Rust they are grouped in
+/// [`ImageConfig`] so the builder can merge them with the image's own label.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(from = "ImageRepr", into = "ImageRepr")]
 pub struct Image {
     /// The container's name: its bundle directory (`containers/services/NAME`).
     pub name: String,
     /// The image reference.
     pub image: String,
     /// Overrides of the image's `org.mobyproject.config` label.
-    #[serde(flatten)]
     pub config: ImageConfig,
 }
 
-/// The per-image settings (`ImageConfig`): the fields also valid in an image's `org.mobyproject.config` label.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageConfig {
+impl JsonSchema for Image {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Image".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        ImageRepr::json_schema(generator)
+    }
+}
+
+/// Defines [`ImageConfig`] and the flat wire form of [`Image`] from one field list, so the two cannot drift, and
+/// without `#[serde(flatten)]`, which would hide unknown fields and the paths of bad values inside an image.
+macro_rules! image_config {
+    ($($(#[$meta:meta])* $field:ident: $ty:ty,)*) => {
+        /// The per-image settings (`ImageConfig`): the fields also valid in an image's `org.mobyproject.config` label.
+        #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+        #[serde(rename_all = "camelCase")]
+        pub struct ImageConfig {
+            $($(#[$meta])* pub $field: $ty,)*
+        }
+
+        /// The wire form of an [`Image`].
+        #[derive(Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "camelCase")]
+        #[schemars(rename = "Image")]
+        struct ImageRepr {
+            /// The container's name: its bundle directory (`containers/services/NAME`).
+            name: String,
+            /// The image reference.
+            image: String,
+            $($(#[$meta])* $field: $ty,)*
+        }
+
+        impl From<ImageRepr> for Image {
+            fn from(r: ImageRepr) -> Self {
+                Image { name: r.name, image: r.image, config: ImageConfig { $($field: r.$field,)* } }
+            }
+        }
+
+        impl From<Image> for ImageRepr {
+            fn from(i: Image) -> Self {
+                ImageRepr { name: i.name, image: i.image, $($field: i.config.$field,)* }
+            }
+        }
+    };
+}
+
+image_config! {
     /// The capability set (`all` for every one), replacing the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<Vec<String>>,
+    capabilities: Option<Vec<String>>,
     /// Capabilities added to the image's own set.
     #[serde(default, rename = "capabilities.add", skip_serializing_if = "Option::is_none")]
-    pub capabilities_add: Option<Vec<String>>,
+    capabilities_add: Option<Vec<String>>,
     /// Ambient capabilities.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ambient: Option<Vec<String>>,
+    ambient: Option<Vec<String>>,
     /// OCI mounts, replacing the defaults at the same destinations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mounts: Option<Vec<Mount>>,
+    mounts: Option<Vec<Mount>>,
     /// Bind mounts `SRC:DST[:OPTS]`, replacing the image's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub binds: Option<Vec<String>>,
+    binds: Option<Vec<String>>,
     /// Bind mounts added to the image's own.
     #[serde(default, rename = "binds.add", skip_serializing_if = "Option::is_none")]
-    pub binds_add: Option<Vec<String>>,
+    binds_add: Option<Vec<String>>,
     /// Devices exposed to the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub devices: Option<Vec<Device>>,
+    devices: Option<Vec<Device>>,
     /// tmpfs mounts `DST[:OPTS]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tmpfs: Option<Vec<String>>,
+    tmpfs: Option<Vec<String>>,
     /// The command (entrypoint and arguments), replacing the image's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub command: Option<Vec<String>>,
+    command: Option<Vec<String>>,
     /// Environment `KEY=VALUE`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<Vec<String>>,
+    env: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
+    cwd: Option<String>,
     /// Network namespace: `host`, `new`, or a path to one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub net: Option<String>,
+    net: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<String>,
+    pid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ipc: Option<String>,
+    ipc: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uts: Option<String>,
+    uts: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub userns: Option<String>,
+    userns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
+    hostname: Option<String>,
     /// Read-only root filesystem (default true for onboot/services in LinuxKit's rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readonly: Option<bool>,
+    readonly: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub masked_paths: Option<Vec<String>>,
+    masked_paths: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub readonly_paths: Option<Vec<String>>,
+    readonly_paths: Option<Vec<String>>,
     /// User: a number or a name looked up in the image's `/etc/passwd`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<IdOrName>,
+    uid: Option<IdOrName>,
     /// Group: a number or a name looked up in the image's `/etc/group`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gid: Option<IdOrName>,
+    gid: Option<IdOrName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub additional_gids: Option<Vec<IdOrName>>,
+    additional_gids: Option<Vec<IdOrName>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub no_new_privileges: Option<bool>,
+    no_new_privileges: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oom_score_adj: Option<i64>,
+    oom_score_adj: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rootfs_propagation: Option<String>,
+    rootfs_propagation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cgroups_path: Option<String>,
+    cgroups_path: Option<String>,
     /// OCI `linux.resources`, passed through as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
-    pub resources: Option<serde_json::Map<String, serde_json::Value>>,
+    resources: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sysctl: Option<BTreeMap<String, String>>,
+    sysctl: Option<BTreeMap<String, String>>,
     /// `NAME,SOFT,HARD` rlimits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rlimits: Option<Vec<String>>,
+    rlimits: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid_mappings: Option<Vec<IdMapping>>,
+    uid_mappings: Option<Vec<IdMapping>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gid_mappings: Option<Vec<IdMapping>>,
+    gid_mappings: Option<Vec<IdMapping>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub annotations: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
     /// Settings used when the container is started, not in its OCI spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<Runtime>,
+    runtime: Option<Runtime>,
 }
 
 /// An OCI mount (runtime-spec `Mount`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 pub struct Mount {
-    pub destination: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

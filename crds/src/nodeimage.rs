@@ -318,7 +318,7 @@ impl NodeImage {
 
     /// Parses a NodeImage manifest. Unknown fields and wrong types are errors naming their path.
     pub fn from_yaml(text: &str) -> Result<Self, crate::ParseError> {
-        crate::parse::from_yaml(text)
+        crate::parse::resource_from_yaml(text)
     }
 
     /// The manifest as YAML.

@@ -29,6 +29,29 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Pa
     }
 }
 
+/// Parses a custom resource manifest of type `K`: `apiVersion` and `kind` must be `K`'s, then the rest is read strictly.
+pub fn resource_from_yaml<K>(text: &str) -> Result<K, ParseError>
+where
+    K: DeserializeOwned + kube::Resource<DynamicType = ()>,
+{
+    let mut value: serde_json::Value = serde_saphyr::from_str(text).map_err(|e| ParseError::Yaml(e.to_string()))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ParseError::Fields(FieldErrors(vec![FieldError::new("", "a manifest must be a mapping")])));
+    };
+    let mut errs = Vec::new();
+    for (field, want) in [("apiVersion", K::api_version(&())), ("kind", K::kind(&()))] {
+        match obj.remove(field) {
+            Some(serde_json::Value::String(got)) if got == want => {}
+            Some(got) => errs.push(FieldError::new(field, format!("{got} is not {want:?}"))),
+            None => errs.push(FieldError::new(field, format!("is required ({want:?})"))),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(ParseError::Fields(FieldErrors(errs)));
+    }
+    from_value(value)
+}
+
 /// `spec.onboot.2.image` (serde's paths) → `spec.onboot[2].image`; `.` (the root) → ``.
 fn yaml_path(serde_path: &str) -> String {
     if serde_path == "." {
