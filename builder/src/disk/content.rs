@@ -59,18 +59,6 @@ impl<'a> Parts<'a> {
         }
     }
 
-    /// Appends zeros until the length is a multiple of `align`.
-    pub(crate) fn pad_to(&mut self, align: u64) {
-        let padded = align_up(self.len, align);
-        self.push_zeros(padded - self.len);
-    }
-
-    /// Appends all parts of another stream.
-    pub(crate) fn append(&mut self, other: Parts<'a>) {
-        self.len += other.len;
-        self.parts.extend(other.parts);
-    }
-
     /// Calls `f` with every chunk of the stream in order (zeros in chunks of at most 64 KiB).
     pub(crate) fn for_each_chunk<E>(
         &self,
@@ -79,7 +67,8 @@ impl<'a> Parts<'a> {
         for part in &self.parts {
             match part {
                 Part::Bytes(bytes) => f(bytes)?,
-                Part::Zeros(mut remaining) => {
+                Part::Zeros(count) => {
+                    let mut remaining = *count;
                     while remaining > 0 {
                         let n = remaining.min(ZERO_CHUNK as u64) as usize;
                         f(&ZEROS[..n])?;
@@ -135,10 +124,6 @@ impl<W: Write> HashingWriter<W> {
         Self { inner, hasher: Sha256::new(), written: 0 }
     }
 
-    pub(crate) fn written(&self) -> u64 {
-        self.written
-    }
-
     /// Returns the inner writer, the byte count and the SHA-256 digest.
     pub(crate) fn finish(self) -> (W, u64, [u8; 32]) {
         (self.inner, self.written, self.hasher.finalize().into())
@@ -166,7 +151,7 @@ mod tests {
     fn parts_stream_in_order_with_padding() {
         let mut parts = Parts::new();
         parts.push_borrowed(b"abc");
-        parts.pad_to(8);
+        parts.push_zeros(5);
         parts.push_owned(b"xy".to_vec());
         parts.push_zeros(ZERO_CHUNK as u64 + 3);
         let mut out = Vec::new();

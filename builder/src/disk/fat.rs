@@ -203,10 +203,6 @@ impl<'a> FatImage<'a> {
         Ok(FatImage { geometry, dirs, files: file_nodes, order, options, next_free: next })
     }
 
-    pub(crate) fn geometry(&self) -> Geometry {
-        self.geometry
-    }
-
     /// Size of the volume in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.geometry.bytes()
@@ -489,7 +485,7 @@ mod tests {
         // Sum over "BOOTX64 EFI" computed by hand with the rotate-right-and-add rule.
         let mut sum = 0u8;
         for &c in b"BOOTX64 EFI" {
-            sum = (if sum & 1 != 0 { 0x80 } else { 0 }) + (sum >> 1) + c;
+            sum = (if sum & 1 != 0 { 0x80u8 } else { 0 }).wrapping_add(sum >> 1).wrapping_add(c);
         }
         assert_eq!(lfn_checksum(b"BOOTX64 EFI"), sum);
     }

@@ -38,7 +38,6 @@ pub(crate) struct StubInfo {
     raw_end: u64,
     /// First virtual address past every existing section and `SizeOfImage`.
     va_end: u64,
-    names: Vec<[u8; 8]>,
 }
 
 /// Placement of one new section.
@@ -156,7 +155,6 @@ pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
         size_of_headers,
         raw_end,
         va_end,
-        names,
     })
 }
 
@@ -315,13 +313,99 @@ fn rewrite_headers(head: &mut [u8], info: &StubInfo, layout: &Layout) -> Result<
     Ok(())
 }
 
-impl StubInfo {
-    /// Names of the sections the stub already has.
-    #[cfg(test)]
-    pub(crate) fn section_names(&self) -> Vec<String> {
-        self.names
-            .iter()
-            .map(|n| String::from_utf8_lossy(n).trim_end_matches('\0').to_string())
-            .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stub() -> Option<Vec<u8>> {
+        match std::fs::read(DEFAULT_STUB_PATH) {
+            Ok(s) => Some(s),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("{DEFAULT_STUB_PATH}: {e}"),
+            Err(e) => {
+                eprintln!("skipping: {DEFAULT_STUB_PATH}: {e} (apt-get install systemd-boot-efi)");
+                None
+            }
+        }
+    }
+
+    fn checksum_of(file: &[u8], opt: usize) -> u32 {
+        let mut copy = file.to_vec();
+        put_u32(&mut copy, opt + OPT_CHECKSUM, 0);
+        let mut sum = PeChecksum::default();
+        // Feed in uneven pieces to exercise the carried byte.
+        for piece in copy.chunks(333) {
+            sum.update(piece);
+        }
+        sum.finish(copy.len() as u64)
+    }
+
+    #[test]
+    fn checksum_matches_the_one_the_stub_was_linked_with() {
+        let Some(stub) = stub() else { return };
+        let info = parse_stub(&stub).unwrap();
+        let stored = u32_at(&stub, info.opt + OPT_CHECKSUM).unwrap();
+        assert_ne!(stored, 0, "the Debian stub carries a linker-computed checksum");
+        assert_eq!(checksum_of(&stub, info.opt), stored);
+    }
+
+    #[test]
+    fn assembled_sections_are_aligned_and_headers_consistent() {
+        let Some(stub) = stub() else { return };
+        let info = parse_stub(&stub).unwrap();
+        let osrel = b"ID=kitfleet\n";
+        let cmdline = b"console=ttyS0";
+        let linux = vec![0xabu8; 10_001];
+        let initrd = vec![0xcdu8; 77];
+        let parts = assemble(&stub, [osrel, cmdline, &linux, &initrd]).unwrap();
+        let mut out = Vec::new();
+        parts.write_to(&mut out).unwrap();
+        assert_eq!(out.len() as u64, parts.len());
+        let coff = info.coff;
+        assert_eq!(u32_at(&out, coff + 4), Some(0), "TimeDateStamp");
+        assert_eq!(u32_at(&out, coff + 8), Some(0), "PointerToSymbolTable");
+        assert_eq!(u16_at(&out, coff + 2), Some(info.sections + 4));
+        let stored = u32_at(&out, info.opt + OPT_CHECKSUM).unwrap();
+        assert_eq!(checksum_of(&out, info.opt), stored);
+        let size_of_image = u64::from(u32_at(&out, info.opt + 56).unwrap());
+        for (i, expected) in [&osrel[..], cmdline, &linux, &initrd].into_iter().enumerate() {
+            let h = info.section_table + (info.sections as usize + i) * SECTION_HEADER_LEN;
+            let vsize = u32_at(&out, h + 8).unwrap() as usize;
+            let va = u64::from(u32_at(&out, h + 12).unwrap());
+            let raw_size = u64::from(u32_at(&out, h + 16).unwrap());
+            let ptr = u32_at(&out, h + 20).unwrap() as usize;
+            assert_eq!(&out[h..h + 8], &section_name(UKI_SECTIONS[i]));
+            assert_eq!(va % info.section_alignment, 0);
+            assert_eq!(ptr as u64 % info.file_alignment, 0);
+            assert_eq!(raw_size % info.file_alignment, 0);
+            assert!(va + vsize as u64 <= size_of_image);
+            assert_eq!(&out[ptr..ptr + vsize], expected);
+        }
+        assert_eq!(size_of_image % info.section_alignment, 0);
+    }
+
+    #[test]
+    fn sizes_beyond_32_bits_are_refused_with_the_sizes() {
+        let Some(stub) = stub() else { return };
+        let info = parse_stub(&stub).unwrap();
+        let kernel = 14 << 20;
+        let initrd = 4u64 << 30;
+        let err = plan_layout(&info, &[(".osrel", 10), (".cmdline", 10), (".linux", kernel), (".initrd", initrd)])
+            .unwrap_err();
+        match err {
+            Error::UkiTooLarge { size, kernel: k, initrd: i, limit, .. } => {
+                assert_eq!((k, i, limit), (kernel, initrd, u64::from(u32::MAX)));
+                assert!(size > limit);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_pe32_plus_stub() {
+        assert!(matches!(parse_stub(b"hello"), Err(Error::Stub { field: "e_magic", .. })));
+        let Some(mut stub) = stub() else { return };
+        let info = parse_stub(&stub).unwrap();
+        put_u16(&mut stub, info.opt, 0x10b);
+        assert!(matches!(parse_stub(&stub), Err(Error::Stub { field: "Magic", .. })));
     }
 }
