@@ -7,6 +7,7 @@
 
 pub mod assemble;
 pub mod auth;
+pub mod build;
 pub mod cache;
 pub mod cpio;
 pub mod digest;
@@ -14,6 +15,7 @@ pub mod disk;
 pub mod error;
 pub mod oci;
 pub mod oci_config;
+pub mod progress;
 pub mod runtime_spec;
 pub mod reference;
 pub mod source;

@@ -1,0 +1,518 @@
+//! The build driver: resolve every reference, compute the build key, plan the layout, then
+//! produce the requested outputs from cached or freshly computed segments.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kitfleet_api::OutputFormat;
+use kitfleet_api::linuxkit::Config;
+use serde::Serialize;
+
+use crate::assemble::{self, Mtime, Part, Plan, ResolvedMap, Segment};
+use crate::cache::Cache;
+use crate::cpio;
+use crate::digest::{Hasher, sha256};
+use crate::error::{Error, Result};
+use crate::oci;
+use crate::progress::Progress;
+use crate::reference::ImageRef;
+use crate::source::{Resolved, Sources};
+use crate::tarout::TarWriter;
+use crate::tree::{Entry, Kind, Limits, Tree};
+
+/// The status of one reference after resolution.
+#[derive(Debug, Clone, Serialize)]
+pub struct RefStatus {
+    /// YAML location (`onboot[0].image`).
+    pub location: String,
+    /// The reference as written.
+    pub reference: String,
+    /// The digest it resolves to, when resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why it could not be resolved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
+}
+
+/// Resolves every reference of `cfg`. With `strict`, the first failure is an error; without, failures
+/// are reported in the statuses (for `resolve` and offline plans) and left out of the map.
+pub async fn resolve_all(sources: &Sources, cfg: &Config, strict: bool) -> Result<(ResolvedMap, Vec<RefStatus>)> {
+    let mut map = ResolvedMap::new();
+    let mut statuses = Vec::new();
+    let mut by_ref: BTreeMap<String, Resolved> = BTreeMap::new();
+    for (location, reference) in cfg.references() {
+        let parsed = ImageRef::parse(reference, &location);
+        let result = match parsed {
+            Err(e) => Err(e),
+            Ok(r) => match by_ref.get(&r.to_string()) {
+                Some(done) => Ok(done.clone()),
+                None => sources.resolve(&r, &location).await,
+            },
+        };
+        match result {
+            Ok(res) => {
+                by_ref.insert(res.reference.to_string(), res.clone());
+                statuses.push(RefStatus {
+                    location: location.clone(),
+                    reference: reference.to_string(),
+                    digest: Some(res.digest.clone()),
+                    unresolved: None,
+                });
+                map.insert(location, res);
+            }
+            Err(e) if strict => return Err(e),
+            Err(e) => statuses.push(RefStatus {
+                location,
+                reference: reference.to_string(),
+                digest: None,
+                unresolved: Some(e.to_string()),
+            }),
+        }
+    }
+    Ok((map, statuses))
+}
+
+/// The build key: sha256 of the spec with every reference replaced by its digest, the contents of
+/// local `files[].source`, the formats, the architecture, the mtime policy and the builder version.
+pub fn build_key(cfg: &Config, map: &ResolvedMap, formats: &[OutputFormat], arch: &str, mtime: Mtime, base_dir: &Path) -> Result<[u8; 32]> {
+    let mut pinned = cfg.clone();
+    let pin = |loc: &str, s: &mut String| -> Result<()> {
+        let r = map.get(loc).ok_or_else(|| Error::Unresolved {
+            location: loc.to_string(),
+            reference: s.clone(),
+            reason: "not resolved".into(),
+        })?;
+        *s = r.reference.with_digest(&r.digest);
+        Ok(())
+    };
+    if let Some(k) = pinned.kernel.as_mut() {
+        pin("kernel.image", &mut k.image)?;
+    }
+    for (i, r) in pinned.init.iter_mut().enumerate() {
+        pin(&format!("init[{i}]"), r)?;
+    }
+    for (section, list) in [("onboot", &mut pinned.onboot), ("onshutdown", &mut pinned.onshutdown), ("services", &mut pinned.services)] {
+        for (i, img) in list.iter_mut().enumerate() {
+            pin(&format!("{section}[{i}].image"), &mut img.image)?;
+        }
+    }
+    for (i, v) in pinned.volumes.iter_mut().enumerate() {
+        if let Some(img) = v.image.as_mut() {
+            pin(&format!("volumes[{i}].image"), img)?;
+        }
+    }
+    let mut sources = BTreeMap::new();
+    for f in &cfg.files {
+        if let Some(src) = &f.source {
+            let p = base_dir.join(src);
+            let d = std::fs::read(&p).map(|b| sha256(&b)).unwrap_or_else(|_| "absent".into());
+            sources.insert(src.clone(), d);
+        }
+    }
+    let mut formats: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
+    formats.sort();
+    formats.dedup();
+    let doc = serde_json::json!({
+        "builder": crate::BUILDER_VERSION,
+        "arch": arch,
+        "formats": formats,
+        "mtime": mtime.generated,
+        "clamp": mtime.clamp,
+        "spec": pinned,
+        "fileSources": sources,
+    });
+    let mut h = Hasher::default();
+    h.update(&serde_json::to_vec(&doc).expect("JSON values serialise"));
+    Ok(h.finish_bytes())
+}
+
+/// The tag an artifact is published under for a build key.
+pub fn artifact_tag(build_key: &[u8; 32]) -> String {
+    format!("bk-{}", hex::encode(build_key))
+}
+
+/// Options of a build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Formats to write.
+    pub formats: Vec<OutputFormat>,
+    /// Output directory.
+    pub out_dir: PathBuf,
+    /// Output file stem (`<name>-kernel`…).
+    pub name: String,
+    /// gzip level of initrd members.
+    pub level: u32,
+    /// Directory against which `files[].source` resolves.
+    pub base_dir: PathBuf,
+    /// Modification-time policy.
+    pub mtime: Mtime,
+    /// Layer limits.
+    pub limits: Limits,
+    /// Progress display.
+    pub progress: Progress,
+    /// UKI stub for disk formats.
+    pub stub_path: PathBuf,
+}
+
+/// One written output file.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputFile {
+    /// Format it belongs to.
+    pub format: String,
+    /// Role within the format (`kernel`, `initrd`, `cmdline`, `tar`, `initrd-tar`, `disk`).
+    pub role: String,
+    /// Path written.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// sha256 digest.
+    pub digest: String,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildResult {
+    /// Hex build key.
+    pub build_key: String,
+    /// Resolved inputs.
+    pub inputs: Vec<RefStatus>,
+    /// Files written.
+    pub outputs: Vec<OutputFile>,
+    /// Segments whose initrd member came from the cache.
+    pub cached_segments: usize,
+    /// Segments computed.
+    pub built_segments: usize,
+}
+
+struct Ctx<'a> {
+    sources: &'a Sources,
+    opts: &'a BuildOptions,
+    trees: BTreeMap<String, Tree>,
+}
+
+impl Ctx<'_> {
+    fn cache(&self) -> &Cache {
+        self.sources.cache()
+    }
+
+    /// The flattened tree of an image (from the cache, or pulled and flattened).
+    async fn tree(&mut self, image: &Resolved) -> Result<&Tree> {
+        let key = image.manifest_digest.clone();
+        if !self.trees.contains_key(&key) {
+            let t = self.flatten(image).await?;
+            self.trees.insert(key.clone(), t);
+        }
+        Ok(&self.trees[&key])
+    }
+
+    async fn flatten(&self, image: &Resolved) -> Result<Tree> {
+        let mut h = Hasher::default();
+        h.field(crate::BUILDER_VERSION.as_bytes());
+        h.field(image.manifest_digest.as_bytes());
+        let flat = self.cache().flat_path(&h.finish());
+        let mut tree = Tree::new();
+        if let Some(tar) = self.cache().get_file(&flat)? {
+            tree.apply_layer(&format!("{} (flattened, cached)", image.manifest_digest), &tar[..], self.opts.limits)?;
+            return Ok(tree);
+        }
+        let total: u64 = image.layers().iter().map(|l| l.size).sum();
+        let task = self.opts.progress.task(format!("pull+extract {}", image.reference), Some(total));
+        for layer in image.layers() {
+            let blob = self.sources.blob(&image.reference, &layer.digest).await?;
+            task.inc(layer.size);
+            apply_blob(&mut tree, layer, &blob, self.opts.limits)?;
+        }
+        task.done(&format!("{} entries", tree.len()));
+        let entries: Vec<Entry> = tree.entries().cloned().collect();
+        let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&flat, e))?;
+        self.cache().write_atomic(&flat, &tar)?;
+        Ok(tree)
+    }
+
+    async fn segment_entries(&mut self, seg: &Segment) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for part in &seg.parts {
+            match part {
+                Part::Generated(e) => out.extend(e.iter().cloned()),
+                Part::Image { image, prefix, resolv } => {
+                    let mtime = self.opts.mtime;
+                    let tree = self.tree(image).await?;
+                    out.extend(assemble::image_entries(tree, prefix, resolv.as_deref(), mtime));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Decompresses and applies one layer blob.
+pub fn apply_blob(tree: &mut Tree, layer: &oci::Descriptor, blob: &[u8], limits: Limits) -> Result<()> {
+    let mt = layer.media_type.as_str();
+    if oci::MT_LAYER_GZIP.contains(&mt) || (mt.is_empty() && blob.starts_with(&[0x1f, 0x8b])) {
+        tree.apply_layer(&layer.digest, flate2::read::MultiGzDecoder::new(blob), limits)
+    } else if mt == oci::MT_LAYER_TAR || mt == "application/vnd.docker.image.rootfs.diff.tar" {
+        tree.apply_layer(&layer.digest, blob, limits)
+    } else {
+        Err(Error::BadLayer {
+            layer: layer.digest.clone(),
+            reason: format!("unsupported layer media type {mt:?} (gzip and uncompressed tar are supported)"),
+        })
+    }
+}
+
+/// The kernel's outputs.
+struct KernelParts {
+    kernel: Vec<u8>,
+    modules: Vec<Entry>,
+    ucode: Option<Vec<u8>>,
+}
+
+async fn kernel_parts(ctx: &mut Ctx<'_>, plan: &Plan) -> Result<Option<KernelParts>> {
+    let Some(k) = &plan.kernel else { return Ok(None) };
+    let limits = ctx.opts.limits;
+    let tree = ctx.tree(&k.image).await?;
+    let loc = |r: String| Error::Config { location: "kernel".into(), reason: r };
+    let file = |name: &str| -> Option<Vec<u8>> {
+        match tree.get(name.trim_start_matches('/')).map(|e| &e.kind) {
+            Some(Kind::File(b)) => Some(b.to_vec()),
+            _ => None,
+        }
+    };
+    let kernel = file(&k.binary).ok_or_else(|| loc(format!("did not find kernel {:?} in kernel image {}", k.binary, k.image.reference)))?;
+    let mut modules = Vec::new();
+    if let Some(t) = &k.tar {
+        let tar = file(t).ok_or_else(|| loc(format!("did not find kernel tar {t:?} in kernel image {}", k.image.reference)))?;
+        let mut mt = Tree::new();
+        mt.apply_layer(&format!("{} ({t})", k.image.manifest_digest), &tar[..], limits)?;
+        modules = mt.into_entries();
+        if let Some(c) = plan.mtime.clamp {
+            for e in &mut modules {
+                e.mtime = e.mtime.min(c);
+            }
+        }
+    }
+    let ucode = match &k.ucode {
+        Some(u) => Some(file(u).ok_or_else(|| loc(format!("did not find ucode {u:?} in kernel image")))?),
+        None => None,
+    };
+    Ok(Some(KernelParts { kernel, modules, ucode }))
+}
+
+fn is_initrd_format(f: OutputFormat) -> bool {
+    !matches!(f, OutputFormat::Tar)
+}
+
+/// Builds the outputs of `plan`.
+pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: Vec<RefStatus>, opts: &BuildOptions) -> Result<BuildResult> {
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
+    let mut ctx = Ctx { sources, opts, trees: BTreeMap::new() };
+    let need_initrd = opts.formats.iter().any(|f| is_initrd_format(*f));
+    let need_tar = opts.formats.contains(&OutputFormat::Tar);
+    let t = plan.mtime.generated;
+
+    // Kernel: cached kernel bytes + modules member, unless a tar output needs the entries.
+    let kcache = |ext: &str| sources.cache().member_path(&plan.kernel_key, ext);
+    let mut kernel_bytes = None;
+    let mut kernel_entries: Vec<Entry> = Vec::new();
+    let mut members: Vec<Vec<u8>> = Vec::new();
+    let mut raw_total = 0u64;
+    let (mut cached_segments, mut built_segments) = (0, 0);
+    let mut ucode: Option<Vec<u8>> = None;
+    if let Some(k) = &plan.kernel {
+        let cached = (sources.cache().get_file(&kcache("kernel"))?, sources.cache().get_file(&kcache("cpio.gz"))?, sources.cache().get_file(&kcache("size"))?);
+        let ucode_cached = sources.cache().get_file(&kcache("ucode"))?;
+        let have_all = matches!(cached, (Some(_), Some(_), Some(_))) && (k.ucode.is_none() || ucode_cached.is_some());
+        if have_all && !need_tar {
+            let (kb, m, s) = cached;
+            kernel_bytes = kb;
+            members.push(m.unwrap_or_default());
+            raw_total += parse_size(s.as_deref());
+            ucode = ucode_cached;
+            cached_segments += 1;
+        } else {
+            let parts = kernel_parts(&mut ctx, plan).await?.expect("plan has a kernel");
+            let task = opts.progress.task("compress kernel modules", None);
+            let (m, raw) = cpio::compressed_members(&parts.modules, opts.level)?;
+            task.done("");
+            sources.cache().write_atomic(&kcache("kernel"), &parts.kernel)?;
+            sources.cache().write_atomic(&kcache("cpio.gz"), &m)?;
+            sources.cache().write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
+            if let Some(u) = &parts.ucode {
+                sources.cache().write_atomic(&kcache("ucode"), u)?;
+            }
+            raw_total += raw;
+            members.push(m);
+            built_segments += 1;
+            kernel_entries.push(Entry::dir("boot", 0o755, t));
+            kernel_entries.push(Entry::file("boot/cmdline", k.cmdline.clone().into_bytes(), 0o644, t));
+            kernel_entries.push(Entry::file("boot/kernel", parts.kernel.clone(), 0o644, t));
+            kernel_entries.extend(parts.modules);
+            if let Some(u) = &parts.ucode {
+                kernel_entries.push(Entry::file("boot/ucode.cpio", u.clone(), 0o644, t));
+            }
+            kernel_bytes = Some(parts.kernel);
+            ucode = parts.ucode;
+        }
+    }
+
+    let tar_path = opts.out_dir.join(format!("{}.tar", opts.name));
+    let mut tar = if need_tar {
+        let f = std::fs::File::create(&tar_path).map_err(|e| Error::io(&tar_path, e))?;
+        let mut w = TarWriter::new(std::io::BufWriter::new(f));
+        for e in &kernel_entries {
+            w.append(e).map_err(|e| Error::io(&tar_path, e))?;
+        }
+        Some(w)
+    } else {
+        None
+    };
+
+    for seg in &plan.segments {
+        let mpath = sources.cache().member_path(&seg.key, "cpio.gz");
+        let spath = sources.cache().member_path(&seg.key, "size");
+        let cached = if need_initrd {
+            match (sources.cache().get_file(&mpath)?, sources.cache().get_file(&spath)?) {
+                (Some(m), Some(s)) => Some((m, parse_size(Some(&s)))),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        if cached.is_some() && !need_tar {
+            let (m, s) = cached.expect("checked");
+            members.push(m);
+            raw_total += s;
+            cached_segments += 1;
+            continue;
+        }
+        let entries = ctx.segment_entries(seg).await?;
+        if let Some(w) = tar.as_mut() {
+            for e in &entries {
+                w.append(e).map_err(|e| Error::io(&tar_path, e))?;
+            }
+        }
+        if need_initrd {
+            match cached {
+                Some((m, s)) => {
+                    members.push(m);
+                    raw_total += s;
+                    cached_segments += 1;
+                }
+                None => {
+                    let task = opts.progress.task(format!("compress {}", seg.location), None);
+                    let (m, raw) = cpio::compressed_members(&entries, opts.level)?;
+                    task.done(&format!("{} -> {} bytes", raw, m.len()));
+                    sources.cache().write_atomic(&mpath, &m)?;
+                    sources.cache().write_atomic(&spath, raw.to_string().as_bytes())?;
+                    raw_total += raw;
+                    members.push(m);
+                    built_segments += 1;
+                }
+            }
+        }
+    }
+    if raw_total > cpio::MAX_NEWC {
+        return Err(Error::Cpio {
+            reason: format!("the initrd holds {raw_total} bytes of newc archives, more than 4 GiB; use a disk format with a root filesystem instead"),
+        });
+    }
+
+    let mut outputs = Vec::new();
+    if let Some(w) = tar.take() {
+        let mut bw = w.finish().map_err(|e| Error::io(&tar_path, e))?;
+        std::io::Write::flush(&mut bw).map_err(|e| Error::io(&tar_path, e))?;
+        drop(bw);
+        outputs.push(describe("tar", "tar", &tar_path)?);
+    }
+    if need_initrd {
+        let kernel = kernel_bytes.ok_or_else(|| Error::Config {
+            location: "kernel".into(),
+            reason: "the requested formats need a kernel section".into(),
+        })?;
+        let cmdline = plan.kernel.as_ref().map(|k| k.cmdline.clone()).unwrap_or_default();
+        let mut initrd = ucode.unwrap_or_default();
+        for m in &members {
+            initrd.extend_from_slice(m);
+        }
+        write_initrd_outputs(opts, &kernel, &initrd, &cmdline, &build_key, &mut outputs)?;
+    }
+    Ok(BuildResult { build_key: hex::encode(build_key), inputs, outputs, cached_segments, built_segments })
+}
+
+fn parse_size(s: Option<&[u8]>) -> u64 {
+    s.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    std::fs::write(path, data).map_err(|e| Error::io(path, e))
+}
+
+fn describe(format: &str, role: &str, path: &Path) -> Result<OutputFile> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Hasher::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok(OutputFile { format: format.into(), role: role.into(), path: path.to_path_buf(), size, digest: h.finish() })
+}
+
+fn write_initrd_outputs(opts: &BuildOptions, kernel: &[u8], initrd: &[u8], cmdline: &str, build_key: &[u8; 32], outputs: &mut Vec<OutputFile>) -> Result<()> {
+    let t = opts.mtime.generated;
+    let dir = &opts.out_dir;
+    let name = &opts.name;
+    let mut disks = Vec::new();
+    for f in &opts.formats {
+        match f {
+            OutputFormat::KernelInitrd => {
+                for (role, suffix, data) in [("kernel", "kernel", kernel), ("initrd", "initrd.img", initrd), ("cmdline", "cmdline", cmdline.as_bytes())] {
+                    let p = dir.join(format!("{name}-{suffix}"));
+                    write_file(&p, data)?;
+                    outputs.push(describe(f.as_str(), role, &p)?);
+                }
+            }
+            OutputFormat::TarKernelInitrd => {
+                let p = dir.join(format!("{name}-initrd.tar"));
+                let mut entries = vec![Entry::file("kernel", kernel.to_vec(), 0o644, t), Entry::file("initrd.img", initrd.to_vec(), 0o644, t)];
+                if !cmdline.is_empty() {
+                    entries.push(Entry::file("cmdline", cmdline.as_bytes().to_vec(), 0o644, t));
+                }
+                let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&p, e))?;
+                write_file(&p, &tar)?;
+                outputs.push(describe(f.as_str(), "initrd-tar", &p)?);
+            }
+            OutputFormat::Tar => {}
+            other => disks.push(
+                other
+                    .as_str()
+                    .parse::<crate::disk::DiskFormat>()
+                    .map_err(|e| Error::UnknownFormat(other.to_string(), e.to_string()))?,
+            ),
+        }
+    }
+    if !disks.is_empty() {
+        let stub = crate::disk::read_stub(&opts.stub_path).map_err(|e| Error::Config { location: "--uki-stub".into(), reason: e.to_string() })?;
+        let os_release = format!(
+            "NAME=\"Kitfleet\"\nID=kitfleet\nVERSION_ID={}\nBUILD_ID={}\n",
+            &hex::encode(build_key)[..12],
+            hex::encode(build_key)
+        );
+        let inputs = crate::disk::DiskInputs { kernel, initrd, cmdline, os_release: &os_release, build_key: *build_key, stub: &stub, mtime: t };
+        let infos = crate::disk::write_disks(&disks, &inputs, &crate::disk::DiskOptions::default(), dir, name)
+            .map_err(|e| Error::Config { location: "disk".into(), reason: e.to_string() })?;
+        for i in infos {
+            outputs.push(describe(i.format.name(), "disk", &i.path)?);
+        }
+    }
+    Ok(())
+}
