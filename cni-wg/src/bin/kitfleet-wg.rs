@@ -10,6 +10,12 @@ use kitfleet_cni_wg::cni::env;
 use kitfleet_cni_wg::plugin;
 
 fn main() -> ExitCode {
+    if let Some(host_if) = std::env::var_os(plugin::REAP_ENV) {
+        // Detached reaper spawned by DEL: delete one link, then exit.
+        let marker = std::env::var_os(plugin::REAP_MARKER_ENV).map(std::path::PathBuf::from);
+        let ok = plugin::reap(&host_if.to_string_lossy(), marker.as_deref()).is_ok();
+        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     plugin::init_logging(&stdin);

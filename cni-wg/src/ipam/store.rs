@@ -145,6 +145,35 @@ impl Store {
         Ok(gone)
     }
 
+    /// Records that `host_if` is being deleted in the background (see DEL), so GC can finish
+    /// the job if the reaper dies. Returns the marker path.
+    pub fn mark_dying(&self, host_if: &str) -> Result<PathBuf> {
+        let dir = self.dir.join("dying");
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let path = dir.join(host_if);
+        fs::write(&path, b"").map_err(io(&path))?;
+        Ok(path)
+    }
+
+    /// Host interfaces marked dying.
+    pub fn dying(&self) -> Result<Vec<String>> {
+        let dir = self.dir.join("dying");
+        match fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io(&dir)(e)),
+            Ok(rd) => Ok(rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+        }
+    }
+
+    /// Removes a dying marker (no error if absent).
+    pub fn clear_dying(&self, host_if: &str) -> Result<()> {
+        let path = self.dir.join("dying").join(host_if);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
     /// Releases one address (no error if it was free).
     pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
         let path = self.dir.join(ip.to_string());

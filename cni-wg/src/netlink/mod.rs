@@ -210,6 +210,19 @@ impl Netlink {
             .map_err(|errno| NetlinkError { op: "add route", target: format!("{}/{}", r.dst, r.prefix), errno })
     }
 
+    /// Deletes a main-table route (`dst/prefix` out of `oif`); `Ok(false)` when it did not exist.
+    pub fn delete_route(&mut self, dst: Ipv4Addr, prefix: u8, oif: i32) -> Result<bool> {
+        let b = Builder::new(RTM_DELROUTE, NLM_F_ACK)
+            .rtmsg(prefix, RT_SCOPE_NOWHERE)
+            .attr(RTA_DST, &dst.octets())
+            .attr_u32(RTA_OIF, oif as u32);
+        match self.request(b) {
+            Ok(_) => Ok(true),
+            Err(Errno::ESRCH) => Ok(false),
+            Err(errno) => Err(NetlinkError { op: "delete route", target: format!("{dst}/{prefix}"), errno }),
+        }
+    }
+
     /// Adds (or replaces) a permanent neighbour entry.
     pub fn add_neigh(&mut self, index: i32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         let b = Builder::new(RTM_NEWNEIGH, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)

@@ -36,6 +36,8 @@ pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
 /// Add a route.
 pub const RTM_NEWROUTE: u16 = 24;
+/// Delete a route.
+pub const RTM_DELROUTE: u16 = 25;
 /// Dump routes.
 pub const RTM_GETROUTE: u16 = 26;
 /// Add a neighbour.
@@ -85,6 +87,8 @@ pub const RT_TABLE_MAIN: u8 = 254;
 pub const RTPROT_BOOT: u8 = 3;
 /// Scope universe.
 pub const RT_SCOPE_UNIVERSE: u8 = 0;
+/// Scope "nowhere": matches any scope when deleting routes.
+pub const RT_SCOPE_NOWHERE: u8 = 255;
 /// Scope link.
 pub const RT_SCOPE_LINK: u8 = 253;
 /// `RTN_UNICAST`.

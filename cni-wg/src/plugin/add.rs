@@ -38,14 +38,23 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     }
     let host_if = host_if_name(&env.container_id, &env.ifname);
     let mut nl = Netlink::open().map_err(kernel)?;
-    if nl.link(&host_if).map_err(kernel)?.is_some() {
-        return Err(CniError::new(
-            code::INTERFACE_EXISTS,
-            format!("host interface {host_if} for {}/{} already exists (DEL it first)", env.container_id, env.ifname),
-        ));
-    }
     let record = Record { container_id: env.container_id.clone(), ifname: env.ifname.clone(), host_if: host_if.clone() };
-    let ip = Store::lock(&conf.data_dir, &conf.name).and_then(|s| s.reserve(cidr, &record)).map_err(ipam)?;
+    let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam)?;
+    if nl.link(&host_if).map_err(kernel)?.is_some() {
+        if store.find(&env.container_id, &env.ifname).map_err(ipam)?.is_some() {
+            return Err(CniError::new(
+                code::INTERFACE_EXISTS,
+                format!("host interface {host_if} for {}/{} already exists (DEL it first)", env.container_id, env.ifname),
+            ));
+        }
+        // A link of this attachment without a reservation: DEL's reaper has not finished yet
+        // (e.g. podman stop + start), or it died. Finish its job now.
+        nl.delete_link(&host_if).map_err(kernel)?;
+        store.clear_dying(&host_if).map_err(ipam)?;
+        tracing::info!(host_if = %host_if, "deleted a leftover link of a DELeted attachment");
+    }
+    let ip = store.reserve(cidr, &record).map_err(ipam)?;
+    drop(store);
     fault_point("after-reserve");
     let a = Attached {
         host_if,

@@ -1,6 +1,16 @@
-//! DEL: delete the host-side veth (the pod end and both routes go with it), release the
-//! address. Idempotent: a missing netns, a missing link, an empty CNI_NETNS or a missing
+//! DEL: stop the pod's traffic (remove the host route), release the address, and delete the
+//! veth pair. Idempotent: a missing netns, a missing link, an empty CNI_NETNS or a missing
 //! prevResult are all fine.
+//!
+//! Deleting a netdev makes the kernel wait for RCU grace periods (~15–30 ms here, nearly all
+//! of it sleeping), so the link itself is deleted by a detached reaper process (this binary with
+//! `KITFLEET_WG_REAP` set). A marker under `dataDir/<network>/dying/` records the pending
+//! deletion: GC finishes it if the reaper died, and an ADD for the same attachment deletes a
+//! leftover link synchronously first.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 use super::{ipam, kernel};
 use crate::cni::CniError;
@@ -10,13 +20,56 @@ use crate::ipam::host_if_name;
 use crate::ipam::store::Store;
 use crate::netlink::Netlink;
 
+/// Environment variable that turns the binary into the link reaper.
+pub const REAP_ENV: &str = "KITFLEET_WG_REAP";
+/// The dying marker the reaper removes when done.
+pub const REAP_MARKER_ENV: &str = "KITFLEET_WG_REAP_MARKER";
+
 pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let host_if = host_if_name(&env.container_id, &env.ifname);
-    let existed = Netlink::open().and_then(|mut nl| nl.delete_link(&host_if)).map_err(kernel)?;
-    let released = Store::lock(&conf.data_dir, &conf.name)
-        .and_then(|s| s.release(&env.container_id, &env.ifname))
-        .map_err(ipam)?;
+    let mut nl = Netlink::open().map_err(kernel)?;
+    let link = nl.link(&host_if).map_err(kernel)?;
+    let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam)?;
+    let held = store.find(&env.container_id, &env.ifname).map_err(ipam)?;
+    if let (Some(l), Some(e)) = (&link, &held) {
+        nl.delete_route(e.ip, 32, l.index).map_err(kernel)?;
+    }
+    let released = store.release(&env.container_id, &env.ifname).map_err(ipam)?;
+    let marker = match link {
+        Some(_) => Some(store.mark_dying(&host_if).map_err(ipam)?),
+        None => None,
+    };
+    drop(store);
+    if let Some(marker) = &marker {
+        if let Err(e) = spawn_reaper(&host_if, marker) {
+            tracing::warn!(error = %e, "cannot spawn the reaper; deleting the link inline");
+            nl.delete_link(&host_if).map_err(kernel)?;
+            let _ = std::fs::remove_file(marker);
+        }
+    }
     let ips: Vec<String> = released.iter().map(|e| e.ip.to_string()).collect();
-    tracing::info!(container = %env.container_id, ifname = %env.ifname, link_existed = existed, released = ?ips, "deleted");
+    tracing::info!(container = %env.container_id, ifname = %env.ifname, link_existed = marker.is_some(), released = ?ips, "deleted");
+    Ok(())
+}
+
+fn spawn_reaper(host_if: &str, marker: &Path) -> std::io::Result<()> {
+    Command::new(std::env::current_exe()?)
+        .env_clear()
+        .env(REAP_ENV, host_if)
+        .env(REAP_MARKER_ENV, marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map(drop)
+}
+
+/// Reaper mode: deletes `host_if` (the pod end goes with it) and removes the marker.
+pub fn reap(host_if: &str, marker: Option<&Path>) -> Result<(), CniError> {
+    Netlink::open().and_then(|mut nl| nl.delete_link(host_if)).map_err(kernel)?;
+    if let Some(m) = marker {
+        let _ = std::fs::remove_file(m);
+    }
     Ok(())
 }

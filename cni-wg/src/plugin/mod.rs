@@ -4,6 +4,8 @@
 mod add;
 mod check;
 mod del;
+
+pub use del::{REAP_ENV, REAP_MARKER_ENV, reap};
 mod status_gc;
 
 use serde_json::Value;

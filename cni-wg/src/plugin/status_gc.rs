@@ -44,6 +44,11 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
         reclaimed += 1;
         tracing::info!(ip = %e.ip, record = ?e.record, "gc: reclaimed");
     }
+    for host_if in store.dying().map_err(ipam)? {
+        nl.delete_link(&host_if).map_err(kernel)?;
+        store.clear_dying(&host_if).map_err(ipam)?;
+        tracing::info!(host_if = %host_if, "gc: finished a pending link deletion");
+    }
     drop(store);
     if conf.masquerade {
         reapply_masquerade(conf);

@@ -221,6 +221,16 @@ pub fn run_plugin(bin: &str, node_ns: Option<&File>, inv: &Invocation<'_>) -> Cn
     CniOut { ok: out.status.success(), stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
+/// Polls `cond` for up to 5 s (DEL leaves the link deletion to a detached reaper).
+#[track_caller]
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `conf` with `prevResult` set.
 pub fn with_prev(mut conf: Value, prev: &Value) -> Value {
     conf["prevResult"] = prev.clone();
