@@ -99,7 +99,9 @@ pub enum Error {
         reason: String,
     },
     /// The ISO image exceeds what ISO 9660 (single extent) can describe.
-    #[error("ISO: the EFI boot image is {size} bytes, over the ISO 9660 single-extent limit of {limit} bytes")]
+    #[error(
+        "ISO: the EFI boot image is {size} bytes, over the ISO 9660 single-extent limit of {limit} bytes"
+    )]
     IsoTooLarge {
         /// Size of the boot image.
         size: u64,

@@ -71,7 +71,9 @@ pub(crate) struct FatImage<'a> {
 }
 
 fn fat_err(reason: impl Into<String>) -> Error {
-    Error::Fat { reason: reason.into() }
+    Error::Fat {
+        reason: reason.into(),
+    }
 }
 
 /// Characters allowed in a short (8.3) name besides A-Z and 0-9.
@@ -88,7 +90,9 @@ fn check_component(path: &str, name: &str) -> Result<()> {
         || name.ends_with(' ')
         || name.chars().any(|c| c < ' ' || "\"*/:<>?\\|".contains(c));
     if bad {
-        return Err(fat_err(format!("{path:?}: {name:?} is not a valid FAT long name")));
+        return Err(fat_err(format!(
+            "{path:?}: {name:?} is not a valid FAT long name"
+        )));
     }
     Ok(())
 }
@@ -142,7 +146,9 @@ fn tailed_short(name: &str, taken: &HashSet<[u8; 11]>) -> Result<[u8; 11]> {
 }
 
 fn lfn_checksum(short: &[u8; 11]) -> u8 {
-    short.iter().fold(0u8, |sum, &c| (sum >> 1).wrapping_add(sum << 7).wrapping_add(c))
+    short.iter().fold(0u8, |sum, &c| {
+        (sum >> 1).wrapping_add(sum << 7).wrapping_add(c)
+    })
 }
 
 fn lfn_entries(long: &str) -> usize {
@@ -154,11 +160,17 @@ impl<'a> FatImage<'a> {
     pub(crate) fn new(files: &[(&str, &'a Parts<'a>)], options: FatOptions) -> Result<Self> {
         let (mut dirs, mut file_nodes) = build_tree(files)?;
         let root_entries = dir_entries(&dirs[0], true);
-        if !options.types.contains(&FatType::Fat32) && root_entries > u64::from(FAT16_ROOT_ENTRIES) {
-            return Err(fat_err(format!("{root_entries} root entries exceed FAT16's {FAT16_ROOT_ENTRIES}")));
+        if !options.types.contains(&FatType::Fat32) && root_entries > u64::from(FAT16_ROOT_ENTRIES)
+        {
+            return Err(fat_err(format!(
+                "{root_entries} root entries exceed FAT16's {FAT16_ROOT_ENTRIES}"
+            )));
         }
         let needed = |cluster: u64| -> Result<u64> {
-            let files: u64 = file_nodes.iter().map(|f| f.content.len().div_ceil(cluster)).sum();
+            let files: u64 = file_nodes
+                .iter()
+                .map(|f| f.content.len().div_ceil(cluster))
+                .sum();
             let dirs_total: u64 = dirs
                 .iter()
                 .enumerate()
@@ -167,13 +179,18 @@ impl<'a> FatImage<'a> {
             // FAT16 keeps the root outside the clusters; counting it anyway costs one cluster.
             Ok(files + dirs_total)
         };
-        let mut geometry = fat_geometry::choose(&options.types, options.sizing, options.headroom, &needed)?;
+        let mut geometry =
+            fat_geometry::choose(&options.types, options.sizing, options.headroom, &needed)?;
         if geometry.fat_type == FatType::Fat16 && root_entries > u64::from(FAT16_ROOT_ENTRIES) {
-            geometry = fat_geometry::choose(&[FatType::Fat32], options.sizing, options.headroom, &needed)?;
+            geometry =
+                fat_geometry::choose(&[FatType::Fat32], options.sizing, options.headroom, &needed)?;
         }
         for f in &file_nodes {
             if f.content.len() > u64::from(u32::MAX) {
-                return Err(fat_err(format!("a file of {} bytes exceeds FAT's 4 GiB - 1 limit", f.content.len())));
+                return Err(fat_err(format!(
+                    "a file of {} bytes exceeds FAT's 4 GiB - 1 limit",
+                    f.content.len()
+                )));
             }
         }
         let cluster = geometry.cluster_bytes();
@@ -198,9 +215,20 @@ impl<'a> FatImage<'a> {
             }
         }
         if next - 2 > geometry.clusters {
-            return Err(fat_err(format!("layout needs {} clusters, volume has {}", next - 2, geometry.clusters)));
+            return Err(fat_err(format!(
+                "layout needs {} clusters, volume has {}",
+                next - 2,
+                geometry.clusters
+            )));
         }
-        Ok(FatImage { geometry, dirs, files: file_nodes, order, options, next_free: next })
+        Ok(FatImage {
+            geometry,
+            dirs,
+            files: file_nodes,
+            order,
+            options,
+            next_free: next,
+        })
     }
 
     /// Size of the volume in bytes.
@@ -253,7 +281,11 @@ impl<'a> FatImage<'a> {
         let g = &self.geometry;
         let fat32 = g.fat_type == FatType::Fat32;
         let mut b = vec![0u8; SECTOR as usize];
-        b[..3].copy_from_slice(if fat32 { &[0xeb, 0x58, 0x90] } else { &[0xeb, 0x3c, 0x90] });
+        b[..3].copy_from_slice(if fat32 {
+            &[0xeb, 0x58, 0x90]
+        } else {
+            &[0xeb, 0x3c, 0x90]
+        });
         b[3..11].copy_from_slice(b"KITFLEET");
         b[11..13].copy_from_slice(&(SECTOR as u16).to_le_bytes());
         b[13] = g.sectors_per_cluster as u8;
@@ -299,7 +331,11 @@ impl<'a> FatImage<'a> {
         b[484..488].copy_from_slice(&0x6141_7272u32.to_le_bytes());
         let free = self.geometry.clusters - (self.next_free - 2);
         b[488..492].copy_from_slice(&(free as u32).to_le_bytes());
-        let next = if free > 0 { self.next_free as u32 } else { u32::MAX };
+        let next = if free > 0 {
+            self.next_free as u32
+        } else {
+            u32::MAX
+        };
         b[492..496].copy_from_slice(&next.to_le_bytes());
         b[508..512].copy_from_slice(&0xaa55_0000u32.to_le_bytes());
         b
@@ -308,21 +344,33 @@ impl<'a> FatImage<'a> {
     /// The used part of one FAT (the rest of its sectors is zero).
     fn fat_bytes(&self) -> Vec<u8> {
         let fat32 = self.geometry.fat_type == FatType::Fat32;
-        let (media, eoc) = if fat32 { (0x0fff_fff8u32, 0x0fff_ffffu32) } else { (0xfff8, 0xffff) };
+        let (media, eoc) = if fat32 {
+            (0x0fff_fff8u32, 0x0fff_ffffu32)
+        } else {
+            (0xfff8, 0xffff)
+        };
         let mut entries = vec![0u32; self.next_free as usize];
         entries[0] = media;
         entries[1] = eoc;
         for &(is_dir, i, clusters) in &self.order {
-            let first = if is_dir { self.dirs[i].first_cluster } else { self.files[i].first_cluster } as usize;
-            for c in first..first + clusters as usize - 1 {
-                entries[c] = c as u32 + 1;
+            let first = if is_dir {
+                self.dirs[i].first_cluster
+            } else {
+                self.files[i].first_cluster
+            } as usize;
+            let chain = &mut entries[first..first + clusters as usize];
+            for (c, entry) in (first..).zip(chain.iter_mut()) {
+                *entry = c as u32 + 1;
             }
-            entries[first + clusters as usize - 1] = eoc;
+            chain[chain.len() - 1] = eoc;
         }
         if fat32 {
             entries.iter().flat_map(|e| e.to_le_bytes()).collect()
         } else {
-            entries.iter().flat_map(|&e| (e as u16).to_le_bytes()).collect()
+            entries
+                .iter()
+                .flat_map(|&e| (e as u16).to_le_bytes())
+                .collect()
         }
     }
 
@@ -345,19 +393,40 @@ impl<'a> FatImage<'a> {
             e
         };
         if let Some(parent) = dir.parent {
-            let parent_cluster = if parent == 0 { 0 } else { self.dirs[parent].first_cluster };
-            out.extend(short_entry(b".          ", ATTR_DIRECTORY, dir.first_cluster, 0));
-            out.extend(short_entry(b"..         ", ATTR_DIRECTORY, parent_cluster, 0));
+            let parent_cluster = if parent == 0 {
+                0
+            } else {
+                self.dirs[parent].first_cluster
+            };
+            out.extend(short_entry(
+                b".          ",
+                ATTR_DIRECTORY,
+                dir.first_cluster,
+                0,
+            ));
+            out.extend(short_entry(
+                b"..         ",
+                ATTR_DIRECTORY,
+                parent_cluster,
+                0,
+            ));
         }
         for child in &dir.children {
             if child.lfn {
                 push_lfn(&mut out, &child.long, &child.short);
             }
             let entry = match child.kind {
-                ChildKind::Dir(d) => short_entry(&child.short, ATTR_DIRECTORY, self.dirs[d].first_cluster, 0),
+                ChildKind::Dir(d) => {
+                    short_entry(&child.short, ATTR_DIRECTORY, self.dirs[d].first_cluster, 0)
+                }
                 ChildKind::File(f) => {
                     let file = &self.files[f];
-                    short_entry(&child.short, ATTR_ARCHIVE, file.first_cluster, file.content.len() as u32)
+                    short_entry(
+                        &child.short,
+                        ATTR_ARCHIVE,
+                        file.first_cluster,
+                        file.content.len() as u32,
+                    )
                 }
             };
             out.extend(entry);
@@ -369,7 +438,7 @@ impl<'a> FatImage<'a> {
 fn push_lfn(out: &mut Vec<u8>, long: &str, short: &[u8; 11]) {
     let mut units: Vec<u16> = long.encode_utf16().collect();
     let count = units.len().div_ceil(LFN_CHARS);
-    if units.len() % LFN_CHARS != 0 {
+    if !units.len().is_multiple_of(LFN_CHARS) {
         units.push(0);
     }
     units.resize(count * LFN_CHARS, 0xffff);
@@ -380,7 +449,10 @@ fn push_lfn(out: &mut Vec<u8>, long: &str, short: &[u8; 11]) {
         e[0] = seq as u8 | if seq == count { 0x40 } else { 0 };
         e[11] = ATTR_LFN;
         e[13] = sum;
-        let slots = (1..11).step_by(2).chain((14..26).step_by(2)).chain((28..32).step_by(2));
+        let slots = (1..11)
+            .step_by(2)
+            .chain((14..26).step_by(2))
+            .chain((28..32).step_by(2));
         for (slot, unit) in slots.zip(chunk) {
             e[slot..slot + 2].copy_from_slice(&unit.to_le_bytes());
         }
@@ -390,7 +462,17 @@ fn push_lfn(out: &mut Vec<u8>, long: &str, short: &[u8; 11]) {
 
 fn dir_entries(dir: &Dir, root: bool) -> u64 {
     let own = if root { 0 } else { 2 };
-    own + dir.children.iter().map(|c| 1 + if c.lfn { lfn_entries(&c.long) as u64 } else { 0 }).sum::<u64>()
+    own + dir
+        .children
+        .iter()
+        .map(|c| {
+            1 + if c.lfn {
+                lfn_entries(&c.long) as u64
+            } else {
+                0
+            }
+        })
+        .sum::<u64>()
 }
 
 /// Builds the directory arena (root = 0, pre-order) and the file list (pre-order).
@@ -413,13 +495,23 @@ fn build_tree<'a>(files: &[(&str, &'a Parts<'a>)]) -> Result<(Vec<Dir>, Vec<File
             node = node.dirs.entry((*dir).to_string()).or_default();
         }
         check_component(path, name)?;
-        if node.dirs.contains_key(*name) || node.files.insert((*name).to_string(), content).is_some() {
+        if node.dirs.contains_key(*name)
+            || node.files.insert((*name).to_string(), content).is_some()
+        {
             return Err(fat_err(format!("{path:?} is given twice")));
         }
     }
-    fn flatten<'a>(node: Node<'a>, parent: Option<usize>, dirs: &mut Vec<Dir>, files: &mut Vec<File<'a>>) -> Result<()> {
+    fn flatten<'a>(
+        node: Node<'a>,
+        parent: Option<usize>,
+        dirs: &mut Vec<Dir>,
+        files: &mut Vec<File<'a>>,
+    ) -> Result<()> {
         let index = dirs.len();
-        dirs.push(Dir { parent, ..Dir::default() });
+        dirs.push(Dir {
+            parent,
+            ..Dir::default()
+        });
         let mut names: Vec<(String, Option<Node<'a>>, Option<&'a Parts<'a>>)> = Vec::new();
         for (n, d) in node.dirs {
             names.push((n, Some(d), None));
@@ -445,12 +537,20 @@ fn build_tree<'a>(files: &[(&str, &'a Parts<'a>)]) -> Result<(Vec<Dir>, Vec<File
                     ChildKind::Dir(0)
                 }
                 (None, Some(content)) => {
-                    files.push(File { content, first_cluster: 0 });
+                    files.push(File {
+                        content,
+                        first_cluster: 0,
+                    });
                     ChildKind::File(files.len() - 1)
                 }
                 (None, None) => unreachable!("each name is a dir or a file"),
             };
-            children.push(Child { long, short, lfn, kind });
+            children.push(Child {
+                long,
+                short,
+                lfn,
+                kind,
+            });
         }
         for (slot, d) in subdirs {
             children[slot].kind = ChildKind::Dir(dirs.len());
@@ -475,9 +575,15 @@ mod tests {
         assert_eq!(&plain_short("kitfleet").unwrap(), b"KITFLEET   ");
         assert!(plain_short("0123456789abcdef.efi").is_none());
         let taken = HashSet::new();
-        assert_eq!(&tailed_short("0123456789abcdef.efi", &taken).unwrap(), b"012345~1EFI");
+        assert_eq!(
+            &tailed_short("0123456789abcdef.efi", &taken).unwrap(),
+            b"012345~1EFI"
+        );
         let taken: HashSet<_> = [*b"012345~1EFI"].into();
-        assert_eq!(&tailed_short("0123456789abcdef.efi", &taken).unwrap(), b"012345~2EFI");
+        assert_eq!(
+            &tailed_short("0123456789abcdef.efi", &taken).unwrap(),
+            b"012345~2EFI"
+        );
     }
 
     #[test]
@@ -485,7 +591,9 @@ mod tests {
         // Sum over "BOOTX64 EFI" computed by hand with the rotate-right-and-add rule.
         let mut sum = 0u8;
         for &c in b"BOOTX64 EFI" {
-            sum = (if sum & 1 != 0 { 0x80u8 } else { 0 }).wrapping_add(sum >> 1).wrapping_add(c);
+            sum = (if sum & 1 != 0 { 0x80u8 } else { 0 })
+                .wrapping_add(sum >> 1)
+                .wrapping_add(c);
         }
         assert_eq!(lfn_checksum(b"BOOTX64 EFI"), sum);
     }
@@ -498,5 +606,103 @@ mod tests {
         }
         assert!(build_tree(&[("a/b", &parts), ("a/b", &parts)]).is_err());
         assert!(build_tree(&[("a", &parts), ("a/b", &parts)]).is_err());
+    }
+
+    fn tool(name: &str) -> bool {
+        let found = std::process::Command::new(name)
+            .arg("--help")
+            .output()
+            .is_ok();
+        if !found {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "{name} missing (dosfstools, mtools)"
+            );
+            eprintln!("skipping: {name} missing (apt-get install dosfstools mtools)");
+        }
+        found
+    }
+
+    /// Many shapes of content, checked by fsck.fat and read back with mtools.
+    #[test]
+    fn fsck_and_mtools_accept_the_volumes() {
+        if !tool("fsck.fat") || !tool("mcopy") {
+            return;
+        }
+        let mut contents: Vec<(String, Vec<u8>)> = vec![
+            ("EFI/BOOT/BOOTX64.EFI".into(), vec![1u8; 3000]),
+            (
+                format!("EFI/kitfleet/{}.efi", "ab".repeat(32)),
+                vec![2u8; 1],
+            ),
+            ("empty.txt".into(), Vec::new()),
+            ("A Long Name With Spaces.conf".into(), vec![3u8; 513]),
+            ("dir/sub/deeper/x".into(), vec![4u8; 512]),
+        ];
+        for i in 0..40 {
+            contents.push((
+                format!("many/file-{i:02}.txt"),
+                format!("file {i}\n").into_bytes(),
+            ));
+        }
+        let parts: Vec<(String, Parts<'_>)> = contents
+            .iter()
+            .map(|(p, c)| {
+                let mut parts = Parts::new();
+                parts.push_borrowed(c);
+                (p.clone(), parts)
+            })
+            .collect();
+        let files: Vec<(&str, &Parts<'_>)> = parts.iter().map(|(p, c)| (p.as_str(), c)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        for (types, bits) in [
+            (vec![FatType::Fat16, FatType::Fat32], "16"),
+            (vec![FatType::Fat32], "32"),
+        ] {
+            let options = FatOptions {
+                types,
+                sizing: Sizing::Smallest { align: 1 << 20 },
+                headroom: 1 << 20,
+                hidden_sectors: 0,
+                volume_id: 0x1234_5678,
+                mtime: 1_700_000_000,
+            };
+            let image = FatImage::new(&files, options).unwrap();
+            let path = dir.path().join(format!("fat{bits}.img"));
+            let mut out = Vec::new();
+            image.write_to(&mut out).unwrap();
+            assert_eq!(out.len() as u64, image.len());
+            std::fs::write(&path, &out).unwrap();
+            let fsck = std::process::Command::new("fsck.fat")
+                .arg("-n")
+                .arg("-v")
+                .arg(&path)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&fsck.stdout).into_owned();
+            assert!(
+                fsck.status.success(),
+                "fsck.fat: {text}{}",
+                String::from_utf8_lossy(&fsck.stderr)
+            );
+            assert!(text.contains(&format!("{bits} bit entries")), "{text}");
+            assert!(
+                text.contains(&format!("{} files", contents.len() + 7)),
+                "{text}"
+            );
+            for (name, content) in &contents {
+                let copy = dir.path().join("copy");
+                let status = std::process::Command::new("mcopy")
+                    .args(["-n", "-o", "-i"])
+                    .arg(&path)
+                    .arg(format!("::/{name}"))
+                    .arg(&copy)
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "mcopy {name}");
+                assert_eq!(&std::fs::read(&copy).unwrap(), content, "{name}");
+            }
+        }
     }
 }

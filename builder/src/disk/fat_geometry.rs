@@ -77,15 +77,26 @@ impl Geometry {
     /// Lays out a volume of `total_sectors` with the given type and cluster size. The FAT
     /// is sized for every cluster the volume could hold (slightly generous, never short).
     /// Returns `None` when the cluster count does not match the type.
-    pub(crate) fn for_total(fat_type: FatType, sectors_per_cluster: u32, total_sectors: u64) -> Option<Self> {
+    pub(crate) fn for_total(
+        fat_type: FatType,
+        sectors_per_cluster: u32,
+        total_sectors: u64,
+    ) -> Option<Self> {
         let spc = u64::from(sectors_per_cluster);
         let fixed = fat_type.reserved_sectors() + fat_type.root_dir_sectors();
         let available = total_sectors.checked_sub(fixed)?;
         let fat_sectors = ((available / spc + 2) * fat_type.entry_bytes()).div_ceil(SECTOR);
         let data = available.checked_sub(2 * fat_sectors)?;
         let clusters = data / spc;
-        let geometry = Geometry { fat_type, sectors_per_cluster, total_sectors, fat_sectors, clusters };
-        (clusters >= fat_type.min_clusters() && clusters <= fat_type.max_clusters()).then_some(geometry)
+        let geometry = Geometry {
+            fat_type,
+            sectors_per_cluster,
+            total_sectors,
+            fat_sectors,
+            clusters,
+        };
+        (clusters >= fat_type.min_clusters() && clusters <= fat_type.max_clusters())
+            .then_some(geometry)
     }
 
     pub(crate) fn cluster_bytes(&self) -> u64 {
@@ -132,7 +143,12 @@ pub(crate) fn choose(
     }
 }
 
-fn smallest(types: &[FatType], align: u64, headroom: u64, needed: &dyn Fn(u64) -> Result<u64>) -> Result<Geometry> {
+fn smallest(
+    types: &[FatType],
+    align: u64,
+    headroom: u64,
+    needed: &dyn Fn(u64) -> Result<u64>,
+) -> Result<Geometry> {
     let align_sectors = (align / SECTOR).max(1);
     let mut best: Option<Geometry> = None;
     for &fat_type in types {
@@ -168,17 +184,27 @@ fn smallest(types: &[FatType], align: u64, headroom: u64, needed: &dyn Fn(u64) -
             }
         }
     }
-    let best = best.ok_or_else(|| Error::Fat { reason: "no FAT16/FAT32 layout can hold the contents".into() })?;
+    let best = best.ok_or_else(|| Error::Fat {
+        reason: "no FAT16/FAT32 layout can hold the contents".into(),
+    })?;
     if best.total_sectors > u64::from(u32::MAX) {
         return Err(Error::Fat {
-            reason: format!("a volume of {} bytes exceeds FAT's 32-bit sector count", best.bytes()),
+            reason: format!(
+                "a volume of {} bytes exceeds FAT's 32-bit sector count",
+                best.bytes()
+            ),
         });
     }
     Ok(best)
 }
 
-fn exact(types: &[FatType], bytes: u64, headroom: u64, needed: &dyn Fn(u64) -> Result<u64>) -> Result<Geometry> {
-    if bytes % SECTOR != 0 || bytes / SECTOR > u64::from(u32::MAX) {
+fn exact(
+    types: &[FatType],
+    bytes: u64,
+    headroom: u64,
+    needed: &dyn Fn(u64) -> Result<u64>,
+) -> Result<Geometry> {
+    if !bytes.is_multiple_of(SECTOR) || bytes / SECTOR > u64::from(u32::MAX) {
         return Err(Error::Option {
             field: "esp_size",
             reason: format!("{bytes} is not a multiple of {SECTOR} bytes below 2 TiB"),
@@ -190,7 +216,9 @@ fn exact(types: &[FatType], bytes: u64, headroom: u64, needed: &dyn Fn(u64) -> R
     let mut most_available = 0;
     for &fat_type in types {
         for spc in SECTORS_PER_CLUSTER {
-            let Some(g) = Geometry::for_total(fat_type, spc, total) else { continue };
+            let Some(g) = Geometry::for_total(fat_type, spc, total) else {
+                continue;
+            };
             let cluster = g.cluster_bytes();
             let need = needed(cluster)?;
             let want = need + headroom.div_ceil(cluster);
@@ -209,9 +237,17 @@ fn exact(types: &[FatType], bytes: u64, headroom: u64, needed: &dyn Fn(u64) -> R
     }
     if most_available == 0 {
         let min = smallest(types, SECTOR, 0, &|_| Ok(0))?.bytes();
-        return Err(Error::EspTooSmall { esp_size: bytes, min });
+        return Err(Error::EspTooSmall {
+            esp_size: bytes,
+            min,
+        });
     }
-    Err(Error::EspOverflow { needed: least_needed, headroom, esp_size: bytes, available: most_available })
+    Err(Error::EspOverflow {
+        needed: least_needed,
+        headroom,
+        esp_size: bytes,
+        available: most_available,
+    })
 }
 
 #[cfg(test)]
@@ -220,7 +256,13 @@ mod tests {
 
     #[test]
     fn fat32_never_has_fewer_than_65525_clusters() {
-        let g = choose(&[FatType::Fat32], Sizing::Smallest { align: 1 << 20 }, 0, &|_| Ok(10)).unwrap();
+        let g = choose(
+            &[FatType::Fat32],
+            Sizing::Smallest { align: 1 << 20 },
+            0,
+            &|_| Ok(10),
+        )
+        .unwrap();
         assert_eq!(g.fat_type, FatType::Fat32);
         assert!(g.clusters >= 65525, "{g:?}");
         assert_eq!(g.bytes() % (1 << 20), 0);
@@ -234,7 +276,10 @@ mod tests {
             for spc in SECTORS_PER_CLUSTER {
                 for t in [FatType::Fat16, FatType::Fat32] {
                     if let Some(g) = Geometry::for_total(t, spc, total) {
-                        assert!(g.fat_sectors * SECTOR / t.entry_bytes() >= g.clusters + 2, "{g:?}");
+                        assert!(
+                            g.fat_sectors * SECTOR / t.entry_bytes() >= g.clusters + 2,
+                            "{g:?}"
+                        );
                         assert!(g.first_data_sector() + g.clusters * u64::from(spc) <= total);
                     }
                 }
@@ -245,9 +290,12 @@ mod tests {
     #[test]
     fn smallest_volume_holds_the_contents() {
         let content = 50 * 1024 * 1024u64;
-        let g = choose(&[FatType::Fat16, FatType::Fat32], Sizing::Smallest { align: 2048 }, 0, &|c| {
-            Ok(content.div_ceil(c))
-        })
+        let g = choose(
+            &[FatType::Fat16, FatType::Fat32],
+            Sizing::Smallest { align: 2048 },
+            0,
+            &|c| Ok(content.div_ceil(c)),
+        )
         .unwrap();
         assert!(g.clusters * g.cluster_bytes() >= content);
         // No more than a few percent of overhead.
@@ -256,10 +304,17 @@ mod tests {
 
     #[test]
     fn exact_size_overflow_names_sizes() {
-        let err = choose(&[FatType::Fat32], Sizing::Exact(64 << 20), 0, &|c| Ok((100u64 << 20).div_ceil(c)))
-            .unwrap_err();
+        let err = choose(&[FatType::Fat32], Sizing::Exact(64 << 20), 0, &|c| {
+            Ok((100u64 << 20).div_ceil(c))
+        })
+        .unwrap_err();
         match err {
-            Error::EspOverflow { needed, esp_size, available, .. } => {
+            Error::EspOverflow {
+                needed,
+                esp_size,
+                available,
+                ..
+            } => {
                 assert_eq!(esp_size, 64 << 20);
                 assert!(needed >= 100 << 20);
                 assert!(available < 64 << 20);
@@ -267,6 +322,9 @@ mod tests {
             other => panic!("unexpected {other}"),
         }
         let err = choose(&[FatType::Fat32], Sizing::Exact(8 << 20), 0, &|_| Ok(1)).unwrap_err();
-        assert!(matches!(err, Error::EspTooSmall { esp_size, min } if esp_size == 8 << 20 && min > 32 << 20), "{err}");
+        assert!(
+            matches!(err, Error::EspTooSmall { esp_size, min } if esp_size == 8 << 20 && min > 32 << 20),
+            "{err}"
+        );
     }
 }

@@ -16,7 +16,9 @@ const ENTRIES: u32 = 128;
 const ENTRY_SIZE: u32 = 128;
 const ENTRY_SECTORS: u64 = (ENTRIES * ENTRY_SIZE) as u64 / SECTOR;
 /// C12A7328-F81F-11D2-BA4B-00A0C93EC93B
-const ESP_TYPE: Guid = Guid([0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b]);
+const ESP_TYPE: Guid = Guid([
+    0xc1, 0x2a, 0x73, 0x28, 0xf8, 0x1f, 0x11, 0xd2, 0xba, 0x4b, 0x00, 0xa0, 0xc9, 0x3e, 0xc9, 0x3b,
+]);
 
 /// A GUID in its textual (RFC 4122, big-endian) byte order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,14 +44,25 @@ impl Guid {
     /// The mixed-endian form GPT stores on disk.
     pub(crate) fn to_disk(self) -> [u8; 16] {
         let b = self.0;
-        [b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]
+        [
+            b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13],
+            b[14], b[15],
+        ]
     }
 }
 
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = hex::encode(self.0);
-        write!(f, "{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
     }
 }
 
@@ -103,7 +116,7 @@ impl GptLayout {
         h[40..48].copy_from_slice(&(2 + ENTRY_SECTORS).to_le_bytes());
         h[48..56].copy_from_slice(&(self.last_lba() - ENTRY_SECTORS - 1).to_le_bytes());
         h[56..72].copy_from_slice(&self.disk_guid.to_disk());
-        h[72..80].copy_from_slice(&(entries_lba as u64).to_le_bytes());
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
         h[80..84].copy_from_slice(&ENTRIES.to_le_bytes());
         h[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
         h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
@@ -166,7 +179,11 @@ mod tests {
 
     #[test]
     fn headers_checksum_and_point_at_each_other() {
-        let gpt = GptLayout { disk_guid: Guid([7; 16]), esp_guid: Guid([9; 16]), esp_sectors: 70_000 };
+        let gpt = GptLayout {
+            disk_guid: Guid([7; 16]),
+            esp_guid: Guid([9; 16]),
+            esp_sectors: 70_000,
+        };
         let mut head = Vec::new();
         gpt.write_head(&mut head).unwrap();
         let mut tail = Vec::new();

@@ -56,7 +56,10 @@ impl IsoLayout {
     pub(crate) fn new(image_len: u64, mtime: u64) -> Result<Self> {
         let limit = u64::from(u32::MAX) - BLOCK + 1;
         if image_len > limit {
-            return Err(Error::IsoTooLarge { size: image_len, limit });
+            return Err(Error::IsoTooLarge {
+                size: image_len,
+                limit,
+            });
         }
         Ok(IsoLayout { image_len, mtime })
     }
@@ -99,7 +102,14 @@ impl IsoLayout {
         d[140..144].copy_from_slice(&PATH_L_LBA.to_le_bytes());
         d[148..152].copy_from_slice(&PATH_M_LBA.to_be_bytes());
         d[156..190].copy_from_slice(&self.record(&[0], ROOT_LBA, BLOCK as u32, true));
-        for (start, len) in [(190, 128), (318, 128), (446, 128), (702, 37), (739, 37), (776, 37)] {
+        for (start, len) in [
+            (190, 128),
+            (318, 128),
+            (446, 128),
+            (702, 37),
+            (739, 37),
+            (776, 37),
+        ] {
             d[start..start + len].fill(b' ');
         }
         d[574..702].copy_from_slice(&padded("KITFLEET-BUILD", 128, b' '));
@@ -133,9 +143,17 @@ impl IsoLayout {
     fn path_table(&self, big_endian: bool) -> Vec<u8> {
         let mut d = vec![0u8; BLOCK as usize];
         d[0] = 1;
-        let lba = if big_endian { ROOT_LBA.to_be_bytes() } else { ROOT_LBA.to_le_bytes() };
+        let lba = if big_endian {
+            ROOT_LBA.to_be_bytes()
+        } else {
+            ROOT_LBA.to_le_bytes()
+        };
         d[2..6].copy_from_slice(&lba);
-        let parent = if big_endian { 1u16.to_be_bytes() } else { 1u16.to_le_bytes() };
+        let parent = if big_endian {
+            1u16.to_be_bytes()
+        } else {
+            1u16.to_le_bytes()
+        };
         d[6..8].copy_from_slice(&parent);
         d
     }
@@ -163,9 +181,9 @@ impl IsoLayout {
         d[4..28].copy_from_slice(&padded(VOLUME_ID, 24, 0));
         d[30] = 0x55;
         d[31] = 0xaa;
-        let sum = d[..32]
-            .chunks_exact(2)
-            .fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = d[..32].chunks_exact(2).fold(0u16, |s, w| {
+            s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         d[28..30].copy_from_slice(&0u16.wrapping_sub(sum).to_le_bytes());
         let e = &mut d[32..64];
         e[0] = 0x88; // bootable
@@ -202,10 +220,15 @@ mod tests {
     fn catalog_validates_and_points_at_the_image() {
         let iso = IsoLayout::new(3 * 1024 * 1024 + 5, 0).unwrap();
         let cat = iso.boot_catalog();
-        let sum = cat[..32].chunks_exact(2).fold(0u16, |s, w| s.wrapping_add(u16::from_le_bytes([w[0], w[1]])));
+        let sum = cat[..32].chunks_exact(2).fold(0u16, |s, w| {
+            s.wrapping_add(u16::from_le_bytes([w[0], w[1]]))
+        });
         assert_eq!(sum, 0);
         assert_eq!(u16::from_le_bytes([cat[38], cat[39]]), 6145);
-        assert_eq!(u32::from_le_bytes(cat[40..44].try_into().unwrap()), IMAGE_LBA);
+        assert_eq!(
+            u32::from_le_bytes(cat[40..44].try_into().unwrap()),
+            IMAGE_LBA
+        );
         let mut head = Vec::new();
         iso.write_head(&mut head).unwrap();
         assert_eq!(head.len() as u64, u64::from(IMAGE_LBA) * BLOCK);
@@ -215,8 +238,14 @@ mod tests {
 
     #[test]
     fn large_images_use_sector_count_zero_and_huge_ones_fail() {
-        assert_eq!(IsoLayout::new(64 << 20, 0).unwrap().catalog_sector_count(), 0);
+        assert_eq!(
+            IsoLayout::new(64 << 20, 0).unwrap().catalog_sector_count(),
+            0
+        );
         let err = IsoLayout::new(5 << 30, 0).unwrap_err();
-        assert!(matches!(err, Error::IsoTooLarge { size, .. } if size == 5 << 30), "{err}");
+        assert!(
+            matches!(err, Error::IsoTooLarge { size, .. } if size == 5 << 30),
+            "{err}"
+        );
     }
 }

@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 
 use content::{HashingWriter, Parts};
 pub use error::{Error, Result};
-pub use fat_geometry::FatType;
 use fat::{FatImage, FatOptions};
+pub use fat_geometry::FatType;
 use fat_geometry::Sizing;
 pub use gpt::Guid;
 use gpt::{ESP_START_LBA, GptLayout};
@@ -59,7 +59,11 @@ pub enum DiskFormat {
 
 impl DiskFormat {
     /// Every format, in the order they are usually listed.
-    pub const ALL: [DiskFormat; 3] = [DiskFormat::IsoEfiInitrd, DiskFormat::RawEfi, DiskFormat::Qcow2Efi];
+    pub const ALL: [DiskFormat; 3] = [
+        DiskFormat::IsoEfiInitrd,
+        DiskFormat::RawEfi,
+        DiskFormat::Qcow2Efi,
+    ];
 
     /// The LinuxKit name of the format.
     pub fn name(self) -> &'static str {
@@ -90,10 +94,13 @@ impl FromStr for DiskFormat {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        DiskFormat::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| Error::Option {
-            field: "format",
-            reason: format!("{s:?} is not a disk format (iso-efi-initrd, raw-efi, qcow2-efi)"),
-        })
+        DiskFormat::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| Error::Option {
+                field: "format",
+                reason: format!("{s:?} is not a disk format (iso-efi-initrd, raw-efi, qcow2-efi)"),
+            })
     }
 }
 
@@ -123,7 +130,10 @@ impl fmt::Debug for DiskInputs<'_> {
             .field("kernel", &format_args!("{} bytes", self.kernel.len()))
             .field("initrd", &format_args!("{} bytes", self.initrd.len()))
             .field("cmdline", &self.cmdline)
-            .field("os_release", &format_args!("{} bytes", self.os_release.len()))
+            .field(
+                "os_release",
+                &format_args!("{} bytes", self.os_release.len()),
+            )
             .field("build_key", &hex::encode(self.build_key))
             .field("stub", &format_args!("{} bytes", self.stub.len()))
             .field("mtime", &self.mtime)
@@ -145,7 +155,11 @@ pub struct DiskOptions {
 
 impl Default for DiskOptions {
     fn default() -> Self {
-        DiskOptions { esp_size: None, esp_free: None, qemu_img: PathBuf::from("qemu-img") }
+        DiskOptions {
+            esp_size: None,
+            esp_free: None,
+            qemu_img: PathBuf::from("qemu-img"),
+        }
     }
 }
 
@@ -179,7 +193,10 @@ pub struct OutputInfo {
 
 /// The disk and ESP partition GUIDs a build key gives.
 pub fn disk_guids(build_key: &[u8; 32]) -> (Guid, Guid) {
-    (Guid::derive(build_key, "gpt-disk"), Guid::derive(build_key, "gpt-esp"))
+    (
+        Guid::derive(build_key, "gpt-disk"),
+        Guid::derive(build_key, "gpt-esp"),
+    )
 }
 
 fn volume_id(build_key: &[u8; 32], purpose: &str) -> u32 {
@@ -206,23 +223,41 @@ pub fn file_digest(path: &Path) -> Result<FileDigest> {
         hasher.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(FileDigest { size, sha256: hex::encode(hasher.finalize()) })
+    Ok(FileDigest {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
 }
 
 /// Writes through a temporary file in the target's directory, renamed into place on success.
-fn write_atomically(path: &Path, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> Result<FileDigest> {
+fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<FileDigest> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::Builder::new().prefix(".kitfleet-disk-").tempfile_in(dir).map_err(Error::io(dir))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".kitfleet-disk-")
+        .tempfile_in(dir)
+        .map_err(Error::io(dir))?;
     let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
     write(&mut w).map_err(Error::io(path))?;
     let (buf, size, digest) = w.finish();
-    buf.into_inner().map_err(|e| Error::Io { path: path.to_path_buf(), source: e.into_error() })?;
+    buf.into_inner().map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.into_error(),
+    })?;
     tmp.as_file().sync_all().map_err(Error::io(path))?;
-    tmp.persist(path).map_err(|e| Error::Io { path: path.to_path_buf(), source: e.error })?;
-    Ok(FileDigest { size, sha256: hex::encode(digest) })
+    tmp.persist(path).map_err(|e| Error::Io {
+        path: path.to_path_buf(),
+        source: e.error,
+    })?;
+    Ok(FileDigest {
+        size,
+        sha256: hex::encode(digest),
+    })
 }
 
 /// An assembled UKI with its digest.
@@ -233,8 +268,17 @@ struct Uki<'a> {
 
 impl<'a> Uki<'a> {
     fn build(inputs: &DiskInputs<'a>) -> Result<Self> {
-        let parts = uki::build(inputs.stub, inputs.kernel, inputs.initrd, inputs.cmdline, inputs.os_release)?;
-        let digest = FileDigest { size: parts.len(), sha256: hex::encode(parts.sha256()) };
+        let parts = uki::build(
+            inputs.stub,
+            inputs.kernel,
+            inputs.initrd,
+            inputs.cmdline,
+            inputs.os_release,
+        )?;
+        let digest = FileDigest {
+            size: parts.len(),
+            sha256: hex::encode(parts.sha256()),
+        };
         Ok(Uki { parts, digest })
     }
 
@@ -249,7 +293,12 @@ pub fn write_uki(inputs: &DiskInputs<'_>, path: &Path) -> Result<FileDigest> {
     write_atomically(path, |w| uki.parts.write_to(w))
 }
 
-fn esp_image<'a>(uki: &'a Uki<'a>, esp_path: &'a str, inputs: &DiskInputs<'_>, options: &DiskOptions) -> Result<FatImage<'a>> {
+fn esp_image<'a>(
+    uki: &'a Uki<'a>,
+    esp_path: &'a str,
+    inputs: &DiskInputs<'_>,
+    options: &DiskOptions,
+) -> Result<FatImage<'a>> {
     let sizing = match options.esp_size {
         Some(bytes) => Sizing::Exact(bytes),
         None => Sizing::Smallest { align: MIB },
@@ -262,14 +311,26 @@ fn esp_image<'a>(uki: &'a Uki<'a>, esp_path: &'a str, inputs: &DiskInputs<'_>, o
         volume_id: volume_id(&inputs.build_key, "esp-volume-id"),
         mtime: inputs.mtime,
     };
-    FatImage::new(&[(FALLBACK_PATH, &uki.parts), (esp_path, &uki.parts)], fat_options)
+    FatImage::new(
+        &[(FALLBACK_PATH, &uki.parts), (esp_path, &uki.parts)],
+        fat_options,
+    )
 }
 
-fn write_raw(uki: &Uki<'_>, inputs: &DiskInputs<'_>, options: &DiskOptions, path: &Path) -> Result<OutputInfo> {
+fn write_raw(
+    uki: &Uki<'_>,
+    inputs: &DiskInputs<'_>,
+    options: &DiskOptions,
+    path: &Path,
+) -> Result<OutputInfo> {
     let esp_path = uki.esp_path();
     let esp = esp_image(uki, &esp_path, inputs, options)?;
     let (disk_guid, esp_guid) = disk_guids(&inputs.build_key);
-    let gpt = GptLayout { disk_guid, esp_guid, esp_sectors: esp.len() / fat_geometry::SECTOR };
+    let gpt = GptLayout {
+        disk_guid,
+        esp_guid,
+        esp_sectors: esp.len() / fat_geometry::SECTOR,
+    };
     let digest = write_atomically(path, |w| {
         gpt.write_head(w)?;
         esp.write_to(w)?;
@@ -315,7 +376,12 @@ fn write_iso(uki: &Uki<'_>, inputs: &DiskInputs<'_>, path: &Path) -> Result<Outp
 }
 
 /// Writes one disk format to `path`.
-pub fn write_disk(format: DiskFormat, inputs: &DiskInputs<'_>, options: &DiskOptions, path: &Path) -> Result<OutputInfo> {
+pub fn write_disk(
+    format: DiskFormat,
+    inputs: &DiskInputs<'_>,
+    options: &DiskOptions,
+    path: &Path,
+) -> Result<OutputInfo> {
     let uki = Uki::build(inputs)?;
     write_with(format, &uki, inputs, options, path)
 }
@@ -331,12 +397,23 @@ fn write_with(
         DiskFormat::IsoEfiInitrd => write_iso(uki, inputs, path),
         DiskFormat::RawEfi => write_raw(uki, inputs, options, path),
         DiskFormat::Qcow2Efi => {
-            let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let scratch = tempfile::Builder::new().prefix(".kitfleet-raw-").tempdir_in(dir).map_err(Error::io(dir))?;
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let scratch = tempfile::Builder::new()
+                .prefix(".kitfleet-raw-")
+                .tempdir_in(dir)
+                .map_err(Error::io(dir))?;
             let raw = scratch.path().join("disk.raw");
             let info = write_raw(uki, inputs, options, &raw)?;
             let digest = qcow2::convert(&options.qemu_img, &raw, path)?;
-            Ok(OutputInfo { format: DiskFormat::Qcow2Efi, path: path.to_path_buf(), digest, ..info })
+            Ok(OutputInfo {
+                format: DiskFormat::Qcow2Efi,
+                path: path.to_path_buf(),
+                digest,
+                ..info
+            })
         }
     }
 }
@@ -359,7 +436,12 @@ pub fn write_disks(
         let info = match (format, raw_done) {
             (DiskFormat::Qcow2Efi, Some(raw)) => {
                 let digest = qcow2::convert(&options.qemu_img, &raw.path, &path)?;
-                OutputInfo { format, path, digest, ..raw }
+                OutputInfo {
+                    format,
+                    path,
+                    digest,
+                    ..raw
+                }
             }
             _ => write_with(format, &uki, inputs, options, &path)?,
         };

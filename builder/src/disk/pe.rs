@@ -59,11 +59,13 @@ pub(crate) struct Layout {
 }
 
 fn u16_at(b: &[u8], off: usize) -> Option<u16> {
-    b.get(off..off + 2).map(|s| u16::from_le_bytes([s[0], s[1]]))
+    b.get(off..off + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
-    b.get(off..off + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn put_u16(b: &mut [u8], off: usize, v: u16) {
@@ -75,7 +77,10 @@ fn put_u32(b: &mut [u8], off: usize, v: u32) {
 }
 
 fn stub_err(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::Stub { field, reason: reason.into() }
+    Error::Stub {
+        field,
+        reason: reason.into(),
+    }
 }
 
 fn section_name(name: &str) -> [u8; 8] {
@@ -92,39 +97,62 @@ pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
     }
     let pe = u32_at(stub, 0x3c).ok_or_else(|| truncated("e_lfanew"))? as usize;
     if stub.get(pe..pe + 4) != Some(b"PE\0\0") {
-        return Err(stub_err("e_lfanew", format!("no PE signature at offset {pe:#x}")));
+        return Err(stub_err(
+            "e_lfanew",
+            format!("no PE signature at offset {pe:#x}"),
+        ));
     }
     let coff = pe + 4;
     let machine = u16_at(stub, coff).ok_or_else(|| truncated("Machine"))?;
     if machine != IMAGE_FILE_MACHINE_AMD64 {
-        return Err(stub_err("Machine", format!("{machine:#06x} is not x86-64 (0x8664)")));
+        return Err(stub_err(
+            "Machine",
+            format!("{machine:#06x} is not x86-64 (0x8664)"),
+        ));
     }
     let sections = u16_at(stub, coff + 2).ok_or_else(|| truncated("NumberOfSections"))?;
     let opt_size = u16_at(stub, coff + 16).ok_or_else(|| truncated("SizeOfOptionalHeader"))?;
     let opt = coff + 20;
     let magic = u16_at(stub, opt).ok_or_else(|| truncated("Magic"))?;
     if magic != PE32_PLUS_MAGIC {
-        return Err(stub_err("Magic", format!("{magic:#06x} is not PE32+ (0x20b)")));
+        return Err(stub_err(
+            "Magic",
+            format!("{magic:#06x} is not PE32+ (0x20b)"),
+        ));
     }
     if (opt_size as usize) < 112 + 5 * 8 {
-        return Err(stub_err("SizeOfOptionalHeader", format!("{opt_size} is too small")));
+        return Err(stub_err(
+            "SizeOfOptionalHeader",
+            format!("{opt_size} is too small"),
+        ));
     }
-    let section_alignment = u64::from(u32_at(stub, opt + 32).ok_or_else(|| truncated("SectionAlignment"))?);
-    let file_alignment = u64::from(u32_at(stub, opt + 36).ok_or_else(|| truncated("FileAlignment"))?);
-    for (field, value) in [("SectionAlignment", section_alignment), ("FileAlignment", file_alignment)] {
+    let section_alignment =
+        u64::from(u32_at(stub, opt + 32).ok_or_else(|| truncated("SectionAlignment"))?);
+    let file_alignment =
+        u64::from(u32_at(stub, opt + 36).ok_or_else(|| truncated("FileAlignment"))?);
+    for (field, value) in [
+        ("SectionAlignment", section_alignment),
+        ("FileAlignment", file_alignment),
+    ] {
         if !value.is_power_of_two() || value < 16 {
-            return Err(stub_err(field, format!("{value:#x} is not a power of two of at least 16")));
+            return Err(stub_err(
+                field,
+                format!("{value:#x} is not a power of two of at least 16"),
+            ));
         }
     }
     let size_of_image = u64::from(u32_at(stub, opt + 56).ok_or_else(|| truncated("SizeOfImage"))?);
-    let size_of_headers = u64::from(u32_at(stub, opt + 60).ok_or_else(|| truncated("SizeOfHeaders"))?);
+    let size_of_headers =
+        u64::from(u32_at(stub, opt + 60).ok_or_else(|| truncated("SizeOfHeaders"))?);
     let section_table = opt + opt_size as usize;
     let mut raw_end = size_of_headers;
     let mut va_end = size_of_image;
     let mut names = Vec::with_capacity(sections as usize);
     for i in 0..sections as usize {
         let h = section_table + i * SECTION_HEADER_LEN;
-        let hdr = stub.get(h..h + SECTION_HEADER_LEN).ok_or_else(|| truncated("section table"))?;
+        let hdr = stub
+            .get(h..h + SECTION_HEADER_LEN)
+            .ok_or_else(|| truncated("section table"))?;
         let mut name = [0u8; 8];
         name.copy_from_slice(&hdr[..8]);
         let vsize = u64::from(u32_at(hdr, 8).unwrap_or(0));
@@ -142,7 +170,10 @@ pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
     }
     for wanted in UKI_SECTIONS {
         if names.contains(&section_name(wanted)) {
-            return Err(stub_err("section table", format!("the stub already has a {wanted} section")));
+            return Err(stub_err(
+                "section table",
+                format!("the stub already has a {wanted} section"),
+            ));
         }
     }
     Ok(StubInfo {
@@ -187,10 +218,18 @@ pub(crate) fn plan_layout(info: &StubInfo, new: &[(&str, u64)]) -> Result<Layout
         va = align_up(va + size.max(1), info.section_alignment);
         raw += raw_size;
     }
-    let layout = Layout { sections, size_of_image: va, file_len: raw };
+    let layout = Layout {
+        sections,
+        size_of_image: va,
+        file_len: raw,
+    };
     let limit = u64::from(u32::MAX);
     if layout.size_of_image > limit || layout.file_len > limit {
-        let size_of = |n: &str| new.iter().find(|(name, _)| *name == n).map_or(0, |(_, s)| *s);
+        let size_of = |n: &str| {
+            new.iter()
+                .find(|(name, _)| *name == n)
+                .map_or(0, |(_, s)| *s)
+        };
         return Err(Error::UkiTooLarge {
             size: layout.size_of_image.max(layout.file_len),
             stub: info.raw_end,
@@ -250,8 +289,11 @@ impl PeChecksum {
 /// Assembles a UKI from the stub and the four sections (in [`UKI_SECTIONS`] order).
 pub(crate) fn assemble<'a>(stub: &'a [u8], contents: [&'a [u8]; 4]) -> Result<Parts<'a>> {
     let info = parse_stub(stub)?;
-    let sizes: Vec<(&str, u64)> =
-        UKI_SECTIONS.iter().zip(contents).map(|(n, c)| (*n, c.len() as u64)).collect();
+    let sizes: Vec<(&str, u64)> = UKI_SECTIONS
+        .iter()
+        .zip(contents)
+        .map(|(n, c)| (*n, c.len() as u64))
+        .collect();
     let layout = plan_layout(&info, &sizes)?;
 
     let mut head = stub[..info.raw_end as usize].to_vec();
@@ -268,7 +310,11 @@ pub(crate) fn assemble<'a>(stub: &'a [u8], contents: [&'a [u8]; 4]) -> Result<Pa
             sum.update(&[0]);
         }
     }
-    put_u32(&mut head, info.opt + OPT_CHECKSUM, sum.finish(layout.file_len));
+    put_u32(
+        &mut head,
+        info.opt + OPT_CHECKSUM,
+        sum.finish(layout.file_len),
+    );
 
     let mut parts = Parts::new();
     parts.push_owned(head);
@@ -285,7 +331,8 @@ fn rewrite_headers(head: &mut [u8], info: &StubInfo, layout: &Layout) -> Result<
     let coff = info.coff;
     let opt = info.opt;
     let total = info.sections as usize + layout.sections.len();
-    let total = u16::try_from(total).map_err(|_| stub_err("NumberOfSections", "too many sections"))?;
+    let total =
+        u16::try_from(total).map_err(|_| stub_err("NumberOfSections", "too many sections"))?;
     put_u16(head, coff + 2, total);
     put_u32(head, coff + 4, 0); // TimeDateStamp
     put_u32(head, coff + 8, 0); // PointerToSymbolTable (the table is dropped)
@@ -320,7 +367,9 @@ mod tests {
     fn stub() -> Option<Vec<u8>> {
         match std::fs::read(DEFAULT_STUB_PATH) {
             Ok(s) => Some(s),
-            Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("{DEFAULT_STUB_PATH}: {e}"),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("{DEFAULT_STUB_PATH}: {e}")
+            }
             Err(e) => {
                 eprintln!("skipping: {DEFAULT_STUB_PATH}: {e} (apt-get install systemd-boot-efi)");
                 None
@@ -344,7 +393,10 @@ mod tests {
         let Some(stub) = stub() else { return };
         let info = parse_stub(&stub).unwrap();
         let stored = u32_at(&stub, info.opt + OPT_CHECKSUM).unwrap();
-        assert_ne!(stored, 0, "the Debian stub carries a linker-computed checksum");
+        assert_ne!(
+            stored, 0,
+            "the Debian stub carries a linker-computed checksum"
+        );
         assert_eq!(checksum_of(&stub, info.opt), stored);
     }
 
@@ -367,7 +419,10 @@ mod tests {
         let stored = u32_at(&out, info.opt + OPT_CHECKSUM).unwrap();
         assert_eq!(checksum_of(&out, info.opt), stored);
         let size_of_image = u64::from(u32_at(&out, info.opt + 56).unwrap());
-        for (i, expected) in [&osrel[..], cmdline, &linux, &initrd].into_iter().enumerate() {
+        for (i, expected) in [&osrel[..], cmdline, &linux, &initrd]
+            .into_iter()
+            .enumerate()
+        {
             let h = info.section_table + (info.sections as usize + i) * SECTION_HEADER_LEN;
             let vsize = u32_at(&out, h + 8).unwrap() as usize;
             let va = u64::from(u32_at(&out, h + 12).unwrap());
@@ -389,10 +444,24 @@ mod tests {
         let info = parse_stub(&stub).unwrap();
         let kernel = 14 << 20;
         let initrd = 4u64 << 30;
-        let err = plan_layout(&info, &[(".osrel", 10), (".cmdline", 10), (".linux", kernel), (".initrd", initrd)])
-            .unwrap_err();
+        let err = plan_layout(
+            &info,
+            &[
+                (".osrel", 10),
+                (".cmdline", 10),
+                (".linux", kernel),
+                (".initrd", initrd),
+            ],
+        )
+        .unwrap_err();
         match err {
-            Error::UkiTooLarge { size, kernel: k, initrd: i, limit, .. } => {
+            Error::UkiTooLarge {
+                size,
+                kernel: k,
+                initrd: i,
+                limit,
+                ..
+            } => {
                 assert_eq!((k, i, limit), (kernel, initrd, u64::from(u32::MAX)));
                 assert!(size > limit);
             }
@@ -402,10 +471,19 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_pe32_plus_stub() {
-        assert!(matches!(parse_stub(b"hello"), Err(Error::Stub { field: "e_magic", .. })));
+        assert!(matches!(
+            parse_stub(b"hello"),
+            Err(Error::Stub {
+                field: "e_magic",
+                ..
+            })
+        ));
         let Some(mut stub) = stub() else { return };
         let info = parse_stub(&stub).unwrap();
         put_u16(&mut stub, info.opt, 0x10b);
-        assert!(matches!(parse_stub(&stub), Err(Error::Stub { field: "Magic", .. })));
+        assert!(matches!(
+            parse_stub(&stub),
+            Err(Error::Stub { field: "Magic", .. })
+        ));
     }
 }

@@ -11,24 +11,50 @@ use std::process::Command;
 use super::FileDigest;
 use super::error::{Error, Result};
 
-const CREATE_OPTIONS: &str = "compat=1.1,cluster_size=65536,lazy_refcounts=off,refcount_bits=16,preallocation=off";
+const CREATE_OPTIONS: &str =
+    "compat=1.1,cluster_size=65536,lazy_refcounts=off,refcount_bits=16,preallocation=off";
 
 /// Converts `raw` to qcow2 at `out` (through a temporary file renamed into place).
 pub(crate) fn convert(qemu_img: &Path, raw: &Path, out: &Path) -> Result<FileDigest> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".kitfleet-qcow2-").tempfile_in(dir).map_err(Error::io(dir))?;
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".kitfleet-qcow2-")
+        .tempfile_in(dir)
+        .map_err(Error::io(dir))?;
     let output = Command::new(qemu_img)
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", CREATE_OPTIONS])
+        .args([
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            CREATE_OPTIONS,
+        ])
         .arg(raw)
         .arg(tmp.path())
         .output()
-        .map_err(|e| Error::QemuImg { program: qemu_img.to_path_buf(), reason: format!("cannot run it: {e}") })?;
+        .map_err(|e| Error::QemuImg {
+            program: qemu_img.to_path_buf(),
+            reason: format!("cannot run it: {e}"),
+        })?;
     if !output.status.success() {
         return Err(Error::QemuImg {
             program: qemu_img.to_path_buf(),
-            reason: format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim()),
+            reason: format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         });
     }
-    tmp.persist(out).map_err(|e| Error::Io { path: out.to_path_buf(), source: e.error })?;
+    tmp.persist(out).map_err(|e| Error::Io {
+        path: out.to_path_buf(),
+        source: e.error,
+    })?;
     super::file_digest(out)
 }

@@ -53,7 +53,15 @@ pub(crate) fn fat_datetime(secs: u64) -> (u16, u16) {
 pub(crate) fn iso_record_date(secs: u64) -> [u8; 7] {
     let c = civil(secs);
     let year = (c.year - 1900).clamp(0, 255) as u8;
-    [year, c.month as u8, c.day as u8, c.hour as u8, c.minute as u8, c.second as u8, 0]
+    [
+        year,
+        c.month as u8,
+        c.day as u8,
+        c.hour as u8,
+        c.minute as u8,
+        c.second as u8,
+        0,
+    ]
 }
 
 /// The 17-byte ISO 9660 volume-descriptor date ("YYYYMMDDHHMMSScc" and a zone byte).
@@ -79,9 +87,29 @@ mod tests {
 
     #[test]
     fn known_dates() {
-        assert_eq!(civil(0), Civil { year: 1970, month: 1, day: 1, hour: 0, minute: 0, second: 0 });
+        assert_eq!(
+            civil(0),
+            Civil {
+                year: 1970,
+                month: 1,
+                day: 1,
+                hour: 0,
+                minute: 0,
+                second: 0
+            }
+        );
         // 2024-02-29T12:34:56Z
-        assert_eq!(civil(1_709_210_096), Civil { year: 2024, month: 2, day: 29, hour: 12, minute: 34, second: 56 });
+        assert_eq!(
+            civil(1_709_210_096),
+            Civil {
+                year: 2024,
+                month: 2,
+                day: 29,
+                hour: 12,
+                minute: 34,
+                second: 56
+            }
+        );
         assert_eq!(fat_datetime(0), (0x21, 0));
         let (date, time) = fat_datetime(1_709_210_096);
         assert_eq!(date, (44 << 9) | (2 << 5) | 29);

@@ -26,19 +26,29 @@ pub(crate) struct KernelHeader {
 }
 
 fn kernel_err(field: &'static str, reason: impl Into<String>) -> Error {
-    Error::Kernel { field, reason: reason.into() }
+    Error::Kernel {
+        field,
+        reason: reason.into(),
+    }
 }
 
 /// Reads the x86 setup header of a bzImage (Documentation/arch/x86/boot.rst) and checks
 /// that systemd-stub can start it through the EFI handover protocol.
 pub(crate) fn parse_kernel(kernel: &[u8]) -> Result<KernelHeader> {
     if kernel.len() < 0x264 {
-        return Err(kernel_err("setup header", format!("{} bytes is too short for a bzImage", kernel.len())));
+        return Err(kernel_err(
+            "setup header",
+            format!("{} bytes is too short for a bzImage", kernel.len()),
+        ));
     }
     let u16_at = |o: usize| u16::from_le_bytes([kernel[o], kernel[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes([kernel[o], kernel[o + 1], kernel[o + 2], kernel[o + 3]]);
+    let u32_at =
+        |o: usize| u32::from_le_bytes([kernel[o], kernel[o + 1], kernel[o + 2], kernel[o + 3]]);
     if u16_at(BOOT_FLAG) != 0xaa55 {
-        return Err(kernel_err("boot_flag", "missing 0xAA55: not an x86 bzImage"));
+        return Err(kernel_err(
+            "boot_flag",
+            "missing 0xAA55: not an x86 bzImage",
+        ));
     }
     if &kernel[HEADER_MAGIC..HEADER_MAGIC + 4] != b"HdrS" {
         return Err(kernel_err("header", "missing \"HdrS\": not an x86 bzImage"));
@@ -47,29 +57,52 @@ pub(crate) fn parse_kernel(kernel: &[u8]) -> Result<KernelHeader> {
     if version < 0x20b {
         return Err(kernel_err(
             "version",
-            format!("boot protocol {}.{:02} is older than 2.11 (EFI handover)", version >> 8, version & 0xff),
+            format!(
+                "boot protocol {}.{:02} is older than 2.11 (EFI handover)",
+                version >> 8,
+                version & 0xff
+            ),
         ));
     }
     if kernel[RELOCATABLE] == 0 {
-        return Err(kernel_err("relocatable_kernel", "the kernel is not relocatable"));
+        return Err(kernel_err(
+            "relocatable_kernel",
+            "the kernel is not relocatable",
+        ));
     }
-    let xloadflags = if version >= 0x20c { u16_at(XLOADFLAGS) } else { 0 };
+    let xloadflags = if version >= 0x20c {
+        u16_at(XLOADFLAGS)
+    } else {
+        0
+    };
     if version >= 0x20c && xloadflags & XLF_EFI_HANDOVER_64 == 0 {
-        return Err(kernel_err("xloadflags", "the kernel lacks the 64-bit EFI handover entry"));
+        return Err(kernel_err(
+            "xloadflags",
+            "the kernel lacks the 64-bit EFI handover entry",
+        ));
     }
     let initrd_limit = if xloadflags & XLF_CAN_BE_LOADED_ABOVE_4G != 0 {
         None
     } else {
         Some(u64::from(u32_at(INITRD_ADDR_MAX)) + 1)
     };
-    Ok(KernelHeader { version, cmdline_size: u64::from(u32_at(CMDLINE_SIZE)), initrd_limit })
+    Ok(KernelHeader {
+        version,
+        cmdline_size: u64::from(u32_at(CMDLINE_SIZE)),
+        initrd_limit,
+    })
 }
 
 /// Checks the command line against the kernel's limit and what the stub passes through.
 pub(crate) fn check_cmdline(cmdline: &str, header: &KernelHeader) -> Result<()> {
-    if let Some((i, c)) = cmdline.char_indices().find(|(_, c)| !(' '..='~').contains(c)) {
+    if let Some((i, c)) = cmdline
+        .char_indices()
+        .find(|(_, c)| !(' '..='~').contains(c))
+    {
         return Err(Error::Cmdline {
-            reason: format!("character {c:?} at byte {i} is not printable ASCII (systemd-stub would replace it)"),
+            reason: format!(
+                "character {c:?} at byte {i} is not printable ASCII (systemd-stub would replace it)"
+            ),
         });
     }
     if cmdline.len() as u64 > header.cmdline_size {
@@ -86,10 +119,14 @@ pub(crate) fn check_cmdline(cmdline: &str, header: &KernelHeader) -> Result<()> 
 
 fn check_os_release(os_release: &str) -> Result<()> {
     if os_release.trim().is_empty() {
-        return Err(Error::OsRelease { reason: "is empty (boot loaders read the image's name from .osrel)".into() });
+        return Err(Error::OsRelease {
+            reason: "is empty (boot loaders read the image's name from .osrel)".into(),
+        });
     }
     if let Some(i) = os_release.find('\0') {
-        return Err(Error::OsRelease { reason: format!("contains a NUL byte at {i}") });
+        return Err(Error::OsRelease {
+            reason: format!("contains a NUL byte at {i}"),
+        });
     }
     Ok(())
 }
@@ -108,7 +145,13 @@ pub(crate) fn build<'a>(
     if let Some(limit) = header.initrd_limit
         && initrd.len() as u64 > limit
     {
-        return Err(Error::InitrdTooLarge { initrd: initrd.len() as u64, limit });
+        return Err(Error::InitrdTooLarge {
+            initrd: initrd.len() as u64,
+            limit,
+        });
     }
-    pe::assemble(stub, [os_release.as_bytes(), cmdline.as_bytes(), kernel, initrd])
+    pe::assemble(
+        stub,
+        [os_release.as_bytes(), cmdline.as_bytes(), kernel, initrd],
+    )
 }

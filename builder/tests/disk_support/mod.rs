@@ -19,7 +19,11 @@ pub const MARKER_PREFIX: &str = "kitfleet-disk-boot: marker=";
 /// Returns false (test skipped with a message) when a prerequisite is missing; under
 /// CI=true a missing prerequisite fails the test instead.
 pub fn have(paths: &[&str]) -> bool {
-    let missing: Vec<&str> = paths.iter().copied().filter(|p| which(p).is_none()).collect();
+    let missing: Vec<&str> = paths
+        .iter()
+        .copied()
+        .filter(|p| which(p).is_none())
+        .collect();
     if missing.is_empty() {
         return true;
     }
@@ -50,19 +54,37 @@ pub fn kernel_path() -> PathBuf {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .expect("/boot")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
-    kernels.pop().expect("a /boot/vmlinuz-* (apt-get install linux-image-cloud-amd64)")
+    kernels
+        .pop()
+        .expect("a /boot/vmlinuz-* (apt-get install linux-image-cloud-amd64)")
 }
 
 /// Every prerequisite of building and booting the disk formats.
 pub fn prerequisites() -> bool {
     let kernel_ok = std::fs::read_dir("/boot")
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-")))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+        })
         .unwrap_or(false);
-    have(&[DEFAULT_STUB_PATH, OVMF, BUSYBOX, "qemu-system-x86_64", "qemu-img", "fsck.fat", "mcopy", "xorriso", "sfdisk"])
-        && (kernel_ok || have(&["/boot/vmlinuz-*"]))
+    have(&[
+        DEFAULT_STUB_PATH,
+        OVMF,
+        BUSYBOX,
+        "qemu-system-x86_64",
+        "qemu-img",
+        "fsck.fat",
+        "mcopy",
+        "xorriso",
+        "sfdisk",
+    ]) && (kernel_ok || have(&["/boot/vmlinuz-*"]))
 }
 
 /// A minimal newc cpio writer (the test's own, independent of the builder's).
@@ -73,7 +95,10 @@ pub struct Newc {
 
 impl Newc {
     pub fn new() -> Self {
-        Newc { out: Vec::new(), ino: 1 }
+        Newc {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     pub fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
@@ -103,7 +128,7 @@ impl Newc {
     }
 
     fn pad(&mut self) {
-        while self.out.len() % 4 != 0 {
+        while !self.out.len().is_multiple_of(4) {
             self.out.push(0);
         }
     }
@@ -117,7 +142,9 @@ impl Newc {
 /// An initrd whose /init prints the marker and powers the machine off.
 pub fn test_initrd() -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static");
-    let init = format!("#!/bin/busybox sh\necho \"{MARKER_PREFIX}$kitfleet_marker\"\n/bin/busybox poweroff -f\n");
+    let init = format!(
+        "#!/bin/busybox sh\necho \"{MARKER_PREFIX}$kitfleet_marker\"\n/bin/busybox poweroff -f\n"
+    );
     let mut c = Newc::new();
     c.entry("bin", 0o040755, &[], (0, 0));
     c.entry("bin/busybox", 0o100755, &busybox, (0, 0));
@@ -178,7 +205,9 @@ pub fn boot(drive_args: &[&str], work: &Path, timeout: Duration) -> Boot {
     let log = work.join("serial.log");
     let _ = std::fs::remove_file(&log);
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-machine", "q35", "-m", "512", "-bios", OVMF])
+        .args([
+            "-accel", "tcg", "-machine", "q35", "-m", "512", "-bios", OVMF,
+        ])
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
@@ -201,21 +230,46 @@ pub fn boot(drive_args: &[&str], work: &Path, timeout: Duration) -> Boot {
         std::thread::sleep(Duration::from_millis(100));
     };
     let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
-    Boot { serial, exited: status.is_some(), success: status.is_some_and(|s| s.success()), elapsed: start.elapsed() }
+    Boot {
+        serial,
+        exited: status.is_some(),
+        success: status.is_some_and(|s| s.success()),
+        elapsed: start.elapsed(),
+    }
 }
 
 /// Asserts that the boot reached the init marker and powered off cleanly.
 pub fn assert_clean_boot(boot: &Boot, marker: &str, what: &str) {
-    let tail: String = boot.serial.chars().rev().take(3000).collect::<Vec<_>>().into_iter().rev().collect();
-    assert!(boot.exited, "{what}: qemu did not exit in time; serial tail:\n{tail}");
+    let tail: String = boot
+        .serial
+        .chars()
+        .rev()
+        .take(3000)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    assert!(
+        boot.exited,
+        "{what}: qemu did not exit in time; serial tail:\n{tail}"
+    );
     assert!(boot.success, "{what}: qemu failed; serial tail:\n{tail}");
     assert!(
         boot.serial.contains(&format!("{MARKER_PREFIX}{marker}")),
         "{what}: no init marker; serial tail:\n{tail}"
     );
-    assert!(boot.serial.contains("reboot: Power down"), "{what}: no clean power-off; serial tail:\n{tail}");
-    assert!(!boot.serial.contains("Kernel panic"), "{what}: kernel panic; serial tail:\n{tail}");
-    eprintln!("{what}: booted to the marker and powered off in {:.1} s (wall)", boot.elapsed.as_secs_f64());
+    assert!(
+        boot.serial.contains("reboot: Power down"),
+        "{what}: no clean power-off; serial tail:\n{tail}"
+    );
+    assert!(
+        !boot.serial.contains("Kernel panic"),
+        "{what}: kernel panic; serial tail:\n{tail}"
+    );
+    eprintln!(
+        "{what}: booted to the marker and powered off in {:.1} s (wall)",
+        boot.elapsed.as_secs_f64()
+    );
 }
 
 /// Runs a command and returns its stdout, failing the test on a non-zero exit.
@@ -243,8 +297,22 @@ pub fn extract(src: &Path, offset: u64, len: u64, dst: &Path) {
 
 /// `fsck.fat -n` on a FAT volume, asserting it finds nothing to fix.
 pub fn assert_fsck_clean(volume: &Path) -> String {
-    let out = Command::new("fsck.fat").arg("-n").arg("-v").arg(volume).output().expect("fsck.fat");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "fsck.fat -n {}: {}\n{text}", volume.display(), out.status);
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg("-v")
+        .arg(volume)
+        .output()
+        .expect("fsck.fat");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "fsck.fat -n {}: {}\n{text}",
+        volume.display(),
+        out.status
+    );
     text
 }
