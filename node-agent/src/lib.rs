@@ -1,1 +1,3 @@
-//! kitfleet-node-agent (not yet implemented).
+//! kitfleet-node-agent: the node DaemonSet. Today: the WireGuard mesh ([`mesh`]).
+
+pub mod mesh;

@@ -1,0 +1,137 @@
+//! `kitfleet-node-agent`: parse the command line, build the context, run.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_node_agent::mesh::{self, MeshConfig, keyfile, kube_source::KubeSource, routes::NetlinkRoutes, source::DirSource};
+
+#[derive(Debug, Parser)]
+#[command(name = "kitfleet-node-agent", version, about = "Kitfleet node agent")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the WireGuard mesh for this node until SIGTERM/SIGINT.
+    Mesh(MeshArgs),
+    /// Replace the private key in KEY_FILE; a running `mesh` picks it up within its resync interval.
+    RotateKey {
+        #[arg(long, default_value = "/var/lib/kitfleet/wg.key")]
+        key_file: PathBuf,
+    },
+    /// Delete the persistent WireGuard TUN interface (and with it the mesh routes).
+    MeshCleanup {
+        #[arg(long, default_value = "kfwg0")]
+        interface: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct MeshArgs {
+    /// This node's name (the Node object).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Read Nodes from this directory of manifests instead of the apiserver.
+    #[arg(long)]
+    nodes_dir: Option<PathBuf>,
+    /// How often the manifest directory is re-read, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    nodes_dir_poll_ms: u64,
+    #[arg(long, default_value = "kfwg0")]
+    interface: String,
+    #[arg(long, default_value_t = mesh::nodes::DEFAULT_PORT)]
+    listen_port: u16,
+    #[arg(long, default_value = "/var/lib/kitfleet/wg.key")]
+    key_file: PathBuf,
+    #[arg(long, default_value = kitfleet_cni_wg::state::DEFAULT_STATE_FILE)]
+    state_file: PathBuf,
+    /// Endpoint to publish (default <InternalIP>:<listen-port>).
+    #[arg(long)]
+    endpoint: Option<SocketAddr>,
+    /// Underlay MTU (default: MTU of the interface holding the endpoint IP).
+    #[arg(long)]
+    underlay_mtu: Option<u32>,
+    /// Cluster CIDR for the state file (repeatable; default: every Node's podCIDRs).
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<Cidr>,
+    /// Persistent keepalive in seconds (off by default).
+    #[arg(long)]
+    keepalive: Option<u16>,
+    /// Key-file/annotation/route re-check interval in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    resync_ms: u64,
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn run_mesh(a: MeshArgs) -> anyhow::Result<()> {
+    let cfg = MeshConfig {
+        node_name: a.node_name,
+        interface: a.interface,
+        listen_port: a.listen_port,
+        key_file: a.key_file,
+        state_file: a.state_file,
+        endpoint: a.endpoint,
+        underlay_mtu: a.underlay_mtu,
+        cluster_cidrs: a.cluster_cidrs,
+        keepalive: a.keepalive,
+        resync: Duration::from_millis(a.resync_ms.max(50)),
+    };
+    let routes = NetlinkRoutes::open()?;
+    match a.nodes_dir {
+        Some(dir) => {
+            let src = DirSource::new(dir, Duration::from_millis(a.nodes_dir_poll_ms.max(10)));
+            mesh::run(cfg, src, routes, shutdown_signal()).await?;
+        }
+        None => {
+            let client = kube::Client::try_default().await.context("connecting to the apiserver")?;
+            mesh::run(cfg, KubeSource::new(client), routes, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let result = match cli.cmd {
+        Cmd::Mesh(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(run_mesh(a))),
+        Cmd::RotateKey { key_file } => keyfile::rotate(&key_file)
+            .map(|k| println!("{}", k.public_key()))
+            .map_err(Into::into),
+        Cmd::MeshCleanup { interface } => mesh::cleanup(&interface).map_err(Into::into),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kitfleet-node-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The peer/route decision (pure): desired mesh from the Nodes, and the plan from actual to desired.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kitfleet_cni_wg::dataplane::{Cidr, PeerConfig, PublicKey};
+
+use super::nodes::NodeInfo;
+
+/// What this node's mesh should look like.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    /// One peer per usable other Node, by public key.
+    pub peers: BTreeMap<PublicKey, PeerConfig>,
+    /// Routes through the WireGuard interface: the peers' podCIDRs.
+    pub routes: BTreeSet<Cidr>,
+    /// Nodes left out, with the reason (`node: reason`).
+    pub skipped: Vec<String>,
+}
+
+/// What is installed now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Actual {
+    pub peers: BTreeMap<PublicKey, PeerConfig>,
+    pub routes: BTreeSet<Cidr>,
+}
+
+/// Steps from actual to desired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub add_peers: Vec<PeerConfig>,
+    /// Same key, new endpoint, allowed IPs or keepalive.
+    pub update_peers: Vec<PeerConfig>,
+    pub remove_peers: Vec<PublicKey>,
+    pub add_routes: Vec<Cidr>,
+    pub del_routes: Vec<Cidr>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self == &Plan::default()
+    }
+
+    pub fn peers_changed(&self) -> bool {
+        !(self.add_peers.is_empty() && self.update_peers.is_empty() && self.remove_peers.is_empty())
+    }
+}
+
+fn overlaps(a: &Cidr, b: &Cidr) -> bool {
+    a.contains(b.addr()) || b.contains(a.addr())
+}
+
+/// Computes the desired mesh for node `own_name` (whose key is `own_key`) from every Node.
+/// Nodes are taken in name order; a Node that cannot be a peer is skipped with a reason: no key
+/// annotation yet, no endpoint, no podCIDR, a key or podCIDR already taken by an earlier Node.
+pub fn desired(own_name: &str, own_key: &PublicKey, nodes: &[NodeInfo], keepalive: Option<u16>) -> Desired {
+    let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut taken: Vec<(Cidr, String)> = sorted
+        .iter()
+        .filter(|n| n.name == own_name)
+        .flat_map(|n| n.pod_cidrs.iter().map(|c| (*c, n.name.clone())))
+        .collect();
+    let mut out = Desired::default();
+    let mut key_owner: BTreeMap<PublicKey, String> = BTreeMap::new();
+    for n in sorted.into_iter().filter(|n| n.name != own_name) {
+        let mut skip = |reason: String| out.skipped.push(format!("{}: {reason}", n.name));
+        let Some(key) = n.public_key else {
+            skip(format!("no valid {} annotation yet", super::nodes::ANNOTATION_PUBLIC_KEY));
+            continue;
+        };
+        if key == *own_key {
+            skip("uses this node's own public key".into());
+            continue;
+        }
+        if let Some(other) = key_owner.get(&key) {
+            skip(format!("public key already used by node {other}"));
+            continue;
+        }
+        let Some(endpoint) = n.effective_endpoint() else {
+            skip("no endpoint annotation and no InternalIP".into());
+            continue;
+        };
+        if n.pod_cidrs.is_empty() {
+            skip("no podCIDR".into());
+            continue;
+        }
+        if let Some((c, (_, owner))) =
+            n.pod_cidrs.iter().find_map(|c| taken.iter().find(|(t, _)| overlaps(c, t)).map(|t| (c, t)))
+        {
+            skip(format!("podCIDR {c} overlaps node {owner}"));
+            continue;
+        }
+        key_owner.insert(key, n.name.clone());
+        taken.extend(n.pod_cidrs.iter().map(|c| (*c, n.name.clone())));
+        out.routes.extend(n.pod_cidrs.iter().copied());
+        out.peers.insert(
+            key,
+            PeerConfig {
+                public_key: key,
+                endpoint: Some(endpoint),
+                allowed_ips: n.pod_cidrs.clone(),
+                persistent_keepalive: keepalive,
+            },
+        );
+    }
+    out
+}
+
+/// The steps from `actual` to `desired`.
+pub fn diff(actual: &Actual, desired: &Desired) -> Plan {
+    let mut plan = Plan::default();
+    for (k, want) in &desired.peers {
+        match actual.peers.get(k) {
+            None => plan.add_peers.push(want.clone()),
+            Some(have) if have != want => plan.update_peers.push(want.clone()),
+            Some(_) => {}
+        }
+    }
+    plan.remove_peers = actual.peers.keys().filter(|k| !desired.peers.contains_key(k)).copied().collect();
+    plan.add_routes = desired.routes.difference(&actual.routes).copied().collect();
+    plan.del_routes = actual.routes.difference(&desired.routes).copied().collect();
+    plan
+}
+
+#[cfg(test)]
+#[path = "diff_tests.rs"]
+mod tests;

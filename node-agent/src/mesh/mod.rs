@@ -1,0 +1,33 @@
+//! The WireGuard mesh: every Node with a podCIDR and a published key becomes a peer, its podCIDRs
+//! routed through the userspace WireGuard interface of `kitfleet_cni_wg::dataplane`.
+//!
+//! Decide purely ([`nodes`], [`diff`]), act separately ([`run`] drives the data plane, [`routes`] and
+//! the node state file; [`source`] and [`kube_source`] read Nodes and publish this node's annotations).
+
+pub mod diff;
+pub mod keyfile;
+pub mod kube_source;
+pub mod nodes;
+pub mod routes;
+pub mod run;
+pub mod source;
+pub mod underlay;
+
+pub use run::{MeshConfig, cleanup, run};
+
+/// Errors that stop the mesh.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    #[error(transparent)]
+    KeyFile(#[from] keyfile::KeyFileError),
+    #[error("data plane: {0}")]
+    DataPlane(#[from] kitfleet_cni_wg::dataplane::Error),
+    #[error("node source: {0}")]
+    Source(#[from] source::SourceError),
+    #[error("routes: {0}")]
+    Route(#[from] routes::RouteError),
+    #[error(transparent)]
+    State(#[from] kitfleet_cni_wg::state::StateError),
+    #[error("node {node}: no InternalIP in status.addresses and no --endpoint given")]
+    NoEndpoint { node: String },
+}

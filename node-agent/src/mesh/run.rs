@@ -1,0 +1,245 @@
+//! The mesh runner: keys, data plane, annotations, peers, routes and the node state file, kept equal
+//! to what the Nodes say.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kitfleet_cni_wg::dataplane::{self, Cidr, Config, DataPlane, PrivateKey};
+use kitfleet_cni_wg::state::NodeState;
+
+use super::diff::{self, Actual};
+use super::keyfile;
+use super::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, NodeInfo};
+use super::routes::RouteTable;
+use super::source::NodeSource;
+use super::underlay;
+use super::MeshError;
+
+/// Everything the mesh needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    pub node_name: String,
+    pub interface: String,
+    pub listen_port: u16,
+    pub key_file: PathBuf,
+    pub state_file: PathBuf,
+    /// Published endpoint; default `<InternalIP>:<listen_port>`.
+    pub endpoint: Option<SocketAddr>,
+    /// Underlay MTU; default the MTU of the interface holding the InternalIP (1500 if none).
+    pub underlay_mtu: Option<u32>,
+    /// Cluster CIDRs for the state file; default every Node's podCIDRs.
+    pub cluster_cidrs: Vec<Cidr>,
+    pub keepalive: Option<u16>,
+    /// How often the key file, own annotations and health are re-checked.
+    pub resync: Duration,
+}
+
+enum Wake {
+    Stop,
+    Nodes(Result<Vec<k8s_openapi::api::core::v1::Node>, super::source::SourceError>),
+    Tick,
+}
+
+struct Mesh<S, R> {
+    cfg: MeshConfig,
+    source: S,
+    routes: R,
+    key: PrivateKey,
+    endpoint: SocketAddr,
+    pod_mtu: u32,
+    dp: DataPlane,
+    actual: Actual,
+    nodes: Vec<NodeInfo>,
+}
+
+fn infos(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<NodeInfo> {
+    let infos: Vec<NodeInfo> = nodes.iter().map(NodeInfo::from_node).collect();
+    for i in infos.iter().filter(|i| !i.problems.is_empty()) {
+        tracing::warn!(node = %i.name, problems = ?i.problems, "Node fields ignored");
+    }
+    infos
+}
+
+/// Waits until this node appears in the source.
+async fn own_node<S: NodeSource>(source: &mut S, name: &str) -> Result<(NodeInfo, Vec<NodeInfo>), MeshError> {
+    loop {
+        let all = infos(&source.next().await?);
+        if let Some(me) = all.iter().find(|n| n.name == name) {
+            return Ok((me.clone(), all));
+        }
+        tracing::warn!(node = name, "this node is not in the Node list yet; waiting");
+    }
+}
+
+/// Runs the mesh until `shutdown` completes. The TUN interface and its routes stay for the next start.
+pub async fn run<S: NodeSource, R: RouteTable>(
+    cfg: MeshConfig,
+    mut source: S,
+    routes: R,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), MeshError> {
+    let key = keyfile::load_or_create(&cfg.key_file)?;
+    let (me, nodes) = own_node(&mut source, &cfg.node_name).await?;
+    let endpoint = cfg
+        .endpoint
+        .or_else(|| me.internal_ip.map(|ip| SocketAddr::new(ip, cfg.listen_port)))
+        .ok_or_else(|| MeshError::NoEndpoint { node: cfg.node_name.clone() })?;
+    let underlay = match cfg.underlay_mtu {
+        Some(m) => m,
+        None => match underlay::mtu_for(endpoint.ip()) {
+            Some((dev, m)) => {
+                tracing::info!(underlay = dev, mtu = m, "underlay MTU detected");
+                m
+            }
+            None => {
+                tracing::warn!(ip = %endpoint.ip(), "no local interface holds the endpoint IP; assuming MTU 1500");
+                1500
+            }
+        },
+    };
+    let pod_mtu = underlay::pod_mtu(underlay);
+    let dp = DataPlane::start(Config {
+        interface: cfg.interface.clone(),
+        listen_port: cfg.listen_port,
+        private_key: key.clone(),
+        mtu: pod_mtu,
+    })?;
+    let mut routes = routes;
+    let existing = routes.list(dp.interface())?;
+    let actual = Actual { peers: BTreeMap::new(), routes: existing };
+    let mut mesh = Mesh { cfg, source, routes, key, endpoint, pod_mtu, dp, actual, nodes: Vec::new() };
+    mesh.publish_if_needed(&me).await?;
+    mesh.apply(nodes)?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tick = tokio::time::interval(mesh.cfg.resync);
+    loop {
+        let wake = tokio::select! {
+            () = &mut shutdown => Wake::Stop,
+            nodes = mesh.source.next() => Wake::Nodes(nodes),
+            _ = tick.tick() => Wake::Tick,
+        };
+        match wake {
+            Wake::Stop => break,
+            Wake::Nodes(nodes) => {
+                let all = infos(&nodes?);
+                if let Some(me) = all.iter().find(|n| n.name == mesh.cfg.node_name) {
+                    let me = me.clone();
+                    mesh.publish_if_needed(&me).await?;
+                }
+                mesh.apply(all)?;
+            }
+            Wake::Tick => mesh.resync().await?,
+        }
+    }
+    mesh.write_state(false)?;
+    mesh.dp.stop();
+    tracing::info!("mesh stopped; the TUN interface stays for the next start");
+    Ok(())
+}
+
+impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
+    fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (ANNOTATION_PUBLIC_KEY.to_string(), self.key.public_key().to_string()),
+            (ANNOTATION_ENDPOINT.to_string(), self.endpoint.to_string()),
+        ])
+    }
+
+    async fn publish_if_needed(&mut self, me: &NodeInfo) -> Result<(), MeshError> {
+        if me.public_key == Some(self.key.public_key()) && me.endpoint == Some(self.endpoint) {
+            return Ok(());
+        }
+        tracing::info!(node = %self.cfg.node_name, public_key = %self.key.public_key(), endpoint = %self.endpoint, "publishing annotations");
+        let ann = self.annotations();
+        self.source.publish(&self.cfg.node_name, &ann).await?;
+        Ok(())
+    }
+
+    /// Makes peers and routes equal to what `nodes` ask for, then rewrites the state file.
+    fn apply(&mut self, nodes: Vec<NodeInfo>) -> Result<(), MeshError> {
+        let want = diff::desired(&self.cfg.node_name, &self.key.public_key(), &nodes, self.cfg.keepalive);
+        for s in &want.skipped {
+            tracing::info!(skipped = %s, "Node is not a peer");
+        }
+        let plan = diff::diff(&self.actual, &want);
+        if !plan.is_empty() {
+            tracing::info!(?plan, "applying mesh plan");
+        }
+        if plan.peers_changed() {
+            self.dp.set_peers(want.peers.values().cloned().collect())?;
+            self.actual.peers = want.peers.clone();
+        }
+        let dev = self.dp.interface().to_string();
+        for r in plan.del_routes {
+            self.routes.del(&dev, r)?;
+            self.actual.routes.remove(&r);
+        }
+        for r in plan.add_routes {
+            self.routes.add(&dev, r)?;
+            self.actual.routes.insert(r);
+        }
+        self.nodes = nodes;
+        self.write_state(self.dp.is_running())
+    }
+
+    /// Picks up a rotated key file, re-publishes own annotations if they drifted, refreshes health.
+    async fn resync(&mut self) -> Result<(), MeshError> {
+        let key = keyfile::load_or_create(&self.cfg.key_file)?;
+        if key.public_key() != self.key.public_key() {
+            tracing::info!(public_key = %key.public_key(), "key file changed; rotating");
+            self.dp.set_private_key(key.clone())?;
+            self.key = key;
+            let ann = self.annotations();
+            self.source.publish(&self.cfg.node_name, &ann).await?;
+            // Peers are re-evaluated: a peer might have carried the new key.
+            let nodes = std::mem::take(&mut self.nodes);
+            return self.apply(nodes);
+        }
+        // Routes removed behind our back come back.
+        let have = self.routes.list(self.dp.interface())?;
+        if have != self.actual.routes {
+            self.actual.routes = have;
+            let nodes = std::mem::take(&mut self.nodes);
+            return self.apply(nodes);
+        }
+        self.write_state(self.dp.is_running())
+    }
+
+    fn write_state(&self, healthy: bool) -> Result<(), MeshError> {
+        let v4 = |c: &&Cidr| matches!(c.addr(), IpAddr::V4(_));
+        let own: Vec<String> = self
+            .nodes
+            .iter()
+            .find(|n| n.name == self.cfg.node_name)
+            .map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string()).collect())
+            .unwrap_or_default();
+        let cluster: Vec<String> = if self.cfg.cluster_cidrs.is_empty() {
+            let mut all: Vec<String> =
+                self.nodes.iter().flat_map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string())).collect();
+            all.sort();
+            all.dedup();
+            all
+        } else {
+            self.cfg.cluster_cidrs.iter().filter(v4).map(|c| c.to_string()).collect()
+        };
+        let state = NodeState {
+            pod_cidrs: own,
+            mtu: self.pod_mtu,
+            mesh_healthy: healthy,
+            cluster_cidrs: cluster,
+            wg_interface: self.dp.interface().to_string(),
+        };
+        if NodeState::load(&self.cfg.state_file).ok().as_ref() != Some(&state) {
+            state.store(&self.cfg.state_file)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes the persistent TUN interface (its routes go with it): `mesh --cleanup`.
+pub fn cleanup(interface: &str) -> Result<(), MeshError> {
+    Ok(dataplane::delete_interface(interface)?)
+}
