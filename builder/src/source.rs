@@ -152,9 +152,11 @@ impl Sources {
                     });
                 }
                 let auth = self.opts.credentials.for_host(reference.resolve_registry());
+                let mut accepted = ACCEPTED_MANIFESTS.to_vec();
+                accepted.push("application/vnd.oci.artifact.manifest.v1+json");
                 let (bytes, _) = self
                     .client
-                    .pull_manifest_raw(reference, &auth, &ACCEPTED_MANIFESTS)
+                    .pull_manifest_raw(reference, &auth, &accepted)
                     .await
                     .map_err(|e| Error::Registry {
                         reference: r.to_string(),
@@ -174,6 +176,11 @@ impl Sources {
                 Ok((bytes.to_vec(), d))
             }
         }
+    }
+
+    /// The raw top-level manifest of `r` and its digest (no platform selection).
+    pub async fn resolve_raw(&self, r: &ImageRef) -> Result<(Vec<u8>, String)> {
+        self.top_manifest(r, "").await
     }
 
     /// A verified blob of `r` by digest, from the cache or the source.
