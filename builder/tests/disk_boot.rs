@@ -251,6 +251,10 @@ fn write_disks_builds_every_format_once_and_reports_digests() {
             info.format
         );
         assert_eq!(info.uki, infos[0].uki, "one UKI for all formats");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&info.path).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o644, "{}", info.format);
     }
     // The stand-alone UKI is the one on the disks.
     let uki = work.path().join("node.efi");

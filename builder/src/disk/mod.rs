@@ -229,6 +229,12 @@ pub fn file_digest(path: &Path) -> Result<FileDigest> {
     })
 }
 
+/// Outputs are world-readable like any build artifact (temporary files start at 0600).
+pub(crate) fn output_permissions() -> std::fs::Permissions {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::Permissions::from_mode(0o644)
+}
+
 /// Writes through a temporary file in the target's directory, renamed into place on success.
 fn write_atomically(
     path: &Path,
@@ -249,6 +255,9 @@ fn write_atomically(
         path: path.to_path_buf(),
         source: e.into_error(),
     })?;
+    tmp.as_file()
+        .set_permissions(output_permissions())
+        .map_err(Error::io(path))?;
     tmp.as_file().sync_all().map_err(Error::io(path))?;
     tmp.persist(path).map_err(|e| Error::Io {
         path: path.to_path_buf(),

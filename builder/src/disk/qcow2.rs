@@ -52,6 +52,9 @@ pub(crate) fn convert(qemu_img: &Path, raw: &Path, out: &Path) -> Result<FileDig
             ),
         });
     }
+    tmp.as_file()
+        .set_permissions(super::output_permissions())
+        .map_err(Error::io(out))?;
     tmp.persist(out).map_err(|e| Error::Io {
         path: out.to_path_buf(),
         source: e.error,
