@@ -8,7 +8,10 @@ use crate::{NodeImage, SecurityPolicy};
 pub fn all() -> Vec<(&'static str, String)> {
     vec![
         ("nodeimages.kitfleet.dev.yaml", to_yaml(&NodeImage::crd())),
-        ("securitypolicies.kitfleet.dev.yaml", to_yaml(&SecurityPolicy::crd())),
+        (
+            "securitypolicies.kitfleet.dev.yaml",
+            to_yaml(&SecurityPolicy::crd()),
+        ),
     ]
 }
 

@@ -11,13 +11,20 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -56,7 +63,11 @@ impl Errors {
     }
 
     pub(crate) fn finish(self) -> Result<(), FieldErrors> {
-        if self.0.is_empty() { Ok(()) } else { Err(FieldErrors(self.0)) }
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(FieldErrors(self.0))
+        }
     }
 }
 

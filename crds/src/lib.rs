@@ -7,7 +7,7 @@ pub mod crds;
 mod error;
 pub mod linuxkit;
 pub mod nodeimage;
-mod parse;
+pub mod parse;
 pub mod reference;
 mod schema;
 pub mod security;

@@ -81,7 +81,11 @@ impl Config {
 
     /// `onboot`, `onshutdown` and `services`, with their field names.
     pub fn sections(&self) -> [(&'static str, &[Image]); 3] {
-        [("onboot", &self.onboot), ("onshutdown", &self.onshutdown), ("services", &self.services)]
+        [
+            ("onboot", &self.onboot),
+            ("onshutdown", &self.onshutdown),
+            ("services", &self.services),
+        ]
     }
 }
 
@@ -104,7 +108,10 @@ fn go_yaml_block_comments(text: &str) -> Option<String> {
     let mut i = 0;
     while i < lines.len() {
         let head = lines[i].split(" #").next().unwrap_or("").trim_end();
-        let is_block = head.ends_with(['|', '>']) || head.ends_with("|-") || head.ends_with("|+") || head.ends_with(">-");
+        let is_block = head.ends_with(['|', '>'])
+            || head.ends_with("|-")
+            || head.ends_with("|+")
+            || head.ends_with(">-");
         if !is_block {
             i += 1;
             continue;
@@ -137,7 +144,12 @@ fn go_yaml_block_comments(text: &str) -> Option<String> {
     if !drop.contains(&true) {
         return None;
     }
-    let kept: Vec<&str> = lines.iter().zip(&drop).filter(|(_, d)| !**d).map(|(l, _)| *l).collect();
+    let kept: Vec<&str> = lines
+        .iter()
+        .zip(&drop)
+        .filter(|(_, d)| !**d)
+        .map(|(l, _)| *l)
+        .collect();
     Some(kept.join("\n") + "\n")
 }
 

@@ -46,7 +46,19 @@ pub struct NodeImageSpec {
 }
 
 /// A build output format.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 pub enum OutputFormat {
     /// `kernel`, `initrd.img` (newc cpio, gzip) and `cmdline`.
     #[serde(rename = "kernel+initrd")]
@@ -69,8 +81,14 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
-    pub const ALL: [OutputFormat; 6] =
-        [Self::KernelInitrd, Self::Tar, Self::TarKernelInitrd, Self::IsoEfiInitrd, Self::RawEfi, Self::Qcow2Efi];
+    pub const ALL: [OutputFormat; 6] = [
+        Self::KernelInitrd,
+        Self::Tar,
+        Self::TarKernelInitrd,
+        Self::IsoEfiInitrd,
+        Self::RawEfi,
+        Self::Qcow2Efi,
+    ];
 
     /// The name used in manifests and on the command line.
     pub fn as_str(self) -> &'static str {
@@ -95,10 +113,16 @@ impl std::str::FromStr for OutputFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|f| f.as_str() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|f| f.as_str()).collect();
-            format!("unknown format {s:?} (expected one of {})", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|f| f.as_str()).collect();
+                format!(
+                    "unknown format {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -123,7 +147,7 @@ pub struct RolloutSpec {
     pub node_selector: Option<LabelSelector>,
     /// How many selected nodes may be unavailable at once: a count (> 0) or a percentage (`25%`, rounded up, at least one).
     #[serde(default = "default_max_unavailable")]
-    #[x_kube(validation = Rule::new("type(self) == int ? self > 0 : self.matches('^[0-9]+%$') && int(self.replace('%', '')) > 0 && int(self.replace('%', '')) <= 100").message("must be an integer > 0 or a percentage in (0%, 100%]"))]
+    #[x_kube(validation = Rule::new("string(self).matches('^[0-9]+%?$') && int(string(self).replace('%', '')) > 0 && (!string(self).endsWith('%') || int(string(self).replace('%', '')) <= 100)").message("must be an integer > 0 or a percentage in (0%, 100%]"))]
     pub max_unavailable: IntOrString,
     /// How pods are evicted before a node restarts.
     #[serde(default)]
@@ -198,7 +222,19 @@ pub struct MaintenanceWindow {
 }
 
 /// A day of the week.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 pub enum Weekday {
     Mon,
     Tue,
@@ -210,7 +246,9 @@ pub enum Weekday {
 }
 
 /// How a node switches to the new image.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RolloutMethod {
     /// Set EFI `BootNext` to the new entry and reboot; commit it to `BootOrder` after a healthy boot.
@@ -312,13 +350,58 @@ pub struct NodeFailure {
 
 impl NodeImage {
     /// A NodeImage holding a LinuxKit declaration.
-    pub fn from_linuxkit(name: &str, image: linuxkit::Config, formats: Vec<OutputFormat>, output: OutputSpec) -> Self {
-        NodeImage::new(name, NodeImageSpec { image, formats, output, refresh_interval: None, rollout: None })
+    pub fn from_linuxkit(
+        name: &str,
+        image: linuxkit::Config,
+        formats: Vec<OutputFormat>,
+        output: OutputSpec,
+    ) -> Self {
+        NodeImage::new(
+            name,
+            NodeImageSpec {
+                image,
+                formats,
+                output,
+                refresh_interval: None,
+                rollout: None,
+            },
+        )
     }
 
     /// Parses a NodeImage manifest. Unknown fields and wrong types are errors naming their path.
     pub fn from_yaml(text: &str) -> Result<Self, crate::ParseError> {
-        crate::parse::resource_from_yaml(text)
+        crate::parse::resource_from_yaml(text).map_err(|e| Self::precise(text, e))
+    }
+
+    /// serde reports a bad value among the spec's flattened LinuxKit fields at `spec`; read those fields alone to
+    /// name the field itself.
+    fn precise(text: &str, err: crate::ParseError) -> crate::ParseError {
+        let at_spec = err
+            .fields()
+            .is_some_and(|f| f.0.len() == 1 && f.0[0].path == "spec");
+        let Ok(doc) = serde_saphyr::from_str::<serde_json::Value>(text) else {
+            return err;
+        };
+        let Some(mut spec) = doc
+            .get("spec")
+            .and_then(|s| s.as_object())
+            .cloned()
+            .filter(|_| at_spec)
+        else {
+            return err;
+        };
+        for own in ["formats", "output", "refreshInterval", "rollout"] {
+            spec.remove(own);
+        }
+        match crate::parse::from_value::<linuxkit::Config>(serde_json::Value::Object(spec)) {
+            Err(crate::ParseError::Fields(mut f)) => {
+                for e in &mut f.0 {
+                    e.path = format!("spec.{}", e.path);
+                }
+                crate::ParseError::Fields(f)
+            }
+            _ => err,
+        }
     }
 
     /// The manifest as YAML.

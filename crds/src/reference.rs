@@ -34,13 +34,19 @@ impl Reference {
             None => (s, None),
         };
         if let Some(d) = digest {
-            let (algo, hex) = d.split_once(':').ok_or_else(|| bad("digest must be ALGORITHM:HEX"))?;
+            let (algo, hex) = d
+                .split_once(':')
+                .ok_or_else(|| bad("digest must be ALGORITHM:HEX"))?;
             let valid = match algo {
                 "sha256" => hex.len() == 64,
                 "sha512" => hex.len() == 128,
                 _ => false,
             };
-            if !valid || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            if !valid
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
                 return Err(bad("digest must be sha256:<64 hex> or sha512:<128 hex>"));
             }
         }
@@ -53,14 +59,19 @@ impl Reference {
         if let Some(t) = tag {
             let ok = !t.is_empty()
                 && t.len() <= 128
-                && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && !t.starts_with(['.', '-']);
             if !ok {
-                return Err(bad("tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -"));
+                return Err(bad(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
             }
         }
         let (registry, path) = match name.split_once('/') {
-            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (first.to_string(), path),
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {
+                (first.to_string(), path)
+            }
             _ => ("docker.io".to_string(), name),
         };
         if path.is_empty() {
@@ -68,15 +79,28 @@ impl Reference {
         }
         for comp in path.split('/') {
             let ok = !comp.is_empty()
-                && comp.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+                && comp
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && comp.as_bytes()[0].is_ascii_alphanumeric()
                 && comp.as_bytes()[comp.len() - 1].is_ascii_alphanumeric();
             if !ok {
-                return Err(bad("repository components are lowercase [a-z0-9] separated by '.', '_' or '-'"));
+                return Err(bad(
+                    "repository components are lowercase [a-z0-9] separated by '.', '_' or '-'",
+                ));
             }
         }
-        let repository = if registry == "docker.io" && !path.contains('/') { format!("library/{path}") } else { path.to_string() };
-        Ok(Self { registry, repository, tag: tag.map(str::to_string), digest: digest.map(str::to_string) })
+        let repository = if registry == "docker.io" && !path.contains('/') {
+            format!("library/{path}")
+        } else {
+            path.to_string()
+        };
+        Ok(Self {
+            registry,
+            repository,
+            tag: tag.map(str::to_string),
+            digest: digest.map(str::to_string),
+        })
     }
 
     /// Parses a reference that must carry a tag or a digest.
@@ -95,7 +119,10 @@ impl Reference {
 
     /// The same reference pinned to `digest`, tag kept for the reader.
     pub fn with_digest(&self, digest: &str) -> Self {
-        Self { digest: Some(digest.to_string()), ..self.clone() }
+        Self {
+            digest: Some(digest.to_string()),
+            ..self.clone()
+        }
     }
 }
 
@@ -119,22 +146,72 @@ mod tests {
     #[test]
     fn parses_the_forms_kubernetes_accepts() {
         let cases = [
-            ("alpine:3.20", "docker.io", "library/alpine", Some("3.20"), false),
-            ("linuxkit/init:b5506cc74a6812dc40982cacfd2f4328f8a4b12a", "docker.io", "linuxkit/init", Some("b5506cc74a6812dc40982cacfd2f4328f8a4b12a"), false),
-            ("127.0.0.1:5000/kitfleet/kernel:6.1", "127.0.0.1:5000", "kitfleet/kernel", Some("6.1"), false),
-            ("localhost/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "localhost", "a/b", None, true),
-            ("ghcr.io/x/y:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", "ghcr.io", "x/y", Some("v1"), true),
+            (
+                "alpine:3.20",
+                "docker.io",
+                "library/alpine",
+                Some("3.20"),
+                false,
+            ),
+            (
+                "linuxkit/init:b5506cc74a6812dc40982cacfd2f4328f8a4b12a",
+                "docker.io",
+                "linuxkit/init",
+                Some("b5506cc74a6812dc40982cacfd2f4328f8a4b12a"),
+                false,
+            ),
+            (
+                "127.0.0.1:5000/kitfleet/kernel:6.1",
+                "127.0.0.1:5000",
+                "kitfleet/kernel",
+                Some("6.1"),
+                false,
+            ),
+            (
+                "localhost/a/b@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "localhost",
+                "a/b",
+                None,
+                true,
+            ),
+            (
+                "ghcr.io/x/y:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+                "ghcr.io",
+                "x/y",
+                Some("v1"),
+                true,
+            ),
         ];
         for (s, reg, repo, tag, has_digest) in cases {
             let r = Reference::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
-            assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref(), r.digest.is_some()), (reg, repo, tag, has_digest), "{s}");
+            assert_eq!(
+                (
+                    r.registry.as_str(),
+                    r.repository.as_str(),
+                    r.tag.as_deref(),
+                    r.digest.is_some()
+                ),
+                (reg, repo, tag, has_digest),
+                "{s}"
+            );
         }
     }
 
     #[test]
     fn rejects_what_a_registry_would() {
-        assert_eq!(Reference::parse("linuxkit/sysctl"), Err(ReferenceError::Unpinned("linuxkit/sysctl".into())));
-        for s in ["", "UPPER/case:1", "a//b:1", "a:", "a@sha256:abc", "a:-x", "127.0.0.1:5000/:1"] {
+        assert_eq!(
+            Reference::parse("linuxkit/sysctl"),
+            Err(ReferenceError::Unpinned("linuxkit/sysctl".into()))
+        );
+        for s in [
+            "",
+            "UPPER/case:1",
+            "a//b:1",
+            "a:",
+            "a@sha256:abc",
+            "a:-x",
+            "127.0.0.1:5000/:1",
+        ] {
             assert!(Reference::parse(s).is_err(), "{s} accepted");
         }
     }

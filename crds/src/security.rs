@@ -43,7 +43,9 @@ pub struct SecurityPolicySpec {
 }
 
 /// How a policy is applied.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PolicyMode {
     /// Deny what the policy does not allow.
@@ -103,7 +105,19 @@ pub struct FsRule {
 }
 
 /// A Landlock filesystem access right (`LANDLOCK_ACCESS_FS_*`).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FsAccess {
     Execute,
@@ -181,7 +195,19 @@ pub struct NetRules {
 }
 
 /// A Landlock scope (`LANDLOCK_SCOPE_*`, ABI ≥ 6).
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scope {
     /// No connecting to abstract unix sockets created outside the sandbox.
@@ -280,7 +306,9 @@ pub struct ArgCondition {
 }
 
 /// A comparison on a system call argument.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ArgOp {
     #[default]

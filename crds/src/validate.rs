@@ -22,7 +22,10 @@ pub fn nodeimage(spec: &NodeImageSpec) -> Result<(), FieldErrors> {
     }
     for (i, f) in spec.formats.iter().enumerate() {
         if !seen.insert(f) {
-            errs.push(format!("spec.formats[{i}]"), format!("duplicate format {f:?}", f = f.as_str()));
+            errs.push(
+                format!("spec.formats[{i}]"),
+                format!("duplicate format {f:?}", f = f.as_str()),
+            );
         }
     }
     match Reference::parse_loose(&spec.output.repository) {
@@ -67,7 +70,10 @@ fn linuxkit_config(c: &linuxkit::Config, prefix: &str, errs: &mut Errors) {
     for (i, v) in c.volumes.iter().enumerate() {
         let path = format!("{prefix}volumes[{i}].name");
         if !is_name(&v.name) {
-            errs.push(&path, format!("{:?} must be non-empty and of [a-z0-9_-]", v.name));
+            errs.push(
+                &path,
+                format!("{:?} must be non-empty and of [a-z0-9_-]", v.name),
+            );
         } else if !volumes.insert(v.name.as_str()) {
             errs.push(&path, format!("duplicate volume name {:?}", v.name));
         }
@@ -80,7 +86,9 @@ fn linuxkit_config(c: &linuxkit::Config, prefix: &str, errs: &mut Errors) {
 /// LinuxKit's volume-name rule (`nameRE` in `moby/config.go`), also applied to container names, which become
 /// directory names in the image.
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Names become directories; services run side by side, so theirs must be unique (LinuxKit's `uniqueServices`).
@@ -90,11 +98,20 @@ fn image_names(prefix: &str, section: &str, images: &[Image], errs: &mut Errors)
     for (i, img) in images.iter().enumerate() {
         let path = format!("{prefix}{section}[{i}].name");
         if !is_name(&img.name) {
-            errs.push(&path, format!("{:?} must be non-empty and of [a-z0-9_-] (it names a directory)", img.name));
+            errs.push(
+                &path,
+                format!(
+                    "{:?} must be non-empty and of [a-z0-9_-] (it names a directory)",
+                    img.name
+                ),
+            );
         } else if let Some(first) = names.insert(img.name.as_str(), i)
             && section == "services"
         {
-            errs.push(&path, format!("duplicate name {:?} (also {section}[{first}])", img.name));
+            errs.push(
+                &path,
+                format!("duplicate name {:?} (also {section}[{first}])", img.name),
+            );
         }
     }
 }
@@ -103,7 +120,10 @@ fn file(f: &linuxkit::File, path: &str, errs: &mut Errors) {
     if f.path.is_empty() {
         errs.push(format!("{path}.path"), "must not be empty");
     } else if f.path.split('/').any(|c| c == "..") {
-        errs.push(format!("{path}.path"), format!("{:?} must not contain '..'", f.path));
+        errs.push(
+            format!("{path}.path"),
+            format!("{:?} must not contain '..'", f.path),
+        );
     }
     let sources = [
         ("contents", f.contents.is_some()),
@@ -112,33 +132,61 @@ fn file(f: &linuxkit::File, path: &str, errs: &mut Errors) {
         ("metadata", f.metadata.is_some()),
         ("directory", f.directory),
     ];
-    let given: Vec<_> = sources.iter().filter(|(_, set)| *set).map(|(n, _)| *n).collect();
+    let given: Vec<_> = sources
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(n, _)| *n)
+        .collect();
     if given.len() > 1 {
-        errs.push(path, format!("only one of contents, source, symlink, metadata, directory may be set (got {})", given.join(", ")));
+        errs.push(
+            path,
+            format!(
+                "only one of contents, source, symlink, metadata, directory may be set (got {})",
+                given.join(", ")
+            ),
+        );
     }
     if let Some(m) = &f.metadata
         && m != "yaml"
     {
-        errs.push(format!("{path}.metadata"), format!("{m:?} is not supported (only \"yaml\")"));
+        errs.push(
+            format!("{path}.metadata"),
+            format!("{m:?} is not supported (only \"yaml\")"),
+        );
     }
     if let Some(mode) = &f.mode
         && (mode.is_empty() || mode.len() > 5 || u32::from_str_radix(mode, 8).is_err())
     {
-        errs.push(format!("{path}.mode"), format!("{mode:?} is not an octal mode like \"0644\""));
+        errs.push(
+            format!("{path}.mode"),
+            format!("{mode:?} is not an octal mode like \"0644\""),
+        );
     }
 }
 
 fn rollout(r: &RolloutSpec, errs: &mut Errors) {
     match &r.max_unavailable {
-        IntOrString::Int(n) if *n <= 0 => errs.push("spec.rollout.maxUnavailable", format!("{n} must be greater than 0")),
+        IntOrString::Int(n) if *n <= 0 => errs.push(
+            "spec.rollout.maxUnavailable",
+            format!("{n} must be greater than 0"),
+        ),
         IntOrString::String(s) => match s.strip_suffix('%').map(u32::from_str) {
             Some(Ok(p)) if (1..=100).contains(&p) => {}
-            Some(Ok(p)) => errs.push("spec.rollout.maxUnavailable", format!("{p}% must be between 1% and 100%")),
-            _ => errs.push("spec.rollout.maxUnavailable", format!("{s:?} must be an integer or a percentage like \"25%\"")),
+            Some(Ok(p)) => errs.push(
+                "spec.rollout.maxUnavailable",
+                format!("{p}% must be between 1% and 100%"),
+            ),
+            _ => errs.push(
+                "spec.rollout.maxUnavailable",
+                format!("{s:?} must be an integer or a percentage like \"25%\""),
+            ),
         },
         IntOrString::Int(_) => {}
     }
-    for (field, d) in [("drain.timeout", &r.drain.timeout), ("healthCheck.timeout", &r.health_check.timeout)] {
+    for (field, d) in [
+        ("drain.timeout", &r.drain.timeout),
+        ("healthCheck.timeout", &r.health_check.timeout),
+    ] {
         if let Some(d) = d
             && (d.is_negative() || std::time::Duration::from(*d).is_zero())
         {
@@ -148,7 +196,10 @@ fn rollout(r: &RolloutSpec, errs: &mut Errors) {
     if let Some(g) = r.drain.grace_period_seconds
         && g < 0
     {
-        errs.push("spec.rollout.drain.gracePeriodSeconds", format!("{g} must not be negative"));
+        errs.push(
+            "spec.rollout.drain.gracePeriodSeconds",
+            format!("{g} must not be negative"),
+        );
     }
     if let Some(w) = &r.window {
         window(w, errs);
@@ -159,24 +210,42 @@ fn window(w: &MaintenanceWindow, errs: &mut Errors) {
     let start = parse_hhmm(&w.start);
     let end = parse_hhmm(&w.end);
     if start.is_none() {
-        errs.push("spec.rollout.window.start", format!("{:?} is not a 24-hour HH:MM time", w.start));
+        errs.push(
+            "spec.rollout.window.start",
+            format!("{:?} is not a 24-hour HH:MM time", w.start),
+        );
     }
     if end.is_none() {
-        errs.push("spec.rollout.window.end", format!("{:?} is not a 24-hour HH:MM time", w.end));
+        errs.push(
+            "spec.rollout.window.end",
+            format!("{:?} is not a 24-hour HH:MM time", w.end),
+        );
     }
     if start.is_some() && start == end {
-        errs.push("spec.rollout.window", format!("start and end are both {} (an empty window never opens)", w.start));
+        errs.push(
+            "spec.rollout.window",
+            format!(
+                "start and end are both {} (an empty window never opens)",
+                w.start
+            ),
+        );
     }
     let mut days = BTreeSet::new();
     for (i, d) in w.days.iter().enumerate() {
         if !days.insert(d) {
-            errs.push(format!("spec.rollout.window.days[{i}]"), format!("duplicate day {d:?}"));
+            errs.push(
+                format!("spec.rollout.window.days[{i}]"),
+                format!("duplicate day {d:?}"),
+            );
         }
     }
     if let Some(tz) = &w.time_zone
         && tz.parse::<chrono_tz::Tz>().is_err()
     {
-        errs.push("spec.rollout.window.timeZone", format!("{tz:?} is not an IANA time zone"));
+        errs.push(
+            "spec.rollout.window.timeZone",
+            format!("{tz:?} is not an IANA time zone"),
+        );
     }
 }
 
@@ -213,18 +282,30 @@ fn landlock(l: &LandlockPolicy, errs: &mut Errors) {
         }
         for (j, p) in rule.paths.iter().enumerate() {
             if !p.starts_with('/') {
-                errs.push(format!("{path}.paths[{j}]"), format!("{p:?} must be an absolute path"));
+                errs.push(
+                    format!("{path}.paths[{j}]"),
+                    format!("{p:?} must be an absolute path"),
+                );
             } else if p.split('/').any(|c| c == "..") {
-                errs.push(format!("{path}.paths[{j}]"), format!("{p:?} must not contain '..'"));
+                errs.push(
+                    format!("{path}.paths[{j}]"),
+                    format!("{p:?} must not contain '..'"),
+                );
             }
         }
         if rule.access.is_empty() {
-            errs.push(format!("{path}.access"), "at least one access right is required");
+            errs.push(
+                format!("{path}.access"),
+                "at least one access right is required",
+            );
         }
         let mut seen = BTreeSet::new();
         for (j, a) in rule.access.iter().enumerate() {
             if !seen.insert(a) {
-                errs.push(format!("{path}.access[{j}]"), format!("duplicate access right {a:?}"));
+                errs.push(
+                    format!("{path}.access[{j}]"),
+                    format!("duplicate access right {a:?}"),
+                );
             }
         }
     }
@@ -232,7 +313,10 @@ fn landlock(l: &LandlockPolicy, errs: &mut Errors) {
         for (field, ports) in [("bindTcp", &n.bind_tcp), ("connectTcp", &n.connect_tcp)] {
             for (i, p) in ports.iter().enumerate() {
                 if !(1..=65535).contains(p) {
-                    errs.push(format!("spec.landlock.network.{field}[{i}]"), format!("port {p} is outside 1-65535"));
+                    errs.push(
+                        format!("spec.landlock.network.{field}[{i}]"),
+                        format!("port {p} is outside 1-65535"),
+                    );
                 }
             }
         }
@@ -240,23 +324,33 @@ fn landlock(l: &LandlockPolicy, errs: &mut Errors) {
     let mut scopes = BTreeSet::new();
     for (i, s) in l.scopes.iter().enumerate() {
         if !scopes.insert(s) {
-            errs.push(format!("spec.landlock.scopes[{i}]"), format!("duplicate scope {s:?}"));
+            errs.push(
+                format!("spec.landlock.scopes[{i}]"),
+                format!("duplicate scope {s:?}"),
+            );
         }
     }
 }
 
 /// Whether `name` is a system call on any architecture Kitfleet compiles filters for.
 pub fn is_syscall(name: &str) -> bool {
-    syscalls::x86_64::Sysno::from_str(name).is_ok() || syscalls::aarch64::Sysno::from_str(name).is_ok()
+    syscalls::x86_64::Sysno::from_str(name).is_ok()
+        || syscalls::aarch64::Sysno::from_str(name).is_ok()
 }
 
 fn seccomp(s: &SeccompPolicy, errs: &mut Errors) {
     if let Some(e) = s.default_errno {
         if s.default_action != SeccompAction::Errno {
-            errs.push("spec.seccomp.defaultErrno", "is only valid with defaultAction: errno");
+            errs.push(
+                "spec.seccomp.defaultErrno",
+                "is only valid with defaultAction: errno",
+            );
         }
         if !(1..=4095).contains(&e) {
-            errs.push("spec.seccomp.defaultErrno", format!("{e} is outside 1-4095"));
+            errs.push(
+                "spec.seccomp.defaultErrno",
+                format!("{e} is outside 1-4095"),
+            );
         }
     }
     // An unconditional rule decides a syscall outright: two of them with different actions contradict each other.
@@ -264,11 +358,17 @@ fn seccomp(s: &SeccompPolicy, errs: &mut Errors) {
     for (i, rule) in s.rules.iter().enumerate() {
         let path = format!("spec.seccomp.rules[{i}]");
         if rule.names.is_empty() {
-            errs.push(format!("{path}.names"), "at least one syscall name is required");
+            errs.push(
+                format!("{path}.names"),
+                "at least one syscall name is required",
+            );
         }
         for (j, name) in rule.names.iter().enumerate() {
             if !is_syscall(name) {
-                errs.push(format!("{path}.names[{j}]"), format!("unknown system call {name:?} (not on x86_64 or aarch64)"));
+                errs.push(
+                    format!("{path}.names[{j}]"),
+                    format!("unknown system call {name:?} (not on x86_64 or aarch64)"),
+                );
             } else if rule.args.is_empty()
                 && let Some((first, action)) = unconditional.insert(name, (i, rule.action))
                 && action != rule.action
@@ -287,19 +387,36 @@ fn seccomp(s: &SeccompPolicy, errs: &mut Errors) {
                 errs.push(format!("{path}.errno"), format!("{e} is outside 1-4095"));
             }
         }
-        let mut indexes = BTreeSet::new();
+        let mut equal_to: BTreeMap<u8, u64> = BTreeMap::new();
         for (j, a) in rule.args.iter().enumerate() {
             let apath = format!("{path}.args[{j}]");
             if a.index > 5 {
-                errs.push(format!("{apath}.index"), format!("{} is outside 0-5", a.index));
+                errs.push(
+                    format!("{apath}.index"),
+                    format!("{} is outside 0-5", a.index),
+                );
             }
             match (a.op, a.value_two) {
-                (ArgOp::MaskedEq, None) => errs.push(format!("{apath}.valueTwo"), "is required by op masked-eq"),
-                (op, Some(_)) if op != ArgOp::MaskedEq => errs.push(format!("{apath}.valueTwo"), "is only valid with op masked-eq"),
+                (ArgOp::MaskedEq, None) => {
+                    errs.push(format!("{apath}.valueTwo"), "is required by op masked-eq")
+                }
+                (op, Some(_)) if op != ArgOp::MaskedEq => errs.push(
+                    format!("{apath}.valueTwo"),
+                    "is only valid with op masked-eq",
+                ),
                 _ => {}
             }
-            if a.op == ArgOp::Eq && !indexes.insert(a.index) {
-                errs.push(format!("{apath}.index"), format!("argument {} is compared for equality twice: the rule can never match", a.index));
+            if a.op == ArgOp::Eq
+                && let Some(other) = equal_to.insert(a.index, a.value)
+                && other != a.value
+            {
+                errs.push(
+                    format!("{apath}.value"),
+                    format!(
+                        "argument {} must equal both {other} and {}: the rule can never match",
+                        a.index, a.value
+                    ),
+                );
             }
         }
     }

@@ -16,10 +16,20 @@ fn examples_dir() -> PathBuf {
 fn examples() -> Vec<(String, String)> {
     let dir = examples_dir();
     let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e} (set KITFLEET_SHARED to the shared/ folder)", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (set KITFLEET_SHARED to the shared/ folder)",
+                dir.display()
+            )
+        })
         .map(|e| e.expect("readable directory").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yml"))
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -29,7 +39,11 @@ fn examples() -> Vec<(String, String)> {
 fn normalize(v: &mut serde_json::Value, top: bool) {
     match v {
         serde_json::Value::Object(m) => {
-            m.retain(|_, v| !(v.is_null() || *v == serde_json::Value::Bool(false) || (top && v.as_array().is_some_and(Vec::is_empty))));
+            m.retain(|_, v| {
+                !(v.is_null()
+                    || *v == serde_json::Value::Bool(false)
+                    || (top && v.as_array().is_some_and(Vec::is_empty)))
+            });
             m.values_mut().for_each(|v| normalize(v, false));
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(|v| normalize(v, false)),
@@ -39,15 +53,25 @@ fn normalize(v: &mut serde_json::Value, top: bool) {
 
 #[test]
 fn the_corpus_is_there() {
-    assert!(examples().len() >= 30, "expected LinuxKit's examples in {}", examples_dir().display());
+    assert!(
+        examples().len() >= 30,
+        "expected LinuxKit's examples in {}",
+        examples_dir().display()
+    );
 }
 
 #[test]
 fn every_example_parses_and_validates() {
     // Kitfleet pins every reference for reproducible builds; LinuxKit lets these float to `latest`.
     let expected: &[(&str, &str)] = &[
-        ("dm-crypt-loop.yml", "onboot[7].image: \"busybox\" has no tag or digest"),
-        ("dm-crypt.yml", "onboot[5].image: \"busybox\" has no tag or digest"),
+        (
+            "dm-crypt-loop.yml",
+            "onboot[7].image: \"busybox\" has no tag or digest",
+        ),
+        (
+            "dm-crypt.yml",
+            "onboot[5].image: \"busybox\" has no tag or digest",
+        ),
     ];
     let mut got = Vec::new();
     for (name, text) in examples() {
@@ -78,14 +102,26 @@ fn every_example_round_trips_through_linuxkit_yaml_without_loss() {
 
 #[test]
 fn every_example_round_trips_through_a_nodeimage() {
-    let output = OutputSpec { repository: "127.0.0.1:5000/fleet/node".into(), push_secret_name: None };
+    let output = OutputSpec {
+        repository: "127.0.0.1:5000/fleet/node".into(),
+        push_secret_name: None,
+    };
     for (name, text) in examples() {
         let config = Config::from_yaml(&text).unwrap();
-        let ni = NodeImage::from_linuxkit(name.trim_end_matches(".yml"), config.clone(), vec![OutputFormat::RawEfi], output.clone());
+        let ni = NodeImage::from_linuxkit(
+            name.trim_end_matches(".yml"),
+            config.clone(),
+            vec![OutputFormat::RawEfi],
+            output.clone(),
+        );
         let yaml = ni.to_yaml();
         let back = NodeImage::from_yaml(&yaml).unwrap_or_else(|e| panic!("{name}: {e}\n{yaml}"));
         assert_eq!(back.spec.image, config, "{name}");
-        assert_eq!(Config::from_yaml(&back.spec.image.to_yaml()).unwrap(), config, "{name}");
+        assert_eq!(
+            Config::from_yaml(&back.spec.image.to_yaml()).unwrap(),
+            config,
+            "{name}"
+        );
     }
 }
 

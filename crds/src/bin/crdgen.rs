@@ -8,7 +8,10 @@ fn main() -> std::process::ExitCode {
         if check {
             let current = std::fs::read_to_string(&path).unwrap_or_default();
             if current != yaml {
-                eprintln!("{}: differs from the generated CRD; run `cargo run -p kitfleet-api --bin crdgen`", path.display());
+                eprintln!(
+                    "{}: differs from the generated CRD; run `cargo run -p kitfleet-api --bin crdgen`",
+                    path.display()
+                );
                 drift = true;
             }
         } else if let Err(e) = std::fs::write(&path, yaml) {
@@ -18,5 +21,9 @@ fn main() -> std::process::ExitCode {
             println!("wrote {}", path.display());
         }
     }
-    if drift { std::process::ExitCode::FAILURE } else { std::process::ExitCode::SUCCESS }
+    if drift {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }
