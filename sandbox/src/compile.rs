@@ -250,7 +250,12 @@ fn seccomp_layer(cx: &mut Ctx<'_>, s: &SeccompPolicy, mode: PolicyMode, arches: 
                 Some((_, prev)) => prev.clauses.push(clause.clone()),
                 None => {
                     let clauses = if clause.is_empty() { Vec::new() } else { vec![clause.clone()] };
-                    own.insert(name.clone(), (i, SyscallRule { clauses, action, otherwise: default }));
+                    // Outside its conditions a call gets what the base gives it unconditionally, else the default.
+                    let otherwise = match rules.get(name) {
+                        Some(b) if b.clauses.is_empty() => b.action,
+                        _ => default,
+                    };
+                    own.insert(name.clone(), (i, SyscallRule { clauses, action, otherwise }));
                 }
             }
         }

@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// binary's start-up, reading the policy, Landlock, the report socket, seccomp and exec.
 pub const LAUNCHER_NEEDS: &[&str] = &[
     "arch_prctl", "brk", "close", "connect", "execve", "exit_group", "fcntl", "fstat", "getpid", "getrandom",
-    "ioctl", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "mmap", "mprotect", "munmap",
-    "newfstatat", "openat", "poll", "prctl", "prlimit64", "read", "readlink", "rseq", "rt_sigaction",
-    "rt_sigprocmask", "sched_getaffinity", "seccomp", "set_robust_list", "set_tid_address", "setsockopt",
-    "sigaltstack", "socket", "statx", "write", "writev",
+    "gettid", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "mmap", "mprotect", "munmap",
+    "newfstatat", "openat", "poll", "ppoll", "prctl", "prlimit64", "read", "readlink", "readlinkat", "rseq",
+    "rt_sigaction", "rt_sigprocmask", "sched_getaffinity", "seccomp", "sendto", "set_robust_list", "set_tid_address",
+    "setsockopt", "sigaltstack", "socket", "statx", "write", "writev",
 ];
 
 /// A seccomp profile in the OCI / Docker JSON format.
@@ -94,6 +94,14 @@ pub fn merge(a: &SyscallRule, b: &SyscallRule) -> (SyscallRule, bool) {
                 clauses: c.clauses.clone(),
                 action: u.strictest(c.action),
                 otherwise: u.strictest(c.otherwise),
+            };
+            (r, true)
+        }
+        (false, false) if a.clauses == b.clauses => {
+            let r = SyscallRule {
+                clauses: a.clauses.clone(),
+                action: a.action.strictest(b.action),
+                otherwise: a.otherwise.strictest(b.otherwise),
             };
             (r, true)
         }
