@@ -326,27 +326,30 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
         let cached = (sources.cache().get_file(&kcache("kernel"))?, sources.cache().get_file(&kcache("cpio.gz"))?, sources.cache().get_file(&kcache("size"))?);
         let ucode_cached = sources.cache().get_file(&kcache("ucode"))?;
         let have_all = matches!(cached, (Some(_), Some(_), Some(_))) && (k.ucode.is_none() || ucode_cached.is_some());
-        if have_all && !need_tar {
-            let (kb, m, s) = cached;
+        if have_all {
+            let (kb, m, sz) = cached;
             kernel_bytes = kb;
             members.push(m.unwrap_or_default());
-            raw_total += parse_size(s.as_deref());
+            raw_total += parse_size(sz.as_deref());
             ucode = ucode_cached;
             cached_segments += 1;
-        } else {
+        }
+        if !have_all || need_tar {
             let parts = kernel_parts(&mut ctx, plan).await?.expect("plan has a kernel");
-            let task = opts.progress.task("compress kernel modules", None);
-            let (m, raw) = cpio::compressed_members(&parts.modules, opts.level)?;
-            task.done("");
-            sources.cache().write_atomic(&kcache("kernel"), &parts.kernel)?;
-            sources.cache().write_atomic(&kcache("cpio.gz"), &m)?;
-            sources.cache().write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
-            if let Some(u) = &parts.ucode {
-                sources.cache().write_atomic(&kcache("ucode"), u)?;
+            if !have_all {
+                let task = opts.progress.task("compress kernel modules", None);
+                let (m, raw) = cpio::compressed_members(&parts.modules, opts.level)?;
+                task.done("");
+                sources.cache().write_atomic(&kcache("kernel"), &parts.kernel)?;
+                sources.cache().write_atomic(&kcache("cpio.gz"), &m)?;
+                sources.cache().write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
+                if let Some(u) = &parts.ucode {
+                    sources.cache().write_atomic(&kcache("ucode"), u)?;
+                }
+                raw_total += raw;
+                members.push(m);
+                built_segments += 1;
             }
-            raw_total += raw;
-            members.push(m);
-            built_segments += 1;
             kernel_entries.push(Entry::dir("boot", 0o755, t));
             kernel_entries.push(Entry::file("boot/cmdline", k.cmdline.clone().into_bytes(), 0o644, t));
             kernel_entries.push(Entry::file("boot/kernel", parts.kernel.clone(), 0o644, t));

@@ -14,6 +14,7 @@ pub mod cpio;
 pub mod digest;
 pub mod disk;
 pub mod error;
+pub mod fixtures;
 pub mod input;
 pub mod oci;
 pub mod oci_config;
