@@ -314,5 +314,10 @@ pub fn assert_fsck_clean(volume: &Path) -> String {
         volume.display(),
         out.status
     );
+    // fsck.fat -n says this only when it found something it would have changed.
+    assert!(
+        !text.contains("Leaving filesystem unchanged"),
+        "fsck.fat -n found problems:\n{text}"
+    );
     text
 }
