@@ -43,6 +43,20 @@ fn build_twice(format: DiskFormat, payload: &Payload, root: &Path) -> OutputInfo
 
 /// Checks the ESP of a raw disk with sfdisk, fsck.fat and mtools; returns the UKI from it.
 fn check_raw_disk(info: &OutputInfo, work: &Path) -> Vec<u8> {
+    let verify = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&info.path)
+        .output()
+        .unwrap();
+    let verify = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        verify.contains("No errors detected") && !verify.contains("corrupt"),
+        "sfdisk --verify:\n{verify}"
+    );
     let dump = run(Command::new("sfdisk").arg("--dump").arg(&info.path));
     let (disk_guid, esp_guid) = disk::disk_guids(&[0x5a; 32]);
     assert!(dump.contains("label: gpt"), "{dump}");
