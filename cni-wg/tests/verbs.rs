@@ -232,9 +232,9 @@ fn masquerade_lets_pods_reach_outside_the_cluster() {
     let ext = Netns::new("ext");
     // node <-> ext over a veth; ext has no route back to the pod CIDR, so only masqueraded
     // traffic gets an answer.
-    sh(&["ip", "link", "add", "kfwtx0", "netns", &node.ns.name, "type", "veth", "peer", "name", "x0", "netns", &ext.name]);
-    node.ns.exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", "kfwtx0"]);
-    node.ns.exec(&["ip", "link", "set", "kfwtx0", "up"]);
+    sh(&["ip", "link", "add", "uplink0", "netns", &node.ns.name, "type", "veth", "peer", "name", "x0", "netns", &ext.name]);
+    node.ns.exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", "uplink0"]);
+    node.ns.exec(&["ip", "link", "set", "uplink0", "up"]);
     node.ns.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
     ext.exec(&["ip", "addr", "add", "198.51.100.2/24", "dev", "x0"]);
     ext.exec(&["ip", "link", "set", "x0", "up"]);
