@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kitfleet_cni_wg::dataplane::Cidr;
-use kitfleet_node_agent::mesh::{self, MeshConfig, keyfile, kube_source::KubeSource, routes::NetlinkRoutes, source::DirSource};
+use kitfleet_node_agent::mesh::{
+    self, MeshConfig, keyfile, kube_source::KubeSource, routes::NetlinkRoutes, source::DirSource,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "kitfleet-node-agent", version, about = "Kitfleet node agent")]
@@ -70,7 +72,10 @@ struct MeshArgs {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}
@@ -101,7 +106,9 @@ async fn run_mesh(a: MeshArgs) -> anyhow::Result<()> {
             mesh::run(cfg, src, routes, shutdown_signal()).await?;
         }
         None => {
-            let client = kube::Client::try_default().await.context("connecting to the apiserver")?;
+            let client = kube::Client::try_default()
+                .await
+                .context("connecting to the apiserver")?;
             mesh::run(cfg, KubeSource::new(client), routes, shutdown_signal()).await?;
         }
     }

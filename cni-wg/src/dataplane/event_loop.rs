@@ -66,7 +66,12 @@ impl TxBatch {
             self.open = len == last.seg;
             return;
         }
-        self.items.push(Outgoing { dst, off, len, seg: len });
+        self.items.push(Outgoing {
+            dst,
+            off,
+            len,
+            seg: len,
+        });
         self.open = true;
     }
 }
@@ -93,7 +98,13 @@ fn random_seed() -> u32 {
 }
 
 impl Loop {
-    pub fn new(tun: Tun, udp: Udp, cfg: Config, rx: mpsc::Receiver<Command>, wake: OwnedFd) -> Self {
+    pub fn new(
+        tun: Tun,
+        udp: Udp,
+        cfg: Config,
+        rx: mpsc::Receiver<Command>,
+        wake: OwnedFd,
+    ) -> Self {
         Loop {
             tun,
             udp,
@@ -103,7 +114,12 @@ impl Loop {
             wake,
             peers: Peers::new(random_seed()),
             tun_buf: vec![0; VNET_HDR_LEN + 65_536],
-            tx: TxBatch { buf: vec![0; SEND_BUF], pos: 0, items: Vec::new(), open: false },
+            tx: TxBatch {
+                buf: vec![0; SEND_BUF],
+                pos: 0,
+                items: Vec::new(),
+                open: false,
+            },
             recv_bufs: (0..RECV_BATCH).map(|_| vec![0; RECV_BUF]).collect(),
             incoming: Vec::with_capacity(RECV_BATCH),
             plain: vec![0; RECV_BUF],
@@ -113,13 +129,30 @@ impl Loop {
     }
 
     pub fn run(&mut self) {
-        tracing::info!(interface = self.tun.name(), port = self.listen_port, gro = self.udp.gro(), "data plane running");
+        tracing::info!(
+            interface = self.tun.name(),
+            port = self.listen_port,
+            gro = self.udp.gro(),
+            "data plane running"
+        );
         let mut last_tick = Instant::now();
         loop {
             let mut fds = [
-                libc::pollfd { fd: self.tun.fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.udp.fd(), events: libc::POLLIN, revents: 0 },
-                libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+                libc::pollfd {
+                    fd: self.tun.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.udp.fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
             // SAFETY: `fds` is a live array of 3 pollfd structs.
             let rc = unsafe { libc::poll(fds.as_mut_ptr(), 3, TIMER_TICK.as_millis() as i32) };
@@ -152,13 +185,18 @@ impl Loop {
         loop {
             match self.rx.try_recv() {
                 Ok(Command::SetPeers(peers, reply)) => {
-                    let _ = reply.send(self.peers.apply(&self.private, peers));
+                    let r = self.peers.apply(&self.private, peers);
+                    if let Ok(fresh) = &r {
+                        self.initiate(fresh);
+                    }
+                    let _ = reply.send(r.map(drop));
                 }
                 Ok(Command::SetPrivateKey(key, reply)) => {
                     let r = self.peers.set_private(&key);
                     if r.is_ok() {
                         tracing::info!(public_key = %key.public_key(), "private key rotated");
                         self.private = key;
+                        self.initiate(&self.peers.indices());
                     }
                     let _ = reply.send(r);
                 }
@@ -180,7 +218,13 @@ impl Loop {
             .iter()
             .map(|p| {
                 let (hs, tx, rx, _, _) = p.tunn.stats();
-                PeerStats { public_key: p.key, endpoint: p.endpoint, last_handshake: hs, tx_bytes: tx, rx_bytes: rx }
+                PeerStats {
+                    public_key: p.key,
+                    endpoint: p.endpoint,
+                    last_handshake: hs,
+                    tx_bytes: tx,
+                    rx_bytes: rx,
+                }
             })
             .collect();
         peers.sort_by_key(|p| p.public_key);
@@ -194,16 +238,7 @@ impl Loop {
     }
 
     fn flush_tx(&mut self) {
-        if self.tx.items.is_empty() {
-            return;
-        }
-        self.counters.udp_sends += self.tx.items.len() as u64;
-        if let Err(e) = self.udp.send_batch(&self.tx.buf[..self.tx.pos], &self.tx.items) {
-            tracing::debug!(error = %e, "UDP send failed");
-        }
-        self.tx.items.clear();
-        self.tx.pos = 0;
-        self.tx.open = false;
+        flush(&mut self.udp, &mut self.tx, &mut self.counters);
     }
 
     fn handle_tun(&mut self) {
@@ -221,9 +256,13 @@ impl Loop {
             if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
                 self.flush_tx();
             }
-            let Some(hdr) = VnetHdr::parse(&self.tun_buf) else { continue };
+            let Some(hdr) = VnetHdr::parse(&self.tun_buf) else {
+                continue;
+            };
             let pkt = &mut self.tun_buf[VNET_HDR_LEN..n];
-            let peer = Tunn::dst_address(pkt).and_then(|d| self.peers.route(d)).and_then(|i| self.peers.get_mut(i));
+            let peer = Tunn::dst_address(pkt)
+                .and_then(|d| self.peers.route(d))
+                .and_then(|i| self.peers.get_mut(i));
             let Some(peer) = peer else {
                 self.counters.dropped_no_peer += 1;
                 continue;
@@ -263,7 +302,10 @@ impl Loop {
                 }
             }
             self.incoming = incoming;
-            let mut sink = TunSink { tun: &self.tun, writes: &mut self.counters.tun_writes };
+            let mut sink = TunSink {
+                tun: &self.tun,
+                writes: &mut self.counters.tun_writes,
+            };
             self.coalescer.flush(&mut sink);
             if got < RECV_BATCH {
                 break;
@@ -286,13 +328,21 @@ impl Loop {
     }
 
     fn handle_datagram(&mut self, buf: usize, off: usize, end: usize, src: SocketAddr) {
+        if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+            self.flush_tx();
+        }
         let data = &self.recv_bufs[buf][off..end];
         let Some(idx) = self.peer_for(data) else {
             self.counters.dropped_no_peer += 1;
             return;
         };
-        let Some(peer) = self.peers.get_mut(idx) else { return };
-        let mut sink = TunSink { tun: &self.tun, writes: &mut self.counters.tun_writes };
+        let Some(peer) = self.peers.get_mut(idx) else {
+            return;
+        };
+        let mut sink = TunSink {
+            tun: &self.tun,
+            writes: &mut self.counters.tun_writes,
+        };
         match peer.tunn.decapsulate(Some(src.ip()), data, &mut self.plain) {
             TunnResult::WriteToNetwork(out) => {
                 let len = out.len();
@@ -301,31 +351,63 @@ impl Loop {
                 peer.endpoint = Some(src);
                 // Packets queued while the handshake was pending leave now.
                 loop {
-                    match peer.tunn.decapsulate(None, &[], &mut self.plain) {
-                        TunnResult::WriteToNetwork(out) => {
-                            let len = out.len();
-                            if self.tx.pos + len > self.tx.buf.len() {
-                                break;
-                            }
-                            self.tx.buf[self.tx.pos..self.tx.pos + len].copy_from_slice(out);
-                            self.tx.commit(src, len);
-                        }
-                        _ => break,
+                    if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                        flush(&mut self.udp, &mut self.tx, &mut self.counters);
                     }
+                    let tx = &mut self.tx;
+                    let TunnResult::WriteToNetwork(out) =
+                        peer.tunn.decapsulate(None, &[], &mut tx.buf[tx.pos..])
+                    else {
+                        break;
+                    };
+                    let len = out.len();
+                    tx.commit(src, len);
                 }
-                if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
-                    self.flush_tx();
-                }
             }
-            TunnResult::WriteToTunnelV4(pkt, ip) => {
-                deliver(peer, pkt, ip.into(), src, &mut self.coalescer, &mut sink, &mut self.counters.dropped_bad_source)
-            }
-            TunnResult::WriteToTunnelV6(pkt, ip) => {
-                deliver(peer, pkt, ip.into(), src, &mut self.coalescer, &mut sink, &mut self.counters.dropped_bad_source)
-            }
+            TunnResult::WriteToTunnelV4(pkt, ip) => deliver(
+                peer,
+                pkt,
+                ip.into(),
+                src,
+                &mut self.coalescer,
+                &mut sink,
+                &mut self.counters.dropped_bad_source,
+            ),
+            TunnResult::WriteToTunnelV6(pkt, ip) => deliver(
+                peer,
+                pkt,
+                ip.into(),
+                src,
+                &mut self.coalescer,
+                &mut sink,
+                &mut self.counters.dropped_bad_source,
+            ),
             TunnResult::Done => {}
             TunnResult::Err(e) => tracing::trace!(error = ?e, %src, "datagram rejected"),
         }
+    }
+
+    /// Starts a handshake with each of `peers` now, instead of waiting for traffic: a restarted or
+    /// re-keyed node replaces the sessions its peers still hold within one round trip.
+    fn initiate(&mut self, peers: &[u32]) {
+        for &idx in peers {
+            if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                self.flush_tx();
+            }
+            let Some(peer) = self.peers.get_mut(idx) else {
+                continue;
+            };
+            let Some(dst) = peer.endpoint else { continue };
+            let tx = &mut self.tx;
+            if let TunnResult::WriteToNetwork(out) = peer
+                .tunn
+                .format_handshake_initiation(&mut tx.buf[tx.pos..], false)
+            {
+                let len = out.len();
+                tx.commit(dst, len);
+            }
+        }
+        self.flush_tx();
     }
 
     fn tick_timers(&mut self) {
@@ -333,16 +415,32 @@ impl Loop {
             if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
                 self.flush_tx();
             }
-            let Some(peer) = self.peers.get_mut(idx) else { continue };
+            let Some(peer) = self.peers.get_mut(idx) else {
+                continue;
+            };
             let Some(dst) = peer.endpoint else { continue };
             let tx = &mut self.tx;
-            if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(&mut tx.buf[tx.pos..]) {
+            if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(&mut tx.buf[tx.pos..])
+            {
                 let len = out.len();
                 tx.commit(dst, len);
             }
         }
         self.flush_tx();
     }
+}
+
+fn flush(udp: &mut Udp, tx: &mut TxBatch, counters: &mut LoopStats) {
+    if tx.items.is_empty() {
+        return;
+    }
+    counters.udp_sends += tx.items.len() as u64;
+    if let Err(e) = udp.send_batch(&tx.buf[..tx.pos], &tx.items) {
+        tracing::debug!(error = %e, "UDP send failed");
+    }
+    tx.items.clear();
+    tx.pos = 0;
+    tx.open = false;
 }
 
 fn encrypt_one(peer: &mut Peer, dst: SocketAddr, seg: &[u8], tx: &mut TxBatch) {

@@ -34,7 +34,10 @@ pub enum Error {
     #[error("opening /dev/net/tun: {source}")]
     OpenTun { source: io::Error },
     #[error("{what}: {source}")]
-    Ioctl { what: &'static str, source: io::Error },
+    Ioctl {
+        what: &'static str,
+        source: io::Error,
+    },
     #[error("binding UDP port {port}: {source}")]
     BindUdp { port: u16, source: io::Error },
     #[error("{what}: {reason}")]
@@ -148,11 +151,15 @@ impl DataPlane {
         // SAFETY: plain eventfd(2); the fd is wrapped in an OwnedFd right away.
         let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if raw < 0 {
-            return Err(Error::EventFd { source: io::Error::last_os_error() });
+            return Err(Error::EventFd {
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let wake = unsafe { OwnedFd::from_raw_fd(raw) };
-        let wake_loop = wake.try_clone().map_err(|source| Error::EventFd { source })?;
+        let wake_loop = wake
+            .try_clone()
+            .map_err(|source| Error::EventFd { source })?;
         let (tx, rx) = mpsc::channel();
         let interface = tun.name().to_string();
         let mut lp = event_loop::Loop::new(tun, udp, config, rx, wake_loop);
@@ -160,7 +167,12 @@ impl DataPlane {
             .name(format!("wg-{interface}"))
             .spawn(move || lp.run())
             .map_err(|source| Error::EventFd { source })?;
-        Ok(DataPlane { tx, wake, thread: Some(thread), interface })
+        Ok(DataPlane {
+            tx,
+            wake,
+            thread: Some(thread),
+            interface,
+        })
     }
 
     /// The TUN interface name.

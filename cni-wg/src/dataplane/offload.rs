@@ -37,7 +37,14 @@ impl VnetHdr {
             return None;
         }
         let u = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
-        Some(VnetHdr { flags: b[0], gso_type: b[1], hdr_len: u(2), gso_size: u(4), csum_start: u(6), csum_offset: u(8) })
+        Some(VnetHdr {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u(2),
+            gso_size: u(4),
+            csum_start: u(6),
+            csum_offset: u(8),
+        })
     }
 
     pub fn write(&self, b: &mut [u8]) {
@@ -116,7 +123,11 @@ pub enum SegmentError {
 /// virtio-net header `hdr`): completes a partial checksum, and cuts TSO super-packets into `gso_size`
 /// segments with their own sequence numbers, lengths and full checksums. Works in place: segment `i`'s
 /// headers are written over the tail of segment `i-1` once that one has been emitted.
-pub fn segment(pkt: &mut [u8], hdr: &VnetHdr, mut emit: impl FnMut(&[u8])) -> Result<(), SegmentError> {
+pub fn segment(
+    pkt: &mut [u8],
+    hdr: &VnetHdr,
+    mut emit: impl FnMut(&[u8]),
+) -> Result<(), SegmentError> {
     let gso = hdr.gso_type & !GSO_ECN;
     if gso == GSO_NONE || hdr.gso_size == 0 {
         if hdr.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0 {
@@ -228,7 +239,10 @@ impl Default for Coalescer {
 /// TCP segment facts needed to decide merging. `None` for anything that is not a plain data segment.
 fn tcp_data(pkt: &[u8]) -> Option<(usize, usize, u32, u8)> {
     let (l3len, proto) = l3(pkt)?;
-    if proto != PROTO_TCP || l3len != if pkt[0] >> 4 == 4 { 20 } else { 40 } || pkt.len() < l3len + 20 {
+    if proto != PROTO_TCP
+        || l3len != if pkt[0] >> 4 == 4 { 20 } else { 40 }
+        || pkt.len() < l3len + 20
+    {
         return None;
     }
     if pkt[0] >> 4 == 4 && u16::from_be_bytes([pkt[6], pkt[7]]) & 0x3fff != 0 {
@@ -237,10 +251,19 @@ fn tcp_data(pkt: &[u8]) -> Option<(usize, usize, u32, u8)> {
     let thl = usize::from(pkt[l3len + 12] >> 4) * 4;
     let hlen = l3len + thl;
     let flags = pkt[l3len + 13];
-    if thl < 20 || pkt.len() <= hlen || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0 || flags & TCP_ACK == 0 {
+    if thl < 20
+        || pkt.len() <= hlen
+        || flags & (TCP_SYN | TCP_FIN | TCP_RST | TCP_URG) != 0
+        || flags & TCP_ACK == 0
+    {
         return None;
     }
-    let seq = u32::from_be_bytes([pkt[l3len + 4], pkt[l3len + 5], pkt[l3len + 6], pkt[l3len + 7]]);
+    let seq = u32::from_be_bytes([
+        pkt[l3len + 4],
+        pkt[l3len + 5],
+        pkt[l3len + 6],
+        pkt[l3len + 7],
+    ]);
     Some((l3len, hlen, seq, flags))
 }
 
@@ -250,7 +273,12 @@ impl Coalescer {
     }
 
     fn can_merge(&self, pkt: &[u8], l3len: usize, hlen: usize, seq: u32, flags: u8) -> bool {
-        if self.segs == 0 || self.closed || l3len != self.l3len || hlen != self.hlen || seq != self.next_seq {
+        if self.segs == 0
+            || self.closed
+            || l3len != self.l3len
+            || hlen != self.hlen
+            || seq != self.next_seq
+        {
             return false;
         }
         let payload = pkt.len() - hlen;
@@ -259,7 +287,10 @@ impl Coalescer {
         }
         let cur = self.current();
         let same_ip = if l3len == 20 {
-            cur[0..2] == pkt[0..2] && cur[6] & 0x40 == pkt[6] & 0x40 && cur[8..10] == pkt[8..10] && cur[12..20] == pkt[12..20]
+            cur[0..2] == pkt[0..2]
+                && cur[6] & 0x40 == pkt[6] & 0x40
+                && cur[8..10] == pkt[8..10]
+                && cur[12..20] == pkt[12..20]
         } else {
             cur[0..4] == pkt[0..4] && cur[6..40] == pkt[6..40]
         };
@@ -314,7 +345,11 @@ impl Coalescer {
         let len = self.len;
         let (l3len, hlen) = (self.l3len, self.hlen);
         if segs == 1 {
-            VnetHdr { flags: VIRTIO_NET_HDR_F_DATA_VALID, ..Default::default() }.write(&mut self.buf);
+            VnetHdr {
+                flags: VIRTIO_NET_HDR_F_DATA_VALID,
+                ..Default::default()
+            }
+            .write(&mut self.buf);
             sink.write_packet(&self.buf[..VNET_HDR_LEN + len]);
             return;
         }
@@ -347,12 +382,20 @@ impl Coalescer {
 pub fn write_single(pkt: &[u8], sink: &mut impl PacketSink) {
     let mut tmp = [0u8; 2048];
     if pkt.len() + VNET_HDR_LEN <= tmp.len() {
-        VnetHdr { flags: VIRTIO_NET_HDR_F_DATA_VALID, ..Default::default() }.write(&mut tmp);
+        VnetHdr {
+            flags: VIRTIO_NET_HDR_F_DATA_VALID,
+            ..Default::default()
+        }
+        .write(&mut tmp);
         tmp[VNET_HDR_LEN..VNET_HDR_LEN + pkt.len()].copy_from_slice(pkt);
         sink.write_packet(&tmp[..VNET_HDR_LEN + pkt.len()]);
     } else {
         let mut v = vec![0u8; VNET_HDR_LEN + pkt.len()];
-        VnetHdr { flags: VIRTIO_NET_HDR_F_DATA_VALID, ..Default::default() }.write(&mut v);
+        VnetHdr {
+            flags: VIRTIO_NET_HDR_F_DATA_VALID,
+            ..Default::default()
+        }
+        .write(&mut v);
         v[VNET_HDR_LEN..].copy_from_slice(pkt);
         sink.write_packet(&v);
     }

@@ -35,7 +35,10 @@ fn validate(own: PublicKey, wanted: &[PeerConfig]) -> Result<()> {
     let mut keys = HashSet::new();
     let mut owners: HashMap<Cidr, PublicKey> = HashMap::new();
     for p in wanted {
-        let err = |reason: String| Error::Peer { peer: p.public_key, reason };
+        let err = |reason: String| Error::Peer {
+            peer: p.public_key,
+            reason,
+        };
         if p.public_key == own {
             return Err(err("is this interface's own public key".into()));
         }
@@ -44,7 +47,9 @@ fn validate(own: PublicKey, wanted: &[PeerConfig]) -> Result<()> {
         }
         for c in &p.allowed_ips {
             if let Some(other) = owners.insert(*c, p.public_key) {
-                return Err(err(format!("allowed IP {c} is also claimed by peer {other}")));
+                return Err(err(format!(
+                    "allowed IP {c} is also claimed by peer {other}"
+                )));
             }
         }
     }
@@ -53,7 +58,12 @@ fn validate(own: PublicKey, wanted: &[PeerConfig]) -> Result<()> {
 
 impl Peers {
     pub fn new(seed: u32) -> Self {
-        Peers { peers: HashMap::new(), by_key: HashMap::new(), routes: Vec::new(), next_index: seed & INDEX_MASK }
+        Peers {
+            peers: HashMap::new(),
+            by_key: HashMap::new(),
+            routes: Vec::new(),
+            next_index: seed & INDEX_MASK,
+        }
     }
 
     fn alloc_index(&mut self) -> u32 {
@@ -67,17 +77,23 @@ impl Peers {
     }
 
     /// Makes the table equal to `wanted`, keeping the sessions of peers whose key and keepalive stay.
-    pub fn apply(&mut self, private: &PrivateKey, wanted: Vec<PeerConfig>) -> Result<()> {
+    /// Returns the indices of the peers that got a fresh tunnel (they should handshake right away).
+    pub fn apply(&mut self, private: &PrivateKey, wanted: Vec<PeerConfig>) -> Result<Vec<u32>> {
         validate(private.public_key(), &wanted)?;
         let keep: HashSet<PublicKey> = wanted.iter().map(|p| p.public_key).collect();
-        let gone: Vec<u32> =
-            self.peers.iter().filter(|(_, p)| !keep.contains(&p.key)).map(|(i, _)| *i).collect();
+        let gone: Vec<u32> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !keep.contains(&p.key))
+            .map(|(i, _)| *i)
+            .collect();
         for i in gone {
             if let Some(p) = self.peers.remove(&i) {
                 self.by_key.remove(&p.key);
                 tracing::info!(peer = %p.key, "peer removed");
             }
         }
+        let mut fresh = Vec::new();
         for w in wanted {
             let existing = self.by_key.get(&w.public_key).copied();
             match existing.and_then(|i| self.peers.get_mut(&i)) {
@@ -103,6 +119,7 @@ impl Peers {
                     );
                     tracing::info!(peer = %w.public_key, endpoint = ?w.endpoint, "peer added");
                     self.by_key.insert(w.public_key, index);
+                    fresh.push(index);
                     self.peers.insert(
                         index,
                         Peer {
@@ -117,30 +134,42 @@ impl Peers {
             }
         }
         self.rebuild_routes();
-        Ok(())
+        Ok(fresh)
     }
 
     fn rebuild_routes(&mut self) {
-        self.routes = self.peers.iter().flat_map(|(i, p)| p.allowed.iter().map(move |c| (*c, *i))).collect();
-        self.routes.sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then(a.0.cmp(&b.0)));
+        self.routes = self
+            .peers
+            .iter()
+            .flat_map(|(i, p)| p.allowed.iter().map(move |c| (*c, *i)))
+            .collect();
+        self.routes
+            .sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then(a.0.cmp(&b.0)));
     }
 
     /// Switches every tunnel to a new private key (sessions are dropped and re-established).
     pub fn set_private(&mut self, private: &PrivateKey) -> Result<()> {
         let own = private.public_key();
         if let Some(p) = self.peers.values().find(|p| p.key == own) {
-            return Err(Error::Peer { peer: p.key, reason: "is the new private key's own public key".into() });
+            return Err(Error::Peer {
+                peer: p.key,
+                reason: "is the new private key's own public key".into(),
+            });
         }
         let public = x25519::PublicKey::from(own.0);
         for p in self.peers.values_mut() {
-            p.tunn.set_static_private(private.secret().clone(), public, None);
+            p.tunn
+                .set_static_private(private.secret().clone(), public, None);
         }
         Ok(())
     }
 
     /// The peer whose allowed IPs hold `dst` (longest prefix).
     pub fn route(&self, dst: IpAddr) -> Option<u32> {
-        self.routes.iter().find(|(c, _)| c.contains(dst)).map(|(_, i)| *i)
+        self.routes
+            .iter()
+            .find(|(c, _)| c.contains(dst))
+            .map(|(_, i)| *i)
     }
 
     /// The peer owning local session index `receiver_idx` (boringtun puts the peer index in the top 24 bits).
@@ -182,18 +211,41 @@ mod tests {
     #[test]
     fn apply_adds_updates_in_place_and_removes() {
         let own = PrivateKey::generate().unwrap();
-        let (a, b) = (PrivateKey::generate().unwrap().public_key(), PrivateKey::generate().unwrap().public_key());
+        let (a, b) = (
+            PrivateKey::generate().unwrap().public_key(),
+            PrivateKey::generate().unwrap().public_key(),
+        );
         let mut t = Peers::new(7);
-        t.apply(&own, vec![peer(&a, &["10.1.0.0/24"], Some("192.0.2.1:51820")), peer(&b, &["10.2.0.0/24"], None)])
-            .unwrap();
+        t.apply(
+            &own,
+            vec![
+                peer(&a, &["10.1.0.0/24"], Some("192.0.2.1:51820")),
+                peer(&b, &["10.2.0.0/24"], None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.indices().len(), 2);
         let ia = t.route("10.1.0.9".parse().unwrap()).unwrap();
         assert_eq!(t.by_key(&a), Some(ia));
         assert_eq!(t.by_receiver(ia << 8 | 3), Some(ia));
         // Endpoint and allowed-IP change: same tunnel index (session kept).
-        t.apply(&own, vec![peer(&a, &["10.1.0.0/24", "10.9.0.0/16"], Some("192.0.2.7:51820"))]).unwrap();
+        let fresh = t
+            .apply(
+                &own,
+                vec![peer(
+                    &a,
+                    &["10.1.0.0/24", "10.9.0.0/16"],
+                    Some("192.0.2.7:51820"),
+                )],
+            )
+            .unwrap();
+        assert!(fresh.is_empty(), "an updated peer keeps its tunnel");
         assert_eq!(t.by_key(&a), Some(ia));
         assert_eq!(t.route("10.9.3.3".parse().unwrap()), Some(ia));
-        assert_eq!(t.get_mut(ia).unwrap().endpoint, Some("192.0.2.7:51820".parse().unwrap()));
+        assert_eq!(
+            t.get_mut(ia).unwrap().endpoint,
+            Some("192.0.2.7:51820".parse().unwrap())
+        );
         assert_eq!(t.by_key(&b), None);
         assert_eq!(t.route("10.2.0.1".parse().unwrap()), None);
     }
@@ -201,9 +253,19 @@ mod tests {
     #[test]
     fn longest_prefix_wins() {
         let own = PrivateKey::generate().unwrap();
-        let (a, b) = (PrivateKey::generate().unwrap().public_key(), PrivateKey::generate().unwrap().public_key());
+        let (a, b) = (
+            PrivateKey::generate().unwrap().public_key(),
+            PrivateKey::generate().unwrap().public_key(),
+        );
         let mut t = Peers::new(0);
-        t.apply(&own, vec![peer(&a, &["10.0.0.0/8"], None), peer(&b, &["10.5.0.0/16"], None)]).unwrap();
+        t.apply(
+            &own,
+            vec![
+                peer(&a, &["10.0.0.0/8"], None),
+                peer(&b, &["10.5.0.0/16"], None),
+            ],
+        )
+        .unwrap();
         assert_eq!(t.route("10.5.1.1".parse().unwrap()), t.by_key(&b));
         assert_eq!(t.route("10.6.1.1".parse().unwrap()), t.by_key(&a));
     }
@@ -213,19 +275,32 @@ mod tests {
         let own = PrivateKey::generate().unwrap();
         let a = PrivateKey::generate().unwrap().public_key();
         let mut t = Peers::new(0);
-        t.apply(&own, vec![peer(&a, &["10.1.0.0/24"], None)]).unwrap();
+        t.apply(&own, vec![peer(&a, &["10.1.0.0/24"], None)])
+            .unwrap();
         let cases = [
             (vec![peer(&own.public_key(), &[], None)], "own public key"),
-            (vec![peer(&a, &[], None), peer(&a, &[], None)], "listed twice"),
+            (
+                vec![peer(&a, &[], None), peer(&a, &[], None)],
+                "listed twice",
+            ),
         ];
         for (set, why) in cases {
             let e = t.apply(&own, set).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
         let b = PrivateKey::generate().unwrap().public_key();
-        let e = t.apply(&own, vec![peer(&a, &["10.1.0.0/24"], None), peer(&b, &["10.1.0.0/24"], None)]);
+        let e = t.apply(
+            &own,
+            vec![
+                peer(&a, &["10.1.0.0/24"], None),
+                peer(&b, &["10.1.0.0/24"], None),
+            ],
+        );
         assert!(e.unwrap_err().to_string().contains("also claimed"));
-        assert!(t.by_key(&a).is_some(), "table unchanged after a rejected set");
+        assert!(
+            t.by_key(&a).is_some(),
+            "table unchanged after a rejected set"
+        );
         assert!(t.by_key(&b).is_none());
     }
 }

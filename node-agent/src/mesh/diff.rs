@@ -52,7 +52,12 @@ fn overlaps(a: &Cidr, b: &Cidr) -> bool {
 /// Computes the desired mesh for node `own_name` (whose key is `own_key`) from every Node.
 /// Nodes are taken in name order; a Node that cannot be a peer is skipped with a reason: no key
 /// annotation yet, no endpoint, no podCIDR, a key or podCIDR already taken by an earlier Node.
-pub fn desired(own_name: &str, own_key: &PublicKey, nodes: &[NodeInfo], keepalive: Option<u16>) -> Desired {
+pub fn desired(
+    own_name: &str,
+    own_key: &PublicKey,
+    nodes: &[NodeInfo],
+    keepalive: Option<u16>,
+) -> Desired {
     let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut taken: Vec<(Cidr, String)> = sorted
@@ -65,7 +70,10 @@ pub fn desired(own_name: &str, own_key: &PublicKey, nodes: &[NodeInfo], keepaliv
     for n in sorted.into_iter().filter(|n| n.name != own_name) {
         let mut skip = |reason: String| out.skipped.push(format!("{}: {reason}", n.name));
         let Some(key) = n.public_key else {
-            skip(format!("no valid {} annotation yet", super::nodes::ANNOTATION_PUBLIC_KEY));
+            skip(format!(
+                "no valid {} annotation yet",
+                super::nodes::ANNOTATION_PUBLIC_KEY
+            ));
             continue;
         };
         if key == *own_key {
@@ -84,8 +92,10 @@ pub fn desired(own_name: &str, own_key: &PublicKey, nodes: &[NodeInfo], keepaliv
             skip("no podCIDR".into());
             continue;
         }
-        if let Some((c, (_, owner))) =
-            n.pod_cidrs.iter().find_map(|c| taken.iter().find(|(t, _)| overlaps(c, t)).map(|t| (c, t)))
+        if let Some((c, (_, owner))) = n
+            .pod_cidrs
+            .iter()
+            .find_map(|c| taken.iter().find(|(t, _)| overlaps(c, t)).map(|t| (c, t)))
         {
             skip(format!("podCIDR {c} overlaps node {owner}"));
             continue;
@@ -116,7 +126,12 @@ pub fn diff(actual: &Actual, desired: &Desired) -> Plan {
             Some(_) => {}
         }
     }
-    plan.remove_peers = actual.peers.keys().filter(|k| !desired.peers.contains_key(k)).copied().collect();
+    plan.remove_peers = actual
+        .peers
+        .keys()
+        .filter(|k| !desired.peers.contains_key(k))
+        .copied()
+        .collect();
     plan.add_routes = desired.routes.difference(&actual.routes).copied().collect();
     plan.del_routes = actual.routes.difference(&desired.routes).copied().collect();
     plan

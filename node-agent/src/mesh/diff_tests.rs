@@ -37,12 +37,23 @@ fn desired_table() {
         skipped: Vec<&'static str>,
     }
     let cases = vec![
-        Case { name: "alone", nodes: vec![me()], peers: vec![], skipped: vec![] },
+        Case {
+            name: "alone",
+            nodes: vec![me()],
+            peers: vec![],
+            skipped: vec![],
+        },
         Case {
             name: "two peers, endpoint from annotation or InternalIP",
             nodes: vec![
                 me(),
-                node("c", Some(3), &["10.244.2.0/24"], Some("192.0.2.3"), Some("198.51.100.3:4000")),
+                node(
+                    "c",
+                    Some(3),
+                    &["10.244.2.0/24"],
+                    Some("192.0.2.3"),
+                    Some("198.51.100.3:4000"),
+                ),
                 node("b", Some(2), &["10.244.1.0/24"], Some("192.0.2.2"), None),
             ],
             peers: vec![
@@ -53,13 +64,19 @@ fn desired_table() {
         },
         Case {
             name: "no key yet",
-            nodes: vec![me(), node("b", None, &["10.244.1.0/24"], Some("192.0.2.2"), None)],
+            nodes: vec![
+                me(),
+                node("b", None, &["10.244.1.0/24"], Some("192.0.2.2"), None),
+            ],
             peers: vec![],
             skipped: vec!["b: no valid kitfleet.dev/wg-public-key annotation yet"],
         },
         Case {
             name: "own key reused",
-            nodes: vec![me(), node("b", Some(1), &["10.244.1.0/24"], Some("192.0.2.2"), None)],
+            nodes: vec![
+                me(),
+                node("b", Some(1), &["10.244.1.0/24"], Some("192.0.2.2"), None),
+            ],
             peers: vec![],
             skipped: vec!["b: uses this node's own public key"],
         },
@@ -87,7 +104,10 @@ fn desired_table() {
         },
         Case {
             name: "overlaps own podCIDR",
-            nodes: vec![me(), node("b", Some(2), &["10.244.0.0/16"], Some("192.0.2.2"), None)],
+            nodes: vec![
+                me(),
+                node("b", Some(2), &["10.244.0.0/16"], Some("192.0.2.2"), None),
+            ],
             peers: vec![],
             skipped: vec!["b: podCIDR 10.244.0.0/16 overlaps node a"],
         },
@@ -103,8 +123,21 @@ fn desired_table() {
         },
         Case {
             name: "dual-stack podCIDRs",
-            nodes: vec![me(), node("b", Some(2), &["10.244.1.0/24", "fd00:1::/64"], Some("192.0.2.2"), None)],
-            peers: vec![peer(2, "192.0.2.2:51820", &["10.244.1.0/24", "fd00:1::/64"])],
+            nodes: vec![
+                me(),
+                node(
+                    "b",
+                    Some(2),
+                    &["10.244.1.0/24", "fd00:1::/64"],
+                    Some("192.0.2.2"),
+                    None,
+                ),
+            ],
+            peers: vec![peer(
+                2,
+                "192.0.2.2:51820",
+                &["10.244.1.0/24", "fd00:1::/64"],
+            )],
             skipped: vec![],
         },
     ];
@@ -120,7 +153,15 @@ fn desired_table() {
 
 #[test]
 fn keepalive_is_passed_to_every_peer() {
-    let d = desired("a", &key(1), &[me(), node("b", Some(2), &["10.244.1.0/24"], Some("192.0.2.2"), None)], Some(25));
+    let d = desired(
+        "a",
+        &key(1),
+        &[
+            me(),
+            node("b", Some(2), &["10.244.1.0/24"], Some("192.0.2.2"), None),
+        ],
+        Some(25),
+    );
     assert!(d.peers.values().all(|p| p.persistent_keepalive == Some(25)));
 }
 
@@ -136,7 +177,11 @@ fn diff_table() {
     };
     let want = |peers: &[&PeerConfig]| {
         let a = state(peers);
-        Desired { peers: a.peers, routes: a.routes, skipped: vec![] }
+        Desired {
+            peers: a.peers,
+            routes: a.routes,
+            skipped: vec![],
+        }
     };
     let r = |s: &str| -> Cidr { s.parse().unwrap() };
     struct Case {
@@ -146,31 +191,56 @@ fn diff_table() {
         plan: Plan,
     }
     let cases = vec![
-        Case { name: "nothing", actual: state(&[]), desired: want(&[]), plan: Plan::default() },
-        Case { name: "steady", actual: state(&[&p2, &p3]), desired: want(&[&p2, &p3]), plan: Plan::default() },
+        Case {
+            name: "nothing",
+            actual: state(&[]),
+            desired: want(&[]),
+            plan: Plan::default(),
+        },
+        Case {
+            name: "steady",
+            actual: state(&[&p2, &p3]),
+            desired: want(&[&p2, &p3]),
+            plan: Plan::default(),
+        },
         Case {
             name: "node joins",
             actual: state(&[&p2]),
             desired: want(&[&p2, &p3]),
-            plan: Plan { add_peers: vec![p3.clone()], add_routes: vec![r("10.244.2.0/24")], ..Default::default() },
+            plan: Plan {
+                add_peers: vec![p3.clone()],
+                add_routes: vec![r("10.244.2.0/24")],
+                ..Default::default()
+            },
         },
         Case {
             name: "node leaves",
             actual: state(&[&p2, &p3]),
             desired: want(&[&p2]),
-            plan: Plan { remove_peers: vec![p3.public_key], del_routes: vec![r("10.244.2.0/24")], ..Default::default() },
+            plan: Plan {
+                remove_peers: vec![p3.public_key],
+                del_routes: vec![r("10.244.2.0/24")],
+                ..Default::default()
+            },
         },
         Case {
             name: "annotation-only change: endpoint moved",
             actual: state(&[&p2]),
             desired: want(&[&p2_moved]),
-            plan: Plan { update_peers: vec![p2_moved.clone()], ..Default::default() },
+            plan: Plan {
+                update_peers: vec![p2_moved.clone()],
+                ..Default::default()
+            },
         },
         Case {
             name: "key rotation: same podCIDR, new key",
             actual: state(&[&p2]),
             desired: want(&[&p2_rotated]),
-            plan: Plan { add_peers: vec![p2_rotated.clone()], remove_peers: vec![p2.public_key], ..Default::default() },
+            plan: Plan {
+                add_peers: vec![p2_rotated.clone()],
+                remove_peers: vec![p2.public_key],
+                ..Default::default()
+            },
         },
     ];
     for c in cases {

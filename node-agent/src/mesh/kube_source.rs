@@ -29,15 +29,24 @@ pub struct KubeSource {
 
 impl std::fmt::Debug for KubeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource").field("nodes", &self.nodes.len()).finish()
+        f.debug_struct("KubeSource")
+            .field("nodes", &self.nodes.len())
+            .finish()
     }
 }
 
 impl KubeSource {
     pub fn new(client: Client) -> Self {
         let api = Api::<Node>::all(client);
-        let stream = watcher::watcher(api.clone(), watcher::Config::default()).default_backoff().boxed();
-        KubeSource { api, stream, nodes: BTreeMap::new(), pending: BTreeMap::new() }
+        let stream = watcher::watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        KubeSource {
+            api,
+            stream,
+            nodes: BTreeMap::new(),
+            pending: BTreeMap::new(),
+        }
     }
 
     fn snapshot(&self) -> Vec<Node> {
@@ -75,13 +84,23 @@ impl NodeSource for KubeSource {
         }
     }
 
-    async fn publish(&mut self, node: &str, annotations: &BTreeMap<String, String>) -> Result<(), SourceError> {
+    async fn publish(
+        &mut self,
+        node: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), SourceError> {
         let patch = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": { "name": node, "annotations": annotations },
         });
-        self.api.patch(node, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+        self.api
+            .patch(
+                node,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -33,7 +33,12 @@ impl NodeInfo {
         let spec = node.spec.as_ref();
         let mut raw: Vec<(String, &String)> = spec
             .and_then(|s| s.pod_cidrs.as_ref())
-            .map(|v| v.iter().enumerate().map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c)).collect())
+            .map(|v| {
+                v.iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("spec.podCIDRs[{i}]"), c))
+                    .collect()
+            })
             .unwrap_or_default();
         if raw.is_empty()
             && let Some(c) = spec.and_then(|s| s.pod_cidr.as_ref())
@@ -55,7 +60,10 @@ impl NodeInfo {
             .and_then(|(i, a)| match a.address.parse::<IpAddr>() {
                 Ok(ip) => Some(ip),
                 Err(_) => {
-                    problems.push(format!("status.addresses[{i}].address: {:?} is not an IP address", a.address));
+                    problems.push(format!(
+                        "status.addresses[{i}].address: {:?} is not an IP address",
+                        a.address
+                    ));
                     None
                 }
             });
@@ -64,23 +72,35 @@ impl NodeInfo {
         let public_key = get(ANNOTATION_PUBLIC_KEY).and_then(|v| match v.parse::<PublicKey>() {
             Ok(k) => Some(k),
             Err(e) => {
-                problems.push(format!("metadata.annotations[{ANNOTATION_PUBLIC_KEY:?}]: {e}"));
+                problems.push(format!(
+                    "metadata.annotations[{ANNOTATION_PUBLIC_KEY:?}]: {e}"
+                ));
                 None
             }
         });
         let endpoint = get(ANNOTATION_ENDPOINT).and_then(|v| match v.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                problems.push(format!("metadata.annotations[{ANNOTATION_ENDPOINT:?}]: {v:?} is not IP:port"));
+                problems.push(format!(
+                    "metadata.annotations[{ANNOTATION_ENDPOINT:?}]: {v:?} is not IP:port"
+                ));
                 None
             }
         });
-        NodeInfo { name, pod_cidrs, internal_ip, public_key, endpoint, problems }
+        NodeInfo {
+            name,
+            pod_cidrs,
+            internal_ip,
+            public_key,
+            endpoint,
+            problems,
+        }
     }
 
     /// The endpoint peers should use: the annotation, else `InternalIP:51820`.
     pub fn effective_endpoint(&self) -> Option<SocketAddr> {
-        self.endpoint.or_else(|| self.internal_ip.map(|ip| SocketAddr::new(ip, DEFAULT_PORT)))
+        self.endpoint
+            .or_else(|| self.internal_ip.map(|ip| SocketAddr::new(ip, DEFAULT_PORT)))
     }
 }
 
@@ -105,7 +125,10 @@ mod tests {
         assert_eq!(i.pod_cidrs.len(), 2);
         assert_eq!(i.internal_ip, Some("192.0.2.1".parse().unwrap()));
         assert_eq!(i.public_key, Some(key));
-        assert_eq!(i.effective_endpoint(), Some("192.0.2.1:4000".parse().unwrap()));
+        assert_eq!(
+            i.effective_endpoint(),
+            Some("192.0.2.1:4000".parse().unwrap())
+        );
         assert!(i.problems.is_empty());
     }
 
@@ -118,7 +141,10 @@ mod tests {
         }));
         let i = NodeInfo::from_node(&n);
         assert_eq!(i.pod_cidrs, vec!["10.244.2.0/24".parse().unwrap()]);
-        assert_eq!(i.effective_endpoint(), Some("192.0.2.2:51820".parse().unwrap()));
+        assert_eq!(
+            i.effective_endpoint(),
+            Some("192.0.2.2:51820".parse().unwrap())
+        );
     }
 
     #[test]
@@ -129,9 +155,19 @@ mod tests {
             "status": {"addresses": [{"type": "InternalIP", "address": "not-ip"}]}
         }));
         let i = NodeInfo::from_node(&n);
-        assert!(i.pod_cidrs.is_empty() && i.public_key.is_none() && i.endpoint.is_none() && i.internal_ip.is_none());
+        assert!(
+            i.pod_cidrs.is_empty()
+                && i.public_key.is_none()
+                && i.endpoint.is_none()
+                && i.internal_ip.is_none()
+        );
         let all = i.problems.join("\n");
-        for path in ["spec.podCIDRs[0]", "wg-public-key", "wg-endpoint", "status.addresses[0].address"] {
+        for path in [
+            "spec.podCIDRs[0]",
+            "wg-public-key",
+            "wg-endpoint",
+            "status.addresses[0].address",
+        ] {
             assert!(all.contains(path), "{path} missing in {all}");
         }
     }

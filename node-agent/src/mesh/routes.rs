@@ -16,7 +16,11 @@ pub enum RouteError {
     #[error("interface {name:?}: not found")]
     NoInterface { name: String },
     #[error("netlink {op} {target}: {source}")]
-    Netlink { op: &'static str, target: String, source: io::Error },
+    Netlink {
+        op: &'static str,
+        target: String,
+        source: io::Error,
+    },
 }
 
 /// The kernel routing table as the mesh uses it (a trait so the runner can be tested with a fake).
@@ -54,17 +58,22 @@ pub struct NetlinkRoutes {
 }
 
 fn ifindex(dev: &str) -> Result<u32, RouteError> {
-    let c = std::ffi::CString::new(dev).map_err(|_| RouteError::NoInterface { name: dev.into() })?;
+    let c =
+        std::ffi::CString::new(dev).map_err(|_| RouteError::NoInterface { name: dev.into() })?;
     // SAFETY: `c` is a valid NUL-terminated string for the duration of the call.
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if i == 0 { Err(RouteError::NoInterface { name: dev.into() }) } else { Ok(i) }
+    if i == 0 {
+        Err(RouteError::NoInterface { name: dev.into() })
+    } else {
+        Ok(i)
+    }
 }
 
 fn push_attr(b: &mut Vec<u8>, ty: u16, data: &[u8]) {
     b.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
     b.extend_from_slice(&ty.to_ne_bytes());
     b.extend_from_slice(data);
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
 }
@@ -78,9 +87,19 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 
 impl NetlinkRoutes {
     pub fn open() -> Result<Self, RouteError> {
-        let err = |source| RouteError::Netlink { op: "open", target: "NETLINK_ROUTE".into(), source };
+        let err = |source| RouteError::Netlink {
+            op: "open",
+            target: "NETLINK_ROUTE".into(),
+            source,
+        };
         // SAFETY: plain socket(2); the fd is wrapped in an OwnedFd right away.
-        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
         if raw < 0 {
             return Err(err(io::Error::last_os_error()));
         }
@@ -98,7 +117,16 @@ impl NetlinkRoutes {
             None => libc::AF_UNSPEC as u8,
         };
         let dst_len = cidr.map_or(0, |c| c.prefix());
-        b.extend_from_slice(&[family, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_KITFLEET, RT_SCOPE_LINK, RTN_UNICAST]);
+        b.extend_from_slice(&[
+            family,
+            dst_len,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            RTPROT_KITFLEET,
+            RT_SCOPE_LINK,
+            RTN_UNICAST,
+        ]);
         b.extend_from_slice(&0u32.to_ne_bytes());
         if let Some(c) = cidr {
             push_attr(&mut b, RTA_DST, &ip_bytes(c.addr()));
@@ -140,8 +168,13 @@ impl NetlinkRoutes {
                 match ty {
                     NLMSG_DONE => return Ok(out),
                     NLMSG_ERROR => {
-                        let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                        return if code == 0 { Ok(out) } else { Err(io::Error::from_raw_os_error(-code)) };
+                        let code =
+                            i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                        return if code == 0 {
+                            Ok(out)
+                        } else {
+                            Err(io::Error::from_raw_os_error(-code))
+                        };
                     }
                     _ => out.push(payload.to_vec()),
                 }
@@ -169,7 +202,11 @@ fn parse_route(p: &[u8], oif: u32) -> Option<Cidr> {
         let v = &a[4..len];
         match (ty, v.len()) {
             (RTA_DST, 4) => dst = Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
-            (RTA_DST, 16) => dst = <[u8; 16]>::try_from(v).ok().map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+            (RTA_DST, 16) => {
+                dst = <[u8; 16]>::try_from(v)
+                    .ok()
+                    .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
+            }
             (RTA_OIF, 4) => got_oif = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
             (RTA_TABLE, 4) => table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
             _ => {}
@@ -181,25 +218,38 @@ fn parse_route(p: &[u8], oif: u32) -> Option<Cidr> {
     } else {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
     });
-    (table == u32::from(RT_TABLE_MAIN) && got_oif == Some(oif)).then(|| Cidr::new(dst, dst_len)).flatten()
+    (table == u32::from(RT_TABLE_MAIN) && got_oif == Some(oif))
+        .then(|| Cidr::new(dst, dst_len))
+        .flatten()
 }
 
 impl RouteTable for NetlinkRoutes {
     fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError> {
         let oif = ifindex(dev)?;
         let msg = self.message(RTM_GETROUTE, NLM_F_DUMP, None, 0);
-        let replies = self
-            .exchange(&msg)
-            .map_err(|source| RouteError::Netlink { op: "dump routes", target: dev.into(), source })?;
+        let replies = self.exchange(&msg).map_err(|source| RouteError::Netlink {
+            op: "dump routes",
+            target: dev.into(),
+            source,
+        })?;
         Ok(replies.iter().filter_map(|p| parse_route(p, oif)).collect())
     }
 
     fn add(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {
         let oif = ifindex(dev)?;
-        let msg = self.message(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, Some(cidr), oif);
+        let msg = self.message(
+            RTM_NEWROUTE,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            Some(cidr),
+            oif,
+        );
         self.exchange(&msg)
             .map(drop)
-            .map_err(|source| RouteError::Netlink { op: "add route", target: format!("{cidr} dev {dev}"), source })
+            .map_err(|source| RouteError::Netlink {
+                op: "add route",
+                target: format!("{cidr} dev {dev}"),
+                source,
+            })
     }
 
     fn del(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {
@@ -211,7 +261,11 @@ impl RouteTable for NetlinkRoutes {
         match self.exchange(&msg) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            Err(source) => Err(RouteError::Netlink { op: "delete route", target: format!("{cidr} dev {dev}"), source }),
+            Err(source) => Err(RouteError::Netlink {
+                op: "delete route",
+                target: format!("{cidr} dev {dev}"),
+                source,
+            }),
         }
     }
 }

@@ -10,13 +10,13 @@ use std::time::Duration;
 use kitfleet_cni_wg::dataplane::{self, Cidr, Config, DataPlane, PrivateKey};
 use kitfleet_cni_wg::state::NodeState;
 
+use super::MeshError;
 use super::diff::{self, Actual};
 use super::keyfile;
 use super::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, NodeInfo};
 use super::routes::RouteTable;
 use super::source::NodeSource;
 use super::underlay;
-use super::MeshError;
 
 /// Everything the mesh needs to know about this node.
 #[derive(Debug, Clone)]
@@ -64,13 +64,19 @@ fn infos(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<NodeInfo> {
 }
 
 /// Waits until this node appears in the source.
-async fn own_node<S: NodeSource>(source: &mut S, name: &str) -> Result<(NodeInfo, Vec<NodeInfo>), MeshError> {
+async fn own_node<S: NodeSource>(
+    source: &mut S,
+    name: &str,
+) -> Result<(NodeInfo, Vec<NodeInfo>), MeshError> {
     loop {
         let all = infos(&source.next().await?);
         if let Some(me) = all.iter().find(|n| n.name == name) {
             return Ok((me.clone(), all));
         }
-        tracing::warn!(node = name, "this node is not in the Node list yet; waiting");
+        tracing::warn!(
+            node = name,
+            "this node is not in the Node list yet; waiting"
+        );
     }
 }
 
@@ -85,8 +91,13 @@ pub async fn run<S: NodeSource, R: RouteTable>(
     let (me, nodes) = own_node(&mut source, &cfg.node_name).await?;
     let endpoint = cfg
         .endpoint
-        .or_else(|| me.internal_ip.map(|ip| SocketAddr::new(ip, cfg.listen_port)))
-        .ok_or_else(|| MeshError::NoEndpoint { node: cfg.node_name.clone() })?;
+        .or_else(|| {
+            me.internal_ip
+                .map(|ip| SocketAddr::new(ip, cfg.listen_port))
+        })
+        .ok_or_else(|| MeshError::NoEndpoint {
+            node: cfg.node_name.clone(),
+        })?;
     let underlay = match cfg.underlay_mtu {
         Some(m) => m,
         None => match underlay::mtu_for(endpoint.ip()) {
@@ -109,8 +120,21 @@ pub async fn run<S: NodeSource, R: RouteTable>(
     })?;
     let mut routes = routes;
     let existing = routes.list(dp.interface())?;
-    let actual = Actual { peers: BTreeMap::new(), routes: existing };
-    let mut mesh = Mesh { cfg, source, routes, key, endpoint, pod_mtu, dp, actual, nodes: Vec::new() };
+    let actual = Actual {
+        peers: BTreeMap::new(),
+        routes: existing,
+    };
+    let mut mesh = Mesh {
+        cfg,
+        source,
+        routes,
+        key,
+        endpoint,
+        pod_mtu,
+        dp,
+        actual,
+        nodes: Vec::new(),
+    };
     mesh.publish_if_needed(&me).await?;
     mesh.apply(nodes)?;
     let mut shutdown = std::pin::pin!(shutdown);
@@ -143,7 +167,10 @@ pub async fn run<S: NodeSource, R: RouteTable>(
 impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
     fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            (ANNOTATION_PUBLIC_KEY.to_string(), self.key.public_key().to_string()),
+            (
+                ANNOTATION_PUBLIC_KEY.to_string(),
+                self.key.public_key().to_string(),
+            ),
             (ANNOTATION_ENDPOINT.to_string(), self.endpoint.to_string()),
         ])
     }
@@ -160,7 +187,12 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
 
     /// Makes peers and routes equal to what `nodes` ask for, then rewrites the state file.
     fn apply(&mut self, nodes: Vec<NodeInfo>) -> Result<(), MeshError> {
-        let want = diff::desired(&self.cfg.node_name, &self.key.public_key(), &nodes, self.cfg.keepalive);
+        let want = diff::desired(
+            &self.cfg.node_name,
+            &self.key.public_key(),
+            &nodes,
+            self.cfg.keepalive,
+        );
         for s in &want.skipped {
             tracing::info!(skipped = %s, "Node is not a peer");
         }
@@ -214,16 +246,30 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             .nodes
             .iter()
             .find(|n| n.name == self.cfg.node_name)
-            .map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string()).collect())
+            .map(|n| {
+                n.pod_cidrs
+                    .iter()
+                    .filter(v4)
+                    .map(|c| c.to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         let cluster: Vec<String> = if self.cfg.cluster_cidrs.is_empty() {
-            let mut all: Vec<String> =
-                self.nodes.iter().flat_map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string())).collect();
+            let mut all: Vec<String> = self
+                .nodes
+                .iter()
+                .flat_map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string()))
+                .collect();
             all.sort();
             all.dedup();
             all
         } else {
-            self.cfg.cluster_cidrs.iter().filter(v4).map(|c| c.to_string()).collect()
+            self.cfg
+                .cluster_cidrs
+                .iter()
+                .filter(v4)
+                .map(|c| c.to_string())
+                .collect()
         };
         let state = NodeState {
             pod_cidrs: own,

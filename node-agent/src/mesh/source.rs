@@ -14,7 +14,10 @@ use k8s_openapi::api::core::v1::Node;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no Node manifest with metadata.name {node:?} in {dir}")]
     NoManifest { node: String, dir: PathBuf },
     #[error("{path}: {reason}")]
@@ -46,13 +49,23 @@ pub struct DirSource {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    let hidden = p.file_name().and_then(|n| n.to_str()).is_none_or(|n| n.starts_with('.'));
-    !hidden && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    let hidden = p
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_none_or(|n| n.starts_with('.'));
+    !hidden
+        && matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
 }
 
 /// Parses one manifest; JSON when the file says `.json`, YAML otherwise.
 pub fn parse_manifest(path: &Path, text: &str) -> Result<Node, SourceError> {
-    let bad = |reason: String| SourceError::Manifest { path: path.into(), reason };
+    let bad = |reason: String| SourceError::Manifest {
+        path: path.into(),
+        reason,
+    };
     let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?
     } else {
@@ -71,11 +84,18 @@ pub fn parse_manifest(path: &Path, text: &str) -> Result<Node, SourceError> {
 
 impl DirSource {
     pub fn new(dir: impl Into<PathBuf>, interval: Duration) -> Self {
-        DirSource { dir: dir.into(), interval, last: None }
+        DirSource {
+            dir: dir.into(),
+            interval,
+            last: None,
+        }
     }
 
     fn files(&self) -> Result<Vec<PathBuf>, SourceError> {
-        let io = |source| SourceError::Io { path: self.dir.clone(), source };
+        let io = |source| SourceError::Io {
+            path: self.dir.clone(),
+            source,
+        };
         let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
             .map_err(io)?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -90,7 +110,9 @@ impl DirSource {
         let mut h = DefaultHasher::new();
         let mut nodes = Vec::new();
         for path in self.files()? {
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
             (&path, &text).hash(&mut h);
             match parse_manifest(&path, &text) {
                 Ok(n) => nodes.push(n),
@@ -100,11 +122,20 @@ impl DirSource {
         Ok((nodes, h.finish()))
     }
 
-    fn write_annotations(&self, node: &str, annotations: &BTreeMap<String, String>) -> Result<(), SourceError> {
+    fn write_annotations(
+        &self,
+        node: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), SourceError> {
         for path in self.files()? {
-            let io = |source| SourceError::Io { path: path.clone(), source };
+            let io = |source| SourceError::Io {
+                path: path.clone(),
+                source,
+            };
             let text = std::fs::read_to_string(&path).map_err(io)?;
-            let Ok(mut n) = parse_manifest(&path, &text) else { continue };
+            let Ok(mut n) = parse_manifest(&path, &text) else {
+                continue;
+            };
             if n.metadata.name.as_deref() != Some(node) {
                 continue;
             }
@@ -113,14 +144,18 @@ impl DirSource {
                 ann.insert(k.clone(), v.clone());
             }
             // JSON is valid YAML, so one writer serves both kinds of file.
-            let mut json = serde_json::to_string_pretty(&n).map_err(|e| io(std::io::Error::other(e)))?;
+            let mut json =
+                serde_json::to_string_pretty(&n).map_err(|e| io(std::io::Error::other(e)))?;
             json.push('\n');
             let name = path.file_name().and_then(|f| f.to_str()).unwrap_or("node");
             let tmp = path.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
             std::fs::write(&tmp, json).map_err(io)?;
             return std::fs::rename(&tmp, &path).map_err(io);
         }
-        Err(SourceError::NoManifest { node: node.into(), dir: self.dir.clone() })
+        Err(SourceError::NoManifest {
+            node: node.into(),
+            dir: self.dir.clone(),
+        })
     }
 }
 
@@ -136,7 +171,11 @@ impl NodeSource for DirSource {
         }
     }
 
-    async fn publish(&mut self, node: &str, annotations: &BTreeMap<String, String>) -> Result<(), SourceError> {
+    async fn publish(
+        &mut self,
+        node: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), SourceError> {
         self.write_annotations(node, annotations)
     }
 }
@@ -154,17 +193,38 @@ mod tests {
         std::fs::write(d.path().join("n2.json"), r#"{"metadata":{"name":"n2"}}"#).unwrap();
         std::fs::write(d.path().join("notes.txt"), "ignored").unwrap();
         let mut s = DirSource::new(d.path(), Duration::from_millis(10));
-        let names = |v: &[Node]| v.iter().map(|n| n.metadata.name.clone().unwrap()).collect::<Vec<_>>();
+        let names = |v: &[Node]| {
+            v.iter()
+                .map(|n| n.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&s.next().await.unwrap()), ["n1", "n2"]);
         // Unchanged: next() keeps waiting.
-        assert!(tokio::time::timeout(Duration::from_millis(100), s.next()).await.is_err());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), s.next())
+                .await
+                .is_err()
+        );
         let ann = BTreeMap::from([("kitfleet.dev/wg-public-key".to_string(), "k".to_string())]);
         s.publish("n1", &ann).await.unwrap();
         let nodes = s.next().await.unwrap();
-        let n1 = nodes.iter().find(|n| n.metadata.name.as_deref() == Some("n1")).unwrap();
-        assert_eq!(n1.metadata.annotations.as_ref().unwrap()["kitfleet.dev/wg-public-key"], "k");
-        assert_eq!(n1.metadata.labels.as_ref().unwrap()["a"], "b", "other fields kept");
-        assert_eq!(n1.spec.as_ref().unwrap().pod_cidr.as_deref(), Some("10.244.1.0/24"));
+        let n1 = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some("n1"))
+            .unwrap();
+        assert_eq!(
+            n1.metadata.annotations.as_ref().unwrap()["kitfleet.dev/wg-public-key"],
+            "k"
+        );
+        assert_eq!(
+            n1.metadata.labels.as_ref().unwrap()["a"],
+            "b",
+            "other fields kept"
+        );
+        assert_eq!(
+            n1.spec.as_ref().unwrap().pod_cidr.as_deref(),
+            Some("10.244.1.0/24")
+        );
         let e = s.publish("n9", &ann).await.unwrap_err().to_string();
         assert!(e.contains("n9"), "{e}");
     }
@@ -179,7 +239,9 @@ mod tests {
             ("e.yaml", "a: [\n", "not valid YAML"),
         ];
         for (file, text, why) in cases {
-            let e = parse_manifest(Path::new(file), text).unwrap_err().to_string();
+            let e = parse_manifest(Path::new(file), text)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why) && e.contains(file), "{file}: {e}");
         }
     }
