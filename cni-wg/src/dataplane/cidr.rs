@@ -18,11 +18,19 @@ impl Cidr {
     pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
         let addr = match addr {
             IpAddr::V4(a) if prefix <= 32 => {
-                let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - prefix)
+                };
                 IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
             }
             IpAddr::V6(a) if prefix <= 128 => {
-                let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix) };
+                let mask = if prefix == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - prefix)
+                };
                 IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
             }
             _ => return None,
@@ -47,10 +55,15 @@ impl Cidr {
 impl FromStr for Cidr {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        let err = |reason: &str| Error::Cidr { input: s.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| Error::Cidr {
+            input: s.to_string(),
+            reason: reason.to_string(),
+        };
         let (a, p) = s.split_once('/').ok_or_else(|| err("missing '/prefix'"))?;
         let addr: IpAddr = a.parse().map_err(|_| err("not an IP address before '/'"))?;
-        let prefix: u8 = p.parse().map_err(|_| err("prefix length is not a number"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| err("prefix length is not a number"))?;
         Cidr::new(addr, prefix).ok_or_else(|| err("prefix length too long for the address family"))
     }
 }
@@ -80,7 +93,12 @@ mod tests {
         assert!(!c.contains("fd00::1".parse().unwrap()));
         let v6: Cidr = "fd00:1::5/64".parse().unwrap();
         assert_eq!(v6.to_string(), "fd00:1::/64");
-        assert!("0.0.0.0/0".parse::<Cidr>().unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Cidr>()
+                .unwrap()
+                .contains("1.2.3.4".parse().unwrap())
+        );
     }
 
     #[test]

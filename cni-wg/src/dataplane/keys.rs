@@ -24,7 +24,8 @@ impl PrivateKey {
         let mut filled = 0;
         while filled < b.len() {
             // SAFETY: writes at most `b.len() - filled` bytes into the live array.
-            let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
+            let n =
+                unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -59,18 +60,23 @@ impl fmt::Debug for PrivateKey {
 }
 
 fn decode32(what: &'static str, s: &str) -> Result<[u8; 32]> {
-    let bytes = STANDARD
-        .decode(s.trim())
-        .map_err(|e| Error::Key { what, reason: format!("not base64: {e}") })?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| Error::Key { what, reason: format!("{} bytes, want 32", b.len()) })
+    let bytes = STANDARD.decode(s.trim()).map_err(|e| Error::Key {
+        what,
+        reason: format!("not base64: {e}"),
+    })?;
+    bytes.try_into().map_err(|b: Vec<u8>| Error::Key {
+        what,
+        reason: format!("{} bytes, want 32", b.len()),
+    })
 }
 
 impl FromStr for PrivateKey {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        Ok(PrivateKey(x25519::StaticSecret::from(decode32("private key", s)?)))
+        Ok(PrivateKey(x25519::StaticSecret::from(decode32(
+            "private key",
+            s,
+        )?)))
     }
 }
 
@@ -110,8 +116,10 @@ mod tests {
     #[test]
     fn known_vector_matches_wg_pubkey() {
         // RFC 7748 section 6.1: Alice's private key and public key.
-        let sk = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a").unwrap();
-        let pk = hex::decode("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a").unwrap();
+        let sk = hex::decode("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+            .unwrap();
+        let pk = hex::decode("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+            .unwrap();
         let k: PrivateKey = STANDARD.encode(&sk).parse().unwrap();
         assert_eq!(k.public_key().0.to_vec(), pk);
     }
@@ -120,7 +128,11 @@ mod tests {
     fn bad_keys_say_why() {
         let e = "abc".parse::<PublicKey>().unwrap_err().to_string();
         assert!(e.contains("public key"), "{e}");
-        let e = STANDARD.encode([1u8; 31]).parse::<PrivateKey>().unwrap_err().to_string();
+        let e = STANDARD
+            .encode([1u8; 31])
+            .parse::<PrivateKey>()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("31 bytes"), "{e}");
     }
 }

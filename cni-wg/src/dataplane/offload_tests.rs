@@ -46,7 +46,14 @@ fn checksum_matches_rfc1071_example() {
 
 #[test]
 fn vnet_header_round_trips() {
-    let h = VnetHdr { flags: 1, gso_type: 4, hdr_len: 72, gso_size: 1368, csum_start: 40, csum_offset: 16 };
+    let h = VnetHdr {
+        flags: 1,
+        gso_type: 4,
+        hdr_len: 72,
+        gso_size: 1368,
+        csum_start: 40,
+        csum_offset: 16,
+    };
     let mut b = [0u8; 10];
     h.write(&mut b);
     assert_eq!(VnetHdr::parse(&b), Some(h));
@@ -57,7 +64,14 @@ fn vnet_header_round_trips() {
 fn segments_tso_packet_with_valid_headers_and_checksums() {
     let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut pkt = tso_packet(&payload, 1000, TCP_ACK | TCP_PSH);
-    let hdr = VnetHdr { flags: 1, gso_type: GSO_TCPV4, hdr_len: 52, gso_size: 1368, csum_start: 20, csum_offset: 16 };
+    let hdr = VnetHdr {
+        flags: 1,
+        gso_type: GSO_TCPV4,
+        hdr_len: 52,
+        gso_size: 1368,
+        csum_start: 20,
+        csum_offset: 16,
+    };
     let mut segs: Vec<Vec<u8>> = Vec::new();
     segment(&mut pkt, &hdr, |s| segs.push(s.to_vec())).unwrap();
     assert_eq!(segs.len(), 4);
@@ -67,7 +81,10 @@ fn segments_tso_packet_with_valid_headers_and_checksums() {
         assert!(tcp_checksum_ok(s), "segment {i} tcp checksum");
         assert_eq!(usize::from(u16::from_be_bytes([s[2], s[3]])), s.len());
         assert_eq!(u16::from_be_bytes([s[4], s[5]]), 0x1234 + i as u16);
-        assert_eq!(u32::from_be_bytes(s[24..28].try_into().unwrap()), 1000 + 1368 * i as u32);
+        assert_eq!(
+            u32::from_be_bytes(s[24..28].try_into().unwrap()),
+            1000 + 1368 * i as u32
+        );
         let psh = s[33] & TCP_PSH != 0;
         assert_eq!(psh, i == 3, "only the last segment keeps PSH");
         joined.extend_from_slice(&s[52..]);
@@ -81,7 +98,14 @@ fn completes_partial_checksum_of_single_packet() {
     let mut pkt = tso_packet(b"hello", 1, TCP_ACK);
     let partial = csum_fold(pseudo_sum(&pkt, 6, pkt.len() - 20));
     pkt[36..38].copy_from_slice(&partial.to_be_bytes());
-    let hdr = VnetHdr { flags: 1, gso_type: 0, hdr_len: 0, gso_size: 0, csum_start: 20, csum_offset: 16 };
+    let hdr = VnetHdr {
+        flags: 1,
+        gso_type: 0,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: 20,
+        csum_offset: 16,
+    };
     let mut out = Vec::new();
     segment(&mut pkt, &hdr, |s| out.push(s.to_vec())).unwrap();
     assert_eq!(out.len(), 1);
@@ -90,15 +114,30 @@ fn completes_partial_checksum_of_single_packet() {
 
 #[test]
 fn rejects_bad_packets_without_panicking() {
-    let hdr = VnetHdr { gso_type: GSO_TCPV4, gso_size: 100, ..Default::default() };
+    let hdr = VnetHdr {
+        gso_type: GSO_TCPV4,
+        gso_size: 100,
+        ..Default::default()
+    };
     for bad in [vec![], vec![0x45; 10], vec![0x60; 39], vec![0x45; 30]] {
         let mut b = bad.clone();
         assert!(segment(&mut b, &hdr, |_| {}).is_err(), "{bad:?}");
     }
     let mut p = tso_packet(b"x", 1, TCP_ACK);
-    let udp = VnetHdr { gso_type: 5, gso_size: 100, ..Default::default() };
-    assert_eq!(segment(&mut p, &udp, |_| {}), Err(SegmentError::UnsupportedGso(5)));
-    let csum = VnetHdr { flags: 1, csum_start: 2000, ..Default::default() };
+    let udp = VnetHdr {
+        gso_type: 5,
+        gso_size: 100,
+        ..Default::default()
+    };
+    assert_eq!(
+        segment(&mut p, &udp, |_| {}),
+        Err(SegmentError::UnsupportedGso(5))
+    );
+    let csum = VnetHdr {
+        flags: 1,
+        csum_start: 2000,
+        ..Default::default()
+    };
     assert_eq!(segment(&mut p, &csum, |_| {}), Err(SegmentError::Malformed));
 }
 
@@ -115,7 +154,12 @@ impl PacketSink for Sink {
 fn coalesces_in_order_segments_back_into_one_gso_packet() {
     let payload: Vec<u8> = (0..5000u32).map(|i| (i % 13) as u8).collect();
     let mut pkt = tso_packet(&payload, 1000, TCP_ACK | TCP_PSH);
-    let hdr = VnetHdr { flags: 1, gso_type: GSO_TCPV4, gso_size: 1368, ..Default::default() };
+    let hdr = VnetHdr {
+        flags: 1,
+        gso_type: GSO_TCPV4,
+        gso_size: 1368,
+        ..Default::default()
+    };
     let mut segs = Vec::new();
     segment(&mut pkt, &hdr, |s| segs.push(s.to_vec())).unwrap();
     let mut c = Coalescer::default();
@@ -127,7 +171,10 @@ fn coalesces_in_order_segments_back_into_one_gso_packet() {
     assert_eq!(sink.0.len(), 1);
     let out = &sink.0[0];
     let h = VnetHdr::parse(out).unwrap();
-    assert_eq!((h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset), (1, GSO_TCPV4, 1368, 20, 16));
+    assert_eq!(
+        (h.flags, h.gso_type, h.gso_size, h.csum_start, h.csum_offset),
+        (1, GSO_TCPV4, 1368, 20, 16)
+    );
     assert_eq!(h.hdr_len, 52);
     let ip = &out[10..];
     assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), ip.len());
@@ -157,7 +204,10 @@ fn does_not_merge_gaps_other_flows_or_control_segments() {
     assert_eq!(sink.0.len(), 4);
     for (out, orig) in sink.0.iter().zip([&a, &gap, &other, &syn]) {
         let h = VnetHdr::parse(out).unwrap();
-        assert_eq!((h.flags, h.gso_type), (VIRTIO_NET_HDR_F_DATA_VALID, GSO_NONE));
+        assert_eq!(
+            (h.flags, h.gso_type),
+            (VIRTIO_NET_HDR_F_DATA_VALID, GSO_NONE)
+        );
         assert_eq!(&out[10..], &orig[..]);
     }
 }

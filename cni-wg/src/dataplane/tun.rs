@@ -36,9 +36,14 @@ struct IfReq {
 impl IfReq {
     fn new(name: &str) -> Result<Self> {
         if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains(['/', ' ', '\0']) {
-            return Err(Error::InterfaceName { name: name.to_string() });
+            return Err(Error::InterfaceName {
+                name: name.to_string(),
+            });
         }
-        let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: [0; 24],
+        };
         for (d, s) in req.name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
@@ -74,7 +79,10 @@ fn ioctl_ptr<T>(fd: RawFd, req: libc::c_ulong, arg: *mut T, what: &'static str) 
     // the caller's stack for the duration of the call.
     let rc = unsafe { libc::ioctl(fd, req, arg) };
     if rc < 0 {
-        return Err(Error::Ioctl { what, source: io::Error::last_os_error() });
+        return Err(Error::Ioctl {
+            what,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -83,7 +91,10 @@ fn ioctl_val(fd: RawFd, req: libc::c_ulong, arg: libc::c_ulong, what: &'static s
     // SAFETY: these requests (TUNSETPERSIST, TUNSETOFFLOAD) take their argument by value.
     let rc = unsafe { libc::ioctl(fd, req, arg) };
     if rc < 0 {
-        return Err(Error::Ioctl { what, source: io::Error::last_os_error() });
+        return Err(Error::Ioctl {
+            what,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
@@ -104,7 +115,9 @@ impl Tun {
         req.set_short(IFF_TUN | IFF_NO_PI | IFF_VNET_HDR);
         ioctl_ptr(fd, TUNSETIFF, &mut req, "TUNSETIFF")?;
         // SAFETY: TUNSETIFF wrote a NUL-terminated name into the fixed-size buffer.
-        let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }.to_string_lossy().into_owned();
+        let actual = unsafe { CStr::from_ptr(req.name.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
         let mut hdr_len: libc::c_int = VNET_HDR_LEN as libc::c_int;
         ioctl_ptr(fd, TUNSETVNETHDRSZ, &mut hdr_len, "TUNSETVNETHDRSZ")?;
         ioctl_val(
@@ -161,7 +174,10 @@ fn ctl_socket() -> Result<File> {
     // SAFETY: plain socket(2) call; the returned fd is owned by the File below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(Error::Ioctl { what: "socket", source: io::Error::last_os_error() });
+        return Err(Error::Ioctl {
+            what: "socket",
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: `fd` is a fresh descriptor nobody else owns.
     Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })

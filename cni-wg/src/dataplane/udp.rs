@@ -42,12 +42,27 @@ pub struct Udp {
     gro: bool,
 }
 
-fn setsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int, v: libc::c_int) -> io::Result<()> {
+fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a pointer to a live c_int and its size.
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&v as *const libc::c_int).cast(), mem::size_of::<libc::c_int>() as u32)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as u32,
+        )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_in6, libc::socklen_t) {
@@ -94,7 +109,10 @@ impl Udp {
         if rc < 0 {
             return Err(bind_err(io::Error::last_os_error()));
         }
-        for (force, plain) in [(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF), (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
+        for (force, plain) in [
+            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+        ] {
             if setsockopt_int(raw, libc::SOL_SOCKET, force, SOCKET_BUFFER as i32).is_err() {
                 let _ = setsockopt_int(raw, libc::SOL_SOCKET, plain, SOCKET_BUFFER as i32);
             }
@@ -127,7 +145,10 @@ impl Udp {
         let mut ctrl = vec![[0u64; CMSG_SPACE / 8]; n];
         let mut iovs: Vec<libc::iovec> = bufs
             .iter_mut()
-            .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            })
             .collect();
         // SAFETY: as above.
         let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { mem::zeroed() }; n];
@@ -142,11 +163,21 @@ impl Udp {
         }
         // SAFETY: every msghdr points at live buffers (names, iovs → bufs, ctrl) sized as declared.
         let rc = unsafe {
-            libc::recvmmsg(self.fd(), msgs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                self.fd(),
+                msgs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if rc < 0 {
             let e = io::Error::last_os_error();
-            return if e.kind() == io::ErrorKind::WouldBlock { Ok(0) } else { Err(e) };
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
         }
         for (i, m) in msgs.iter().take(rc as usize).enumerate() {
             let len = m.msg_len as usize;
@@ -164,7 +195,11 @@ impl Udp {
                     c = libc::CMSG_NXTHDR(&m.msg_hdr, c);
                 }
             }
-            out.push(Incoming { src: from_sockaddr(&names[i]), len, seg });
+            out.push(Incoming {
+                src: from_sockaddr(&names[i]),
+                len,
+                seg,
+            });
         }
         Ok(rc as usize)
     }
@@ -195,7 +230,12 @@ impl Udp {
             let end = it.off + it.len;
             while off < end {
                 let len = it.seg.min(end - off);
-                single.push(Outgoing { dst: it.dst, off, len, seg: len });
+                single.push(Outgoing {
+                    dst: it.dst,
+                    off,
+                    len,
+                    seg: len,
+                });
                 off += len;
             }
         }
@@ -212,7 +252,10 @@ impl Udp {
         let mut ctrl = vec![[0u64; CMSG_SPACE / 8]; n];
         for it in items {
             names.push(to_sockaddr(it.dst));
-            iovs.push(libc::iovec { iov_base: buf[it.off..].as_ptr() as *mut libc::c_void, iov_len: it.len });
+            iovs.push(libc::iovec {
+                iov_base: buf[it.off..].as_ptr() as *mut libc::c_void,
+                iov_len: it.len,
+            });
         }
         // SAFETY: plain old data; zero is valid.
         let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { mem::zeroed() }; n];
@@ -225,7 +268,8 @@ impl Udp {
             if it.len > it.seg {
                 h.msg_control = ctrl[i].as_mut_ptr().cast();
                 // SAFETY: CMSG_SPACE is a pure size computation.
-                h.msg_controllen = unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
+                h.msg_controllen =
+                    unsafe { libc::CMSG_SPACE(mem::size_of::<u16>() as u32) } as usize;
                 // SAFETY: msg_control points at CMSG_SPACE zeroed bytes owned by `ctrl[i]`, enough for one u16 cmsg.
                 unsafe {
                     let c = libc::CMSG_FIRSTHDR(h);
@@ -239,13 +283,17 @@ impl Udp {
         let mut sent = 0;
         while sent < n {
             // SAFETY: msgs[sent..] point at live names, iovecs (into `buf`) and control buffers.
-            let rc = unsafe { libc::sendmmsg(self.fd(), msgs[sent..].as_mut_ptr(), (n - sent) as u32, 0) };
+            let rc = unsafe {
+                libc::sendmmsg(self.fd(), msgs[sent..].as_mut_ptr(), (n - sent) as u32, 0)
+            };
             if rc < 0 {
                 let e = io::Error::last_os_error();
                 match e.raw_os_error() {
                     Some(libc::EINTR) => continue,
                     // Unreachable peers or transient ICMP errors must not stop the others.
-                    Some(libc::ECONNREFUSED) | Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) => {
+                    Some(libc::ECONNREFUSED)
+                    | Some(libc::EHOSTUNREACH)
+                    | Some(libc::ENETUNREACH) => {
                         sent += 1;
                         continue;
                     }
