@@ -21,19 +21,30 @@ struct Sample {
 }
 
 fn measure(bin: &str, node: &Netns, conf: &Value, iterations: usize) -> Sample {
-    let mut s = Sample { add: vec![], del: vec![] };
+    let mut s = Sample {
+        add: vec![],
+        del: vec![],
+    };
     let ns = node.file();
     for i in 0..iterations + 3 {
         let pod = Netns::new("bench");
         let id = format!("bench{i}");
         let path = pod.path();
         let t = Instant::now();
-        let out = run_plugin(bin, Some(&ns), &Invocation::new("ADD", conf.clone()).attach(&id, &path));
+        let out = run_plugin(
+            bin,
+            Some(&ns),
+            &Invocation::new("ADD", conf.clone()).attach(&id, &path),
+        );
         let add = t.elapsed();
         let res = out.expect_ok().clone();
         let t = Instant::now();
-        run_plugin(bin, Some(&ns), &Invocation::new("DEL", with_prev(conf.clone(), &res)).attach(&id, &path))
-            .expect_ok();
+        run_plugin(
+            bin,
+            Some(&ns),
+            &Invocation::new("DEL", with_prev(conf.clone(), &res)).attach(&id, &path),
+        )
+        .expect_ok();
         let del = t.elapsed();
         if i >= 3 {
             // The first runs warm caches (and apply the masquerade table once).
@@ -56,10 +67,17 @@ fn stats(v: &[Duration]) -> (f64, f64, f64) {
 }
 
 fn main() {
-    let iterations: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(40);
+    let iterations: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(40);
     if !nix::unistd::geteuid().is_root() {
         eprintln!("add_del bench needs root (network namespaces)");
-        std::process::exit(if std::env::var("CI").as_deref() == Ok("true") { 1 } else { 0 });
+        std::process::exit(if std::env::var("CI").as_deref() == Ok("true") {
+            1
+        } else {
+            0
+        });
     }
     let bridge = format!("{REF_DIR}/bridge");
     if !std::path::Path::new(&bridge).exists() {
@@ -79,18 +97,38 @@ fn main() {
         "ipam": {"type": "host-local", "subnet": "10.250.0.0/24", "dataDir": ref_dir.path()},
     });
     let rows = [
-        ("kitfleet-wg (masquerade on)", measure(PLUGIN, &node.ns, &ours, iterations)),
-        ("kitfleet-wg (masquerade off)", measure(PLUGIN, &node.ns, &ours_nomasq, iterations)),
-        ("bridge + host-local (Debian)", measure(&bridge, &ref_node, &reference, iterations)),
+        (
+            "kitfleet-wg (masquerade on)",
+            measure(PLUGIN, &node.ns, &ours, iterations),
+        ),
+        (
+            "kitfleet-wg (masquerade off)",
+            measure(PLUGIN, &node.ns, &ours_nomasq, iterations),
+        ),
+        (
+            "bridge + host-local (Debian)",
+            measure(&bridge, &ref_node, &reference, iterations),
+        ),
     ];
     let total = |s: &Sample| stats(&s.add).0 + stats(&s.del).0;
     let base = total(&rows[2].1);
-    println!("CNI ADD/DEL latency, {iterations} sequential attachments each, ms (mean / median / p90)");
-    println!("{:<30} {:>22} {:>22} {:>10} {:>8}", "plugin", "ADD", "DEL", "ADD+DEL", "ratio");
+    println!(
+        "CNI ADD/DEL latency, {iterations} sequential attachments each, ms (mean / median / p90)"
+    );
+    println!(
+        "{:<30} {:>22} {:>22} {:>10} {:>8}",
+        "plugin", "ADD", "DEL", "ADD+DEL", "ratio"
+    );
     for (name, s) in &rows {
         let (a, d) = (stats(&s.add), stats(&s.del));
         let f = |x: (f64, f64, f64)| format!("{:.2} / {:.2} / {:.2}", x.0, x.1, x.2);
-        println!("{name:<30} {:>22} {:>22} {:>10.2} {:>7.2}x", f(a), f(d), total(s), total(s) / base);
+        println!(
+            "{name:<30} {:>22} {:>22} {:>10.2} {:>7.2}x",
+            f(a),
+            f(d),
+            total(s),
+            total(s) / base
+        );
     }
     println!("floor: ratio <= 0.50x, goal: <= 0.25x (ratio = mean ADD+DEL / bridge+host-local's)");
 }

@@ -33,7 +33,10 @@ impl Ipv4Cidr {
     /// Builds a CIDR, masking host bits.
     pub fn new_masked(addr: Ipv4Addr, prefix: u8) -> Self {
         let prefix = prefix.min(32);
-        Self { addr: Ipv4Addr::from(u32::from(addr) & mask(prefix)), prefix }
+        Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask(prefix)),
+            prefix,
+        }
     }
     /// The network address.
     pub fn network(&self) -> Ipv4Addr {
@@ -54,13 +57,19 @@ impl Ipv4Cidr {
 }
 
 fn mask(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    }
 }
 
 impl FromStr for Ipv4Cidr {
     type Err = CidrError;
     fn from_str(s: &str) -> Result<Self, CidrError> {
-        let (a, p) = s.split_once('/').ok_or_else(|| CidrError::NoPrefix(s.into()))?;
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| CidrError::NoPrefix(s.into()))?;
         let addr: Ipv4Addr = a.parse().map_err(|_| CidrError::BadAddress(a.into()))?;
         let prefix: u8 = p
             .parse()
@@ -94,7 +103,11 @@ mod tests {
 
     #[test]
     fn parse_table() {
-        let ok = [("10.244.1.0/24", "10.244.1.255"), ("0.0.0.0/0", "255.255.255.255"), ("10.0.0.7/32", "10.0.0.7")];
+        let ok = [
+            ("10.244.1.0/24", "10.244.1.255"),
+            ("0.0.0.0/0", "255.255.255.255"),
+            ("10.0.0.7/32", "10.0.0.7"),
+        ];
         for (s, last) in ok {
             let c: Ipv4Cidr = s.parse().unwrap();
             assert_eq!(c.to_string(), s);
@@ -119,7 +132,10 @@ mod tests {
         let c: Ipv4Cidr = "10.244.1.0/24".parse().unwrap();
         assert!(c.contains("10.244.1.9".parse().unwrap()));
         assert!(!c.contains("10.244.2.9".parse().unwrap()));
-        assert_eq!(parse_ip_prefix("10.1.2.3/32"), Some(("10.1.2.3".parse().unwrap(), 32)));
+        assert_eq!(
+            parse_ip_prefix("10.1.2.3/32"),
+            Some(("10.1.2.3".parse().unwrap(), 32))
+        );
         assert_eq!(parse_ip_prefix("10.1.2.3"), None);
     }
 }

@@ -27,7 +27,10 @@ pub enum NftError {
 
 /// The table name for a network (`nft` identifiers: letters, digits, `_`).
 pub fn table_name(network: &str) -> String {
-    let safe: String = network.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let safe: String = network
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     format!("kitfleet_wg_{safe}")
 }
 
@@ -50,12 +53,25 @@ pub fn exclusions(pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
 /// The nft script: creates the table if missing, deletes it, and recreates it, in one transaction.
 pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> String {
     let t = table_name(network);
-    let ex: Vec<String> = exclusions(pod, cluster).iter().map(|c| c.to_string()).collect();
+    let ex: Vec<String> = exclusions(pod, cluster)
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
     let mut s = String::new();
     let _ = writeln!(s, "table ip {t}\ndelete table ip {t}\ntable ip {t} {{");
-    let _ = writeln!(s, "\tset cluster {{ type ipv4_addr; flags interval; elements = {{ {} }} }}", ex.join(", "));
-    let _ = writeln!(s, "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;");
-    let _ = writeln!(s, "\t\tip saddr {pod} ip daddr != @cluster masquerade\n\t}}\n}}");
+    let _ = writeln!(
+        s,
+        "\tset cluster {{ type ipv4_addr; flags interval; elements = {{ {} }} }}",
+        ex.join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
+    );
+    let _ = writeln!(
+        s,
+        "\t\tip saddr {pod} ip daddr != @cluster masquerade\n\t}}\n}}"
+    );
     s
 }
 
@@ -79,13 +95,19 @@ pub fn apply(script: &str) -> Result<(), NftError> {
         .spawn()
         .map_err(|e| NftError::Failed(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes()).map_err(|e| NftError::Failed(e.to_string()))?;
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| NftError::Failed(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| NftError::Failed(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NftError::Failed(e.to_string()))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(NftError::Failed(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(NftError::Failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -93,7 +115,9 @@ pub fn apply(script: &str) -> Result<(), NftError> {
 fn marker_key(script: &str) -> String {
     use sha2::{Digest, Sha256};
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let ns = std::fs::metadata("/proc/thread-self/ns/net").map(|m| (m.dev(), m.ino())).unwrap_or_default();
+    let ns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or_default();
     hex::encode(Sha256::digest(format!("{script}\n{boot}\n{ns:?}")))
 }
 
@@ -124,12 +148,23 @@ mod tests {
         let rows: &[(&str, &[&str], &[&str])] = &[
             ("10.244.1.0/24", &[], &["10.244.1.0/24"]),
             ("10.244.1.0/24", &["10.244.0.0/16"], &["10.244.0.0/16"]),
-            ("10.244.1.0/24", &["10.244.2.0/24", "10.244.1.0/24"], &["10.244.1.0/24", "10.244.2.0/24"]),
-            ("10.244.1.0/24", &["10.96.0.0/12", "10.244.0.0/16", "10.244.3.0/24"], &["10.96.0.0/12", "10.244.0.0/16"]),
+            (
+                "10.244.1.0/24",
+                &["10.244.2.0/24", "10.244.1.0/24"],
+                &["10.244.1.0/24", "10.244.2.0/24"],
+            ),
+            (
+                "10.244.1.0/24",
+                &["10.96.0.0/12", "10.244.0.0/16", "10.244.3.0/24"],
+                &["10.96.0.0/12", "10.244.0.0/16"],
+            ),
         ];
         for (pod, cluster, want) in rows {
             let cl: Vec<_> = cluster.iter().map(|s| c(s)).collect();
-            let got: Vec<String> = exclusions(c(pod), &cl).iter().map(|c| c.to_string()).collect();
+            let got: Vec<String> = exclusions(c(pod), &cl)
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
             assert_eq!(got, *want, "{pod} {cluster:?}");
         }
     }
@@ -137,8 +172,14 @@ mod tests {
     #[test]
     fn script_shape() {
         let s = script("my-net.1", c("10.244.1.0/24"), &[c("10.244.0.0/16")]);
-        assert!(s.starts_with("table ip kitfleet_wg_my_net_1\ndelete table ip kitfleet_wg_my_net_1\n"), "{s}");
+        assert!(
+            s.starts_with("table ip kitfleet_wg_my_net_1\ndelete table ip kitfleet_wg_my_net_1\n"),
+            "{s}"
+        );
         assert!(s.contains("elements = { 10.244.0.0/16 }"), "{s}");
-        assert!(s.contains("ip saddr 10.244.1.0/24 ip daddr != @cluster masquerade"), "{s}");
+        assert!(
+            s.contains("ip saddr 10.244.1.0/24 ip daddr != @cluster masquerade"),
+            "{s}"
+        );
     }
 }

@@ -89,28 +89,44 @@ impl NodeState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StateError::Missing { path: path.into() });
             }
-            Err(source) => return Err(StateError::Io { path: path.into(), source }),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: path.into(),
+                    source,
+                });
+            }
         };
-        let state: NodeState = serde_json::from_slice(&bytes)
-            .map_err(|source| StateError::Decode { path: path.into(), source })?;
-        state.validate().map_err(|(field, reason)| StateError::Invalid {
-            path: path.into(),
-            field,
-            reason,
-        })?;
+        let state: NodeState =
+            serde_json::from_slice(&bytes).map_err(|source| StateError::Decode {
+                path: path.into(),
+                source,
+            })?;
+        state
+            .validate()
+            .map_err(|(field, reason)| StateError::Invalid {
+                path: path.into(),
+                field,
+                reason,
+            })?;
         Ok(state)
     }
 
     /// Writes the state atomically: a temporary file in the same directory, fsync, rename.
     /// Creates the parent directory if needed.
     pub fn store(&self, path: &Path) -> Result<(), StateError> {
-        let io = |source| StateError::Io { path: path.into(), source };
+        let io = |source| StateError::Io {
+            path: path.into(),
+            source,
+        };
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         fs::create_dir_all(dir).map_err(io)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let json = serde_json::to_vec_pretty(self).map_err(|e| io(std::io::Error::other(e)))?;
         let write = || -> std::io::Result<()> {
@@ -133,9 +149,13 @@ impl NodeState {
 
     /// Checks every field; returns `(field, reason)` for the first bad one.
     pub fn validate(&self) -> Result<(), (String, String)> {
-        for (list, name) in [(&self.pod_cidrs, "podCIDRs"), (&self.cluster_cidrs, "clusterCIDRs")] {
+        for (list, name) in [
+            (&self.pod_cidrs, "podCIDRs"),
+            (&self.cluster_cidrs, "clusterCIDRs"),
+        ] {
             for (i, c) in list.iter().enumerate() {
-                c.parse::<Ipv4Cidr>().map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
+                c.parse::<Ipv4Cidr>()
+                    .map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
             }
         }
         if !(576..=65535).contains(&self.mtu) {
@@ -170,7 +190,13 @@ mod tests {
         let path = dir.path().join("sub/node.json");
         sample().store(&path).unwrap();
         let raw: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-        for key in ["podCIDRs", "mtu", "meshHealthy", "clusterCIDRs", "wgInterface"] {
+        for key in [
+            "podCIDRs",
+            "mtu",
+            "meshHealthy",
+            "clusterCIDRs",
+            "wgInterface",
+        ] {
             assert!(raw.get(key).is_some(), "missing {key} in {raw}");
         }
         assert_eq!(NodeState::load(&path).unwrap(), sample());
@@ -182,11 +208,17 @@ mod tests {
     fn load_reports_missing_and_bad_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.json");
-        assert!(matches!(NodeState::load(&path), Err(StateError::Missing { .. })));
+        assert!(matches!(
+            NodeState::load(&path),
+            Err(StateError::Missing { .. })
+        ));
         let cases = [
             (r#"{"podCIDRs":["10.0.0.0/33"],"mtu":1420}"#, "podCIDRs[0]"),
             (r#"{"podCIDRs":[],"mtu":100}"#, "mtu"),
-            (r#"{"podCIDRs":[],"mtu":1400,"clusterCIDRs":["x"]}"#, "clusterCIDRs[0]"),
+            (
+                r#"{"podCIDRs":[],"mtu":1400,"clusterCIDRs":["x"]}"#,
+                "clusterCIDRs[0]",
+            ),
             (r#"{"podCIDRs":[]}"#, "mtu"),
         ];
         for (json, field) in cases {

@@ -20,7 +20,16 @@ impl Podman {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
-        for d in ["bin", "net.d", "run", "root", "tmp", "rootfs/bin", "rootfs/www", "rootfs/etc"] {
+        for d in [
+            "bin",
+            "net.d",
+            "run",
+            "root",
+            "tmp",
+            "rootfs/bin",
+            "rootfs/www",
+            "rootfs/etc",
+        ] {
             std::fs::create_dir_all(p.join(d)).unwrap();
         }
         std::os::unix::fs::symlink(PLUGIN, p.join("bin/kitfleet-wg")).unwrap();
@@ -53,11 +62,18 @@ impl Podman {
         let pm = Self { dir, node };
         let tar = Command::new("sh")
             .arg("-c")
-            .arg(format!("tar -C {} -c . | podman import - localhost/kfwbb:1 >/dev/null", rootfs.display()))
+            .arg(format!(
+                "tar -C {} -c . | podman import - localhost/kfwbb:1 >/dev/null",
+                rootfs.display()
+            ))
             .envs(pm.env())
             .output()
             .unwrap();
-        assert!(tar.status.success(), "podman import: {}", String::from_utf8_lossy(&tar.stderr));
+        assert!(
+            tar.status.success(),
+            "podman import: {}",
+            String::from_utf8_lossy(&tar.stderr)
+        );
         pm
     }
 
@@ -107,18 +123,28 @@ impl Podman {
                 {"type": "portmap", "capabilities": {"portMappings": true}},
             ],
         });
-        std::fs::write(self.dir.path().join("net.d/kfwpod.conflist"), conflist.to_string()).unwrap();
+        std::fs::write(
+            self.dir.path().join("net.d/kfwpod.conflist"),
+            conflist.to_string(),
+        )
+        .unwrap();
     }
 
     fn ip_of(&self, name: &str) -> String {
         let v: Value = serde_json::from_str(&self.ok(&["inspect", name])).unwrap();
-        v[0]["NetworkSettings"]["Networks"]["kfwpod"]["IPAddress"].as_str().unwrap().to_string()
+        v[0]["NetworkSettings"]["Networks"]["kfwpod"]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     fn reserved(&self) -> Vec<String> {
         let dir = self.node.data_dir().join("kfwpod");
         let mut v: Vec<String> = std::fs::read_dir(dir)
-            .map(|rd| rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         v.retain(|n| n.parse::<std::net::Ipv4Addr>().is_ok());
         v.sort();
@@ -127,12 +153,21 @@ impl Podman {
 }
 
 fn podman_available() -> bool {
-    let ok = Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success())
-        && Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success())
+    let ok = Command::new("podman")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && Command::new("curl")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
         && Path::new("/usr/lib/cni/portmap").exists()
         && Path::new("/bin/busybox").exists();
     if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: needs podman, containernetworking-plugins, busybox-static, curl");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: needs podman, containernetworking-plugins, busybox-static, curl"
+        );
         eprintln!("SKIP: needs podman, containernetworking-plugins, busybox-static and curl");
     }
     ok
@@ -146,8 +181,24 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
     let pm = Podman::new();
     // An "outside" namespace on the node's underlay, to reach the hostPort from.
     let ext = Netns::new("ext");
-    sh(&["ip", "link", "add", "uplink0", "netns", &pm.node.ns.name, "type", "veth", "peer", "name", "x0", "netns", &ext.name]);
-    pm.node.ns.exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", "uplink0"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "uplink0",
+        "netns",
+        &pm.node.ns.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "x0",
+        "netns",
+        &ext.name,
+    ]);
+    pm.node
+        .ns
+        .exec(&["ip", "addr", "add", "198.51.100.1/24", "dev", "uplink0"]);
     pm.node.ns.exec(&["ip", "link", "set", "uplink0", "up"]);
     ext.exec(&["ip", "addr", "add", "198.51.100.2/24", "dev", "x0"]);
     ext.exec(&["ip", "link", "set", "x0", "up"]);
@@ -157,14 +208,43 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
         let img = "localhost/kfwbb:1";
         let web = format!("web{}", version.replace('.', ""));
         let cli = format!("cli{}", version.replace('.', ""));
-        pm.ok(&["run", "-d", "--name", &web, "--network", "kfwpod", "-p", "18080:80", img, "httpd", "-f", "-p", "80", "-h", "/www"]);
-        pm.ok(&["run", "-d", "--name", &cli, "--network", "kfwpod", img, "sleep", "1000"]);
+        pm.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &web,
+            "--network",
+            "kfwpod",
+            "-p",
+            "18080:80",
+            img,
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ]);
+        pm.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &cli,
+            "--network",
+            "kfwpod",
+            img,
+            "sleep",
+            "1000",
+        ]);
         let web_ip = pm.ip_of(&web);
         assert!(web_ip.starts_with("10.244.30."), "{version}: {web_ip}");
         assert_eq!(pm.reserved().len(), 2, "{version}");
         let addr = pm.ok(&["exec", &web, "ip", "-4", "addr", "show", "eth0"]);
         assert!(addr.contains(&format!("{web_ip}/32")), "{addr}");
-        assert!(pm.ok(&["exec", &web, "ip", "route"]).contains("default via 169.254.1.1"));
+        assert!(
+            pm.ok(&["exec", &web, "ip", "route"])
+                .contains("default via 169.254.1.1")
+        );
         // Pod to pod on the node, through the host routes.
         pm.ok(&["exec", &cli, "ping", "-c1", "-W2", &web_ip]);
         pm.ok(&["exec", &cli, "wget", "-qO-", &format!("http://{web_ip}/")]);
@@ -181,7 +261,11 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
 
         // stop → DEL; start → ADD again for the same container ID; rm → DEL.
         pm.ok(&["stop", "-t", "0", &web]);
-        assert_eq!(pm.reserved().len(), 1, "{version}: stop must release the address");
+        assert_eq!(
+            pm.reserved().len(),
+            1,
+            "{version}: stop must release the address"
+        );
         pm.ok(&["start", &web]);
         assert_eq!(pm.reserved().len(), 2);
         let web_ip2 = pm.ip_of(&web);
@@ -191,7 +275,11 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
         pm.ok(&["rm", "-f", "-t", "0", &web, &cli]);
         assert!(pm.reserved().is_empty(), "{version}: {:?}", pm.reserved());
         let dying = pm.node.data_dir().join("kfwpod/dying");
-        let what = format!("{version}: host veths gone (left: {:?}, dying markers: {:?})", pm.node.host_veths(), std::fs::read_dir(&dying).map(|d| d.count()));
+        let what = format!(
+            "{version}: host veths gone (left: {:?}, dying markers: {:?})",
+            pm.node.host_veths(),
+            std::fs::read_dir(&dying).map(|d| d.count())
+        );
         eventually(&what, || pm.node.host_veths().is_empty());
     }
     let log = std::fs::read_to_string(pm.log()).unwrap();

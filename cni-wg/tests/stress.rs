@@ -26,7 +26,10 @@ fn hundred_parallel_adds_then_dels_no_duplicate_no_leak() {
                 let (node, conf, id, path) = (&node, conf.clone(), &ids[i], &paths[i]);
                 s.spawn(move || {
                     let res = node.cni(&Invocation::new("ADD", conf).attach(id, path));
-                    res.expect_ok()["ips"][0]["address"].as_str().unwrap().to_string()
+                    res.expect_ok()["ips"][0]["address"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
                 })
             })
             .collect();
@@ -45,7 +48,11 @@ fn hundred_parallel_adds_then_dels_no_duplicate_no_leak() {
     std::thread::scope(|s| {
         for i in 0..N {
             let (node, conf, id, path) = (&node, conf.clone(), &ids[i], &paths[i]);
-            s.spawn(move || node.cni(&Invocation::new("DEL", conf).attach(id, path)).expect_ok().clone());
+            s.spawn(move || {
+                node.cni(&Invocation::new("DEL", conf).attach(id, path))
+                    .expect_ok()
+                    .clone()
+            });
         }
     });
     assert!(node.reserved().is_empty(), "leaked: {:?}", node.reserved());
@@ -58,19 +65,29 @@ fn kill_add_at(node: &Node, pod: &Netns, id: &str, point: &str) {
     let mut inv = Invocation::new("ADD", node.conf("1.1.0")).attach(id, "");
     let path = pod.path();
     inv.netns = &path;
-    inv.extra_env.push(("KITFLEET_WG_TEST_HANG".into(), point.into()));
+    inv.extra_env
+        .push(("KITFLEET_WG_TEST_HANG".into(), point.into()));
     let mut cmd = command(PLUGIN, &inv);
     let stdin = inv.conf.to_string();
-    let mut child = kitfleet_cni_wg::netns::run_in(&node.ns.file(), move || cmd.stdin(Stdio::piped()).spawn())
-        .unwrap()
-        .unwrap();
+    let mut child =
+        kitfleet_cni_wg::netns::run_in(&node.ns.file(), move || cmd.stdin(Stdio::piped()).spawn())
+            .unwrap()
+            .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("hanging at") {
         line.clear();
-        assert!(err.read_line(&mut line).unwrap() > 0, "plugin exited before reaching {point}");
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "plugin exited before reaching {point}"
+        );
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -83,20 +100,31 @@ fn gc_reclaims_what_killed_adds_left() {
     }
     let node = Node::new("10.244.11.0/24");
     let keep = Netns::new("keep");
-    let kept = node.cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("keep", &keep.path())).expect_ok().clone();
+    let kept = node
+        .cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("keep", &keep.path()))
+        .expect_ok()
+        .clone();
     let p1 = Netns::new("kill");
     let p2 = Netns::new("kill");
     kill_add_at(&node, &p1, "k1", "after-reserve");
     kill_add_at(&node, &p2, "k2", "after-veth");
-    assert_eq!(node.reserved().len(), 3, "killed ADDs hold their reservation until GC");
-    assert_eq!(node.host_veths().len(), 2, "the ADD killed after veth creation left its veth");
+    assert_eq!(
+        node.reserved().len(),
+        3,
+        "killed ADDs hold their reservation until GC"
+    );
+    assert_eq!(
+        node.host_veths().len(),
+        2,
+        "the ADD killed after veth creation left its veth"
+    );
     assert!(p2.has_link("eth0"));
     // Killed ADDs never wedge the store: a new ADD goes through (the lock died with them).
     let p3 = Netns::new("after");
-    node.cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("after", &p3.path())).expect_ok();
+    node.cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("after", &p3.path()))
+        .expect_ok();
     let mut gc = node.conf("1.1.0");
-    gc["cni.dev/valid-attachments"] =
-        json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
     node.cni(&Invocation::new("GC", gc)).expect_ok();
     assert_eq!(node.reserved().len(), 2, "{:?}", node.reserved());
     assert_eq!(node.host_veths().len(), 2);
@@ -104,22 +132,28 @@ fn gc_reclaims_what_killed_adds_left() {
     // A DEL whose reaper died leaves a dying marker: GC finishes the deletion.
     let host_if = kept["interfaces"][0]["name"].as_str().unwrap().to_string();
     let p4 = Netns::new("dying");
-    let res4 = node.cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("dying", &p4.path())).expect_ok().clone();
+    let res4 = node
+        .cni(&Invocation::new("ADD", node.conf("1.1.0")).attach("dying", &p4.path()))
+        .expect_ok()
+        .clone();
     let dying_if = res4["interfaces"][0]["name"].as_str().unwrap();
-    let ip4 = res4["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32");
+    let ip4 = res4["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32");
     let dir = node.data_dir().join("kfwtest");
     std::fs::remove_file(dir.join(ip4)).unwrap();
     std::fs::create_dir_all(dir.join("dying")).unwrap();
     std::fs::write(dir.join("dying").join(dying_if), b"").unwrap();
     let mut gc = node.conf("1.1.0");
-    gc["cni.dev/valid-attachments"] =
-        json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
     node.cni(&Invocation::new("GC", gc)).expect_ok();
     assert!(!node.ns.has_link(dying_if) && node.ns.has_link(&host_if));
     assert!(!dir.join("dying").join(dying_if).exists());
     // The surviving attachment is intact.
     let check = with_prev(node.conf("1.1.0"), &kept);
-    node.cni(&Invocation::new("CHECK", check).attach("keep", &keep.path())).expect_ok();
+    node.cni(&Invocation::new("CHECK", check).attach("keep", &keep.path()))
+        .expect_ok();
 }
 
 #[test]
@@ -135,10 +169,15 @@ fn randomly_killed_adds_leave_nothing_gc_cannot_reclaim() {
         let id = format!("rk{i}");
         let inv = Invocation::new("ADD", node.conf("1.1.0")).attach(&id, "");
         let path = pod.path();
-        let inv = Invocation { netns: &path, ..inv };
+        let inv = Invocation {
+            netns: &path,
+            ..inv
+        };
         let mut cmd = command(PLUGIN, &inv);
         let stdin = inv.conf.to_string();
-        let mut child = kitfleet_cni_wg::netns::run_in(&node.ns.file(), move || cmd.spawn()).unwrap().unwrap();
+        let mut child = kitfleet_cni_wg::netns::run_in(&node.ns.file(), move || cmd.spawn())
+            .unwrap()
+            .unwrap();
         use std::io::Write;
         let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
         std::thread::sleep(std::time::Duration::from_micros(i * 150));

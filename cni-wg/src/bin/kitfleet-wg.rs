@@ -14,14 +14,22 @@ fn main() -> ExitCode {
         // Detached reaper spawned by DEL: delete one link, then exit.
         let marker = std::env::var_os(plugin::REAP_MARKER_ENV).map(std::path::PathBuf::from);
         let ok = plugin::reap(&host_if.to_string_lossy(), marker.as_deref()).is_ok();
-        return if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE };
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     let mut stdin = Vec::new();
     let read = std::io::stdin().read_to_end(&mut stdin);
     plugin::init_logging(&stdin);
     let outcome = read
         .map_err(|e| {
-            kitfleet_cni_wg::cni::CniError::new(kitfleet_cni_wg::cni::code::IO_FAILURE, "cannot read stdin").details(e)
+            kitfleet_cni_wg::cni::CniError::new(
+                kitfleet_cni_wg::cni::code::IO_FAILURE,
+                "cannot read stdin",
+            )
+            .details(e)
         })
         .and_then(|_| env::from_vars(|k| std::env::var(k).ok()))
         .and_then(|env| plugin::run(&env, &stdin));

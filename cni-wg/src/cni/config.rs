@@ -70,16 +70,22 @@ pub fn peek_version(stdin: &[u8]) -> Option<SpecVersion> {
 
 /// Parses and validates the configuration.
 pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let root: Value = serde_json::from_slice(stdin)
-        .map_err(|e| CniError::new(code::DECODE, "network configuration is not valid JSON").details(e))?;
-    let obj = root.as_object().ok_or_else(|| invalid("(root)", "must be a JSON object"))?;
+    let root: Value = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(code::DECODE, "network configuration is not valid JSON").details(e)
+    })?;
+    let obj = root
+        .as_object()
+        .ok_or_else(|| invalid("(root)", "must be a JSON object"))?;
     let version = match obj.get("cniVersion") {
         None => return Err(invalid("cniVersion", "is missing")),
         Some(Value::String(s)) => SpecVersion::parse(s).ok_or_else(|| {
             let all: Vec<_> = SpecVersion::ALL.iter().map(|v| v.as_str()).collect();
             CniError::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("cniVersion: {s:?} is not supported (supported: {})", all.join(", ")),
+                format!(
+                    "cniVersion: {s:?} is not supported (supported: {})",
+                    all.join(", ")
+                ),
             )
         })?,
         Some(_) => return Err(invalid("cniVersion", "must be a string")),
@@ -132,18 +138,28 @@ fn path(obj: &Map<String, Value>, key: &str) -> Result<Option<PathBuf>, CniError
     match string(obj, key)? {
         None => Ok(None),
         Some(s) if s.starts_with('/') && !s.split('/').any(|c| c == "..") => Ok(Some(s.into())),
-        Some(s) => Err(invalid(key, format!("{s:?} must be an absolute path without '..'"))),
+        Some(s) => Err(invalid(
+            key,
+            format!("{s:?} must be an absolute path without '..'"),
+        )),
     }
 }
 
 /// Network names become directory names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 128 bytes.
 fn validate_name(name: &str) -> Result<(), String> {
-    let ok_first = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok_rest = name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_rest = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if name.is_empty() {
         Err("is empty".into())
     } else if !ok_first || !ok_rest || name.len() > 128 {
-        Err(format!("{name:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 bytes)"))
+        Err(format!(
+            "{name:?} must match [A-Za-z0-9][A-Za-z0-9_.-]* (at most 128 bytes)"
+        ))
     } else {
         Ok(())
     }
@@ -151,8 +167,12 @@ fn validate_name(name: &str) -> Result<(), String> {
 
 /// Accepts podman's lowercase (`hostPort`) and containerd's capitalised (`HostPort`) keys.
 fn port_mappings(rc: Option<&Value>) -> Result<Vec<PortMapping>, CniError> {
-    let Some(rc) = rc.filter(|v| !v.is_null()) else { return Ok(Vec::new()) };
-    let rc = rc.as_object().ok_or_else(|| invalid("runtimeConfig", "must be an object"))?;
+    let Some(rc) = rc.filter(|v| !v.is_null()) else {
+        return Ok(Vec::new());
+    };
+    let rc = rc
+        .as_object()
+        .ok_or_else(|| invalid("runtimeConfig", "must be an object"))?;
     let list = match rc.get("portMappings") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(a)) => a,
@@ -161,8 +181,14 @@ fn port_mappings(rc: Option<&Value>) -> Result<Vec<PortMapping>, CniError> {
     let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let field = |k: &str| format!("runtimeConfig.portMappings[{i}].{k}");
-        let m = m.as_object().ok_or_else(|| invalid(&field(""), "must be an object"))?;
-        let get = |lower: &str, upper: &str| m.get(lower).or_else(|| m.get(upper)).filter(|v| !v.is_null());
+        let m = m
+            .as_object()
+            .ok_or_else(|| invalid(&field(""), "must be an object"))?;
+        let get = |lower: &str, upper: &str| {
+            m.get(lower)
+                .or_else(|| m.get(upper))
+                .filter(|v| !v.is_null())
+        };
         let port = |lower: &str, upper: &str| -> Result<u16, CniError> {
             let v = get(lower, upper).ok_or_else(|| invalid(&field(lower), "is missing"))?;
             v.as_u64()
@@ -174,10 +200,17 @@ fn port_mappings(rc: Option<&Value>) -> Result<Vec<PortMapping>, CniError> {
         let container_port = port("containerPort", "ContainerPort")?;
         let protocol = match get("protocol", "Protocol") {
             None => "tcp".to_string(),
-            Some(Value::String(p)) if ["tcp", "udp", "sctp"].contains(&p.to_ascii_lowercase().as_str()) => {
+            Some(Value::String(p))
+                if ["tcp", "udp", "sctp"].contains(&p.to_ascii_lowercase().as_str()) =>
+            {
                 p.to_ascii_lowercase()
             }
-            Some(p) => return Err(invalid(&field("protocol"), format!("{p} is not tcp, udp or sctp"))),
+            Some(p) => {
+                return Err(invalid(
+                    &field("protocol"),
+                    format!("{p} is not tcp, udp or sctp"),
+                ));
+            }
         };
         let host_ip = match get("hostIP", "HostIP") {
             None => None,
@@ -185,18 +218,28 @@ fn port_mappings(rc: Option<&Value>) -> Result<Vec<PortMapping>, CniError> {
             Some(Value::String(s)) => Some(s.clone()),
             Some(_) => return Err(invalid(&field("hostIP"), "must be a string")),
         };
-        out.push(PortMapping { host_port, container_port, protocol, host_ip });
+        out.push(PortMapping {
+            host_port,
+            container_port,
+            protocol,
+            host_ip,
+        });
     }
     Ok(out)
 }
 
 fn attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniError> {
-    let (key, list) = match (obj.get("cni.dev/valid-attachments"), obj.get("cni.dev/attachments")) {
+    let (key, list) = match (
+        obj.get("cni.dev/valid-attachments"),
+        obj.get("cni.dev/attachments"),
+    ) {
         (Some(v), _) => ("cni.dev/valid-attachments", v),
         (None, Some(v)) => ("cni.dev/attachments", v),
         (None, None) => return Ok(None),
     };
-    let list = list.as_array().ok_or_else(|| invalid(key, "must be an array"))?;
+    let list = list
+        .as_array()
+        .ok_or_else(|| invalid(key, "must be an array"))?;
     let mut out = Vec::with_capacity(list.len());
     for (i, a) in list.iter().enumerate() {
         let get = |k: &str| {
@@ -206,7 +249,10 @@ fn attachments(obj: &Map<String, Value>) -> Result<Option<Vec<Attachment>>, CniE
                 .map(str::to_string)
                 .ok_or_else(|| invalid(&format!("{key}[{i}].{k}"), "must be a non-empty string"))
         };
-        out.push(Attachment { container_id: get("containerID")?, ifname: get("ifname")? });
+        out.push(Attachment {
+            container_id: get("containerID")?,
+            ifname: get("ifname")?,
+        });
     }
     Ok(Some(out))
 }
@@ -233,7 +279,12 @@ mod tests {
         let c = parse_v(conf(json!({}))).unwrap();
         assert_eq!(c.state_file, PathBuf::from("/run/kitfleet/node.json"));
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert!(c.masquerade && c.pod_cidr.is_none() && c.log_file.is_none() && c.valid_attachments.is_none());
+        assert!(
+            c.masquerade
+                && c.pod_cidr.is_none()
+                && c.log_file.is_none()
+                && c.valid_attachments.is_none()
+        );
     }
 
     #[test]
@@ -253,35 +304,103 @@ mod tests {
     fn port_mappings_both_spellings() {
         let podman = json!({"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]});
         let containerd = json!({"portMappings": [{"HostPort": 8080, "ContainerPort": 80, "Protocol": "TCP", "HostIP": ""}]});
-        let a = parse_v(conf(json!({"runtimeConfig": podman}))).unwrap().port_mappings;
-        let b = parse_v(conf(json!({"runtimeConfig": containerd}))).unwrap().port_mappings;
+        let a = parse_v(conf(json!({"runtimeConfig": podman})))
+            .unwrap()
+            .port_mappings;
+        let b = parse_v(conf(json!({"runtimeConfig": containerd})))
+            .unwrap()
+            .port_mappings;
         assert_eq!(a, b);
-        assert_eq!(a[0], PortMapping { host_port: 8080, container_port: 80, protocol: "tcp".into(), host_ip: None });
+        assert_eq!(
+            a[0],
+            PortMapping {
+                host_port: 8080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                host_ip: None
+            }
+        );
     }
 
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (json!({"cniVersion": "0.2.0", "name": "n", "type": "t"}), code::INCOMPATIBLE_VERSION, "cniVersion"),
-            (json!({"name": "n", "type": "t"}), code::INVALID_CONFIG, "cniVersion: is missing"),
-            (json!({"cniVersion": 1, "name": "n", "type": "t"}), code::INVALID_CONFIG, "cniVersion"),
-            (json!({"cniVersion": "1.0.0", "type": "t"}), code::INVALID_CONFIG, "name: is missing"),
-            (json!({"cniVersion": "1.0.0", "name": "../x", "type": "t"}), code::INVALID_CONFIG, "name:"),
-            (json!({"cniVersion": "1.0.0", "name": "n"}), code::INVALID_CONFIG, "type: is missing"),
-            (conf(json!({"dataDir": "rel/dir"})), code::INVALID_CONFIG, "dataDir:"),
-            (conf(json!({"stateFile": "/a/../b"})), code::INVALID_CONFIG, "stateFile:"),
-            (conf(json!({"logFile": 3})), code::INVALID_CONFIG, "logFile: must be a string"),
-            (conf(json!({"masquerade": "yes"})), code::INVALID_CONFIG, "masquerade:"),
-            (conf(json!({"podCIDR": "10.0.0.1/24"})), code::INVALID_CONFIG, "podCIDR:"),
-            (conf(json!({"prevResult": []})), code::INVALID_CONFIG, "prevResult:"),
-            (conf(json!({"runtimeConfig": {"portMappings": {}}})), code::INVALID_CONFIG, "runtimeConfig.portMappings:"),
             (
-                conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}})),
+                json!({"cniVersion": "0.2.0", "name": "n", "type": "t"}),
+                code::INCOMPATIBLE_VERSION,
+                "cniVersion",
+            ),
+            (
+                json!({"name": "n", "type": "t"}),
+                code::INVALID_CONFIG,
+                "cniVersion: is missing",
+            ),
+            (
+                json!({"cniVersion": 1, "name": "n", "type": "t"}),
+                code::INVALID_CONFIG,
+                "cniVersion",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "type": "t"}),
+                code::INVALID_CONFIG,
+                "name: is missing",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "../x", "type": "t"}),
+                code::INVALID_CONFIG,
+                "name:",
+            ),
+            (
+                json!({"cniVersion": "1.0.0", "name": "n"}),
+                code::INVALID_CONFIG,
+                "type: is missing",
+            ),
+            (
+                conf(json!({"dataDir": "rel/dir"})),
+                code::INVALID_CONFIG,
+                "dataDir:",
+            ),
+            (
+                conf(json!({"stateFile": "/a/../b"})),
+                code::INVALID_CONFIG,
+                "stateFile:",
+            ),
+            (
+                conf(json!({"logFile": 3})),
+                code::INVALID_CONFIG,
+                "logFile: must be a string",
+            ),
+            (
+                conf(json!({"masquerade": "yes"})),
+                code::INVALID_CONFIG,
+                "masquerade:",
+            ),
+            (
+                conf(json!({"podCIDR": "10.0.0.1/24"})),
+                code::INVALID_CONFIG,
+                "podCIDR:",
+            ),
+            (
+                conf(json!({"prevResult": []})),
+                code::INVALID_CONFIG,
+                "prevResult:",
+            ),
+            (
+                conf(json!({"runtimeConfig": {"portMappings": {}}})),
+                code::INVALID_CONFIG,
+                "runtimeConfig.portMappings:",
+            ),
+            (
+                conf(
+                    json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}}),
+                ),
                 code::INVALID_CONFIG,
                 "runtimeConfig.portMappings[0].hostPort",
             ),
             (
-                conf(json!({"runtimeConfig": {"portMappings": [{"HostPort": 1, "ContainerPort": 80, "Protocol": "icmp"}]}})),
+                conf(
+                    json!({"runtimeConfig": {"portMappings": [{"HostPort": 1, "ContainerPort": 80, "Protocol": "icmp"}]}}),
+                ),
                 code::INVALID_CONFIG,
                 "runtimeConfig.portMappings[0].protocol",
             ),

@@ -55,13 +55,19 @@ pub fn parse_args(raw: &str) -> Result<CniArgs, CniError> {
     let mut args = CniArgs::default();
     let mut unknown = Vec::new();
     for (i, pair) in raw.split(';').filter(|p| !p.is_empty()).enumerate() {
-        let (k, v) = pair.split_once('=').ok_or_else(|| bad(format!("pair {i} {pair:?} is not KEY=VALUE")))?;
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad(format!("pair {i} {pair:?} is not KEY=VALUE")))?;
         match k {
             "IgnoreUnknown" => {
                 args.ignore_unknown = match v.to_ascii_lowercase().as_str() {
                     "1" | "true" => true,
                     "0" | "false" => false,
-                    _ => return Err(bad(format!("IgnoreUnknown: {v:?} is not a boolean (1, 0, true, false)"))),
+                    _ => {
+                        return Err(bad(format!(
+                            "IgnoreUnknown: {v:?} is not a boolean (1, 0, true, false)"
+                        )));
+                    }
                 }
             }
             "K8S_POD_NAMESPACE" => args.pod_namespace = Some(v.into()),
@@ -72,7 +78,10 @@ pub fn parse_args(raw: &str) -> Result<CniArgs, CniError> {
         }
     }
     if !unknown.is_empty() && !args.ignore_unknown {
-        return Err(bad(format!("unknown key(s) {} (set IgnoreUnknown=1 to ignore them)", unknown.join(", "))));
+        return Err(bad(format!(
+            "unknown key(s) {} (set IgnoreUnknown=1 to ignore them)",
+            unknown.join(", ")
+        )));
     }
     Ok(args)
 }
@@ -97,7 +106,10 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
     let bad = |var: &str, why: String| CniError::new(code::INVALID_ENV, format!("{var}: {why}"));
     let cmd = get("CNI_COMMAND").unwrap_or_default();
     let command = Command::parse(&cmd).ok_or_else(|| {
-        bad("CNI_COMMAND", format!("{cmd:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"))
+        bad(
+            "CNI_COMMAND",
+            format!("{cmd:?} is not one of ADD, DEL, CHECK, STATUS, GC, VERSION"),
+        )
     })?;
     let per_attachment = matches!(command, Command::Add | Command::Del | Command::Check);
     let container_id = get("CNI_CONTAINERID").unwrap_or_default();
@@ -111,7 +123,13 @@ pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Env, CniError> 
         }
     }
     let args = parse_args(&get("CNI_ARGS").unwrap_or_default())?;
-    Ok(Env { command, container_id, netns, ifname, args })
+    Ok(Env {
+        command,
+        container_id,
+        netns,
+        ifname,
+        args,
+    })
 }
 
 /// Container IDs: non-empty, `[A-Za-z0-9][A-Za-z0-9_.-]*` (the spec's rule).
@@ -119,9 +137,13 @@ pub fn validate_container_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();
     match chars.next() {
         None => Err("is empty".into()),
-        Some(c) if !c.is_ascii_alphanumeric() => Err(format!("{id:?} must start with a letter or digit")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            Err(format!("{id:?} must start with a letter or digit"))
+        }
         _ if chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) => Ok(()),
-        _ => Err(format!("{id:?} may contain only letters, digits, '_', '.' and '-'")),
+        _ => Err(format!(
+            "{id:?} may contain only letters, digits, '_', '.' and '-'"
+        )),
     }
 }
 
@@ -133,7 +155,12 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     if name.len() > 15 {
         return Err(format!("{name:?} is longer than 15 bytes"));
     }
-    if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace())
+    {
         return Err(format!("{name:?} is not a valid interface name"));
     }
     Ok(())
@@ -145,21 +172,67 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(vars: &[(&str, &str)]) -> Result<Env, CniError> {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         from_vars(|k| m.get(k).cloned())
     }
 
     #[test]
     fn env_table() {
-        let base = [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
+        let base = [
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/run/netns/x"),
+            ("CNI_IFNAME", "eth0"),
+        ];
         assert_eq!(env(&base).unwrap().command, Command::Add);
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("CNI_COMMAND", "FOO")], "CNI_COMMAND"),
-            (&[("CNI_COMMAND", "ADD"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")], "CNI_CONTAINERID: is empty"),
-            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "-a"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "/x")], "CNI_CONTAINERID"),
-            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "a/b"), ("CNI_NETNS", "/x")], "CNI_IFNAME"),
-            (&[("CNI_COMMAND", "CHECK"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "0123456789abcdef"), ("CNI_NETNS", "/x")], "longer than 15"),
-            (&[("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")], "CNI_NETNS"),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_NETNS", "/x"),
+                ],
+                "CNI_CONTAINERID: is empty",
+            ),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "-a"),
+                    ("CNI_IFNAME", "eth0"),
+                    ("CNI_NETNS", "/x"),
+                ],
+                "CNI_CONTAINERID",
+            ),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "a"),
+                    ("CNI_IFNAME", "a/b"),
+                    ("CNI_NETNS", "/x"),
+                ],
+                "CNI_IFNAME",
+            ),
+            (
+                &[
+                    ("CNI_COMMAND", "CHECK"),
+                    ("CNI_CONTAINERID", "a"),
+                    ("CNI_IFNAME", "0123456789abcdef"),
+                    ("CNI_NETNS", "/x"),
+                ],
+                "longer than 15",
+            ),
+            (
+                &[
+                    ("CNI_COMMAND", "ADD"),
+                    ("CNI_CONTAINERID", "a"),
+                    ("CNI_IFNAME", "eth0"),
+                ],
+                "CNI_NETNS",
+            ),
         ];
         for (vars, msg) in cases {
             let e = env(vars).unwrap_err();
@@ -167,7 +240,12 @@ mod tests {
             assert!(e.msg.contains(msg), "{vars:?}: {}", e.msg);
         }
         // DEL without a netns (containerd's second DEL), STATUS/GC/VERSION without anything.
-        env(&[("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "a"), ("CNI_IFNAME", "eth0")]).unwrap();
+        env(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "a"),
+            ("CNI_IFNAME", "eth0"),
+        ])
+        .unwrap();
         for c in ["STATUS", "GC", "VERSION"] {
             env(&[("CNI_COMMAND", c)]).unwrap();
         }
@@ -178,7 +256,10 @@ mod tests {
         let a = parse_args("IgnoreUnknown=1;K8S_POD_NAME=web;FOO=bar").unwrap();
         assert!(a.ignore_unknown);
         assert_eq!(a.pod_name.as_deref(), Some("web"));
-        let a = parse_args("K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=c;K8S_POD_UID=u").unwrap();
+        let a = parse_args(
+            "K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=c;K8S_POD_UID=u",
+        )
+        .unwrap();
         assert_eq!(a.pod_uid.as_deref(), Some("u"));
         assert_eq!(parse_args("").unwrap(), CniArgs::default());
         for (raw, msg) in [

@@ -27,7 +27,13 @@ pub enum SpecVersion {
 
 impl SpecVersion {
     /// Every supported version, oldest first.
-    pub const ALL: [SpecVersion; 5] = [Self::V0_3_0, Self::V0_3_1, Self::V0_4_0, Self::V1_0_0, Self::V1_1_0];
+    pub const ALL: [SpecVersion; 5] = [
+        Self::V0_3_0,
+        Self::V0_3_1,
+        Self::V0_4_0,
+        Self::V1_0_0,
+        Self::V1_1_0,
+    ];
     /// The newest supported version.
     pub const LATEST: SpecVersion = Self::V1_1_0;
 
@@ -124,7 +130,11 @@ pub struct CniError {
 impl CniError {
     /// An error with a code and message.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        Self { code, msg: msg.into(), details: String::new() }
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
     }
     /// Adds details.
     pub fn details(mut self, d: impl fmt::Display) -> Self {
@@ -157,7 +167,16 @@ mod tests {
         for (s, check, status, ipver, mtu) in rows {
             let v = SpecVersion::parse(s).unwrap();
             assert_eq!(v.as_str(), s);
-            assert_eq!((v.has_check(), v.has_status_gc(), v.has_ip_version(), v.has_route_mtu()), (check, status, ipver, mtu), "{s}");
+            assert_eq!(
+                (
+                    v.has_check(),
+                    v.has_status_gc(),
+                    v.has_ip_version(),
+                    v.has_route_mtu()
+                ),
+                (check, status, ipver, mtu),
+                "{s}"
+            );
         }
         for bad in ["0.1.0", "0.2.0", "1.2.0", "", "1.0"] {
             assert_eq!(SpecVersion::parse(bad), None, "{bad}");
@@ -171,7 +190,10 @@ mod tests {
         assert_eq!(v["supportedVersions"].as_array().unwrap().len(), 5);
         let e = CniError::new(code::TRY_AGAIN, "no state").details("file missing");
         let j = e.to_json(SpecVersion::V1_0_0);
-        assert_eq!(j, json!({"cniVersion":"1.0.0","code":11,"msg":"no state","details":"file missing"}));
+        assert_eq!(
+            j,
+            json!({"cniVersion":"1.0.0","code":11,"msg":"no state","details":"file missing"})
+        );
         assert_eq!(e.to_string(), "no state: file missing");
     }
 }

@@ -38,8 +38,13 @@ pub fn advmss(mtu: u32) -> u32 {
 /// Builds the ADD result: `prev` (if any) with our interfaces, IP and route appended, in the
 /// shape of `version`.
 pub fn build(a: &Attached, version: SpecVersion, prev: Option<&Value>) -> Value {
-    let mut out = prev.filter(|p| p.is_object()).cloned().unwrap_or_else(|| json!({}));
-    let Some(obj) = out.as_object_mut() else { unreachable!("an object was just ensured") };
+    let mut out = prev
+        .filter(|p| p.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let Some(obj) = out.as_object_mut() else {
+        unreachable!("an object was just ensured")
+    };
     let ifaces = obj.entry("interfaces").or_insert_with(|| json!([]));
     if !ifaces.is_array() {
         *ifaces = json!([]);
@@ -73,15 +78,23 @@ pub fn normalize(result: &mut Value, version: SpecVersion) {
     if let Some(ips) = result.get_mut("ips").and_then(Value::as_array_mut) {
         for ip in ips.iter_mut().filter_map(Value::as_object_mut) {
             if version.has_ip_version() {
-                let v6 = ip.get("address").and_then(Value::as_str).is_some_and(|a| a.contains(':'));
-                ip.entry("version").or_insert_with(|| if v6 { "6" } else { "4" }.into());
+                let v6 = ip
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a.contains(':'));
+                ip.entry("version")
+                    .or_insert_with(|| if v6 { "6" } else { "4" }.into());
             } else {
                 ip.remove("version");
             }
         }
     }
     if !version.has_route_mtu() {
-        strip(result, "routes", &["mtu", "advmss", "priority", "table", "scope"]);
+        strip(
+            result,
+            "routes",
+            &["mtu", "advmss", "priority", "table", "scope"],
+        );
         strip(result, "interfaces", &["mtu", "socketPath", "pciID"]);
     }
 }
@@ -110,39 +123,76 @@ pub struct Expected {
 /// Finds `ifname` (in `netns`) in `prevResult` and what was configured on it.
 pub fn expected(prev: &Value, ifname: &str, netns: &str) -> Result<Expected, CniError> {
     let bad = |m: String| CniError::new(code::INVALID_CONFIG, format!("prevResult: {m}"));
-    let ifaces = prev.get("interfaces").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ifaces = prev
+        .get("interfaces")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let index = ifaces
         .iter()
         .position(|i| {
             i.get("name").and_then(Value::as_str) == Some(ifname)
-                && i.get("sandbox").and_then(Value::as_str).is_some_and(|s| s == netns || !s.is_empty())
+                && i.get("sandbox")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s == netns || !s.is_empty())
         })
-        .ok_or_else(|| bad(format!("no interface {ifname:?} with a sandbox in interfaces")))?;
-    let mac = ifaces[index].get("mac").and_then(Value::as_str).map(str::to_string);
+        .ok_or_else(|| {
+            bad(format!(
+                "no interface {ifname:?} with a sandbox in interfaces"
+            ))
+        })?;
+    let mac = ifaces[index]
+        .get("mac")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     let mut addrs = Vec::new();
-    for (i, ip) in prev.get("ips").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, ip) in prev
+        .get("ips")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         if ip.get("interface").and_then(Value::as_u64) != Some(index as u64) {
             continue;
         }
-        let a = ip.get("address").and_then(Value::as_str).unwrap_or_default();
+        let a = ip
+            .get("address")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if a.contains(':') {
             continue;
         }
-        addrs.push(parse_ip_prefix(a).ok_or_else(|| bad(format!("ips[{i}].address: {a:?} is not ADDRESS/PREFIX")))?);
+        addrs.push(
+            parse_ip_prefix(a)
+                .ok_or_else(|| bad(format!("ips[{i}].address: {a:?} is not ADDRESS/PREFIX")))?,
+        );
     }
     if addrs.is_empty() {
-        return Err(bad(format!("no IPv4 address for interface {ifname:?} in ips")));
+        return Err(bad(format!(
+            "no IPv4 address for interface {ifname:?} in ips"
+        )));
     }
     let mut routes = Vec::new();
-    for (i, r) in prev.get("routes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+    for (i, r) in prev
+        .get("routes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let dst = r.get("dst").and_then(Value::as_str).unwrap_or_default();
         if dst.contains(':') {
             continue;
         }
-        let (d, p) = parse_ip_prefix(dst).ok_or_else(|| bad(format!("routes[{i}].dst: {dst:?} is not a CIDR")))?;
+        let (d, p) = parse_ip_prefix(dst)
+            .ok_or_else(|| bad(format!("routes[{i}].dst: {dst:?} is not a CIDR")))?;
         let gw = match r.get("gw").and_then(Value::as_str) {
             None => None,
-            Some(g) => Some(g.parse().map_err(|_| bad(format!("routes[{i}].gw: {g:?} is not an IPv4 address")))?),
+            Some(g) => Some(
+                g.parse()
+                    .map_err(|_| bad(format!("routes[{i}].gw: {g:?} is not an IPv4 address")))?,
+            ),
         };
         routes.push((d, p, gw));
     }
@@ -175,7 +225,11 @@ mod tests {
             assert_eq!(r["ips"][0]["address"], "10.244.1.2/32");
             assert_eq!(r["ips"][0]["gateway"], "169.254.1.1");
             assert_eq!(r["ips"][0]["interface"], 1);
-            assert_eq!(r["ips"][0].get("version").is_some(), v.has_ip_version(), "{v}");
+            assert_eq!(
+                r["ips"][0].get("version").is_some(),
+                v.has_ip_version(),
+                "{v}"
+            );
             assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
             let mtu = r["routes"][0].get("mtu").cloned();
             let mss = r["routes"][0].get("advmss").cloned();
@@ -221,8 +275,16 @@ mod tests {
         let r = build(&attached(), SpecVersion::V1_0_0, None);
         let cases = [
             (r.clone(), "net1", "no interface \"net1\""),
-            (json!({"interfaces": [{"name": "eth0", "sandbox": "/p"}], "ips": []}), "eth0", "no IPv4 address"),
-            (json!({"interfaces": [{"name": "eth0", "sandbox": "/p"}], "ips": [{"address": "x", "interface": 0}]}), "eth0", "ips[0].address"),
+            (
+                json!({"interfaces": [{"name": "eth0", "sandbox": "/p"}], "ips": []}),
+                "eth0",
+                "no IPv4 address",
+            ),
+            (
+                json!({"interfaces": [{"name": "eth0", "sandbox": "/p"}], "ips": [{"address": "x", "interface": 0}]}),
+                "eth0",
+                "ips[0].address",
+            ),
         ];
         for (prev, ifname, msg) in cases {
             let e = expected(&prev, ifname, "/run/netns/p").unwrap_err();

@@ -16,11 +16,19 @@ use crate::cidr::Ipv4Cidr;
 /// First and last allocatable address of `cidr`.
 pub fn range(cidr: Ipv4Cidr) -> (Ipv4Addr, Ipv4Addr) {
     let (n, l) = (u32::from(cidr.network()), u32::from(cidr.last()));
-    if cidr.prefix() >= 31 { (n.into(), l.into()) } else { ((n + 2).into(), (l - 1).into()) }
+    if cidr.prefix() >= 31 {
+        (n.into(), l.into())
+    } else {
+        ((n + 2).into(), (l - 1).into())
+    }
 }
 
 /// The next free address after `last` (wrapping), or `None` when the range is exhausted.
-pub fn next_free(cidr: Ipv4Cidr, used: &HashSet<Ipv4Addr>, last: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub fn next_free(
+    cidr: Ipv4Cidr,
+    used: &HashSet<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
     let (first, end) = range(cidr);
     let (first, end) = (u32::from(first), u32::from(end));
     let size = u64::from(end - first) + 1;
@@ -93,9 +101,17 @@ mod tests {
             (&["10.0.0.2"], None, Some("10.0.0.3")),
             (&[], Some("10.0.0.3"), Some("10.0.0.4")),
             (&[], Some("10.0.0.6"), Some("10.0.0.2")), // wraps
-            (&["10.0.0.2", "10.0.0.3"], Some("10.0.0.6"), Some("10.0.0.4")),
+            (
+                &["10.0.0.2", "10.0.0.3"],
+                Some("10.0.0.6"),
+                Some("10.0.0.4"),
+            ),
             (&[], Some("192.168.0.1"), Some("10.0.0.2")), // last outside the range
-            (&["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"], None, None),
+            (
+                &["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"],
+                None,
+                None,
+            ),
         ];
         for (u, last, want) in rows {
             let got = next_free(cidr, &used(u), last.map(ip));

@@ -72,7 +72,10 @@ pub enum IpamError {
 type Result<T, E = IpamError> = std::result::Result<T, E>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
-    move |source| IpamError::Io { path: path.into(), source }
+    move |source| IpamError::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 /// The store of one network, locked for as long as this value lives.
@@ -88,7 +91,12 @@ impl Store {
         let dir = data_dir.join(network);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join("lock");
-        let f = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
         let lock = Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| io(&path)(e.into()))?;
         Ok(Self { dir, _lock: lock })
     }
@@ -98,8 +106,16 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
             let e = e.map_err(io(&self.dir))?;
-            let Some(ip) = e.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
-            let record = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(ip) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let record = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             out.push(Entry { ip, record });
         }
         out.sort_by_key(|e| e.ip);
@@ -108,13 +124,19 @@ impl Store {
 
     /// The entry of an attachment, if any.
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Entry>> {
-        Ok(self.entries()?.into_iter().find(|e| holds(e, container_id, ifname)))
+        Ok(self
+            .entries()?
+            .into_iter()
+            .find(|e| holds(e, container_id, ifname)))
     }
 
     /// Reserves the next free address of `cidr` for `record`.
     pub fn reserve(&self, cidr: Ipv4Cidr, record: &Record) -> Result<Ipv4Addr> {
         let entries = self.entries()?;
-        if let Some(e) = entries.iter().find(|e| holds(e, &record.container_id, &record.ifname)) {
+        if let Some(e) = entries
+            .iter()
+            .find(|e| holds(e, &record.container_id, &record.ifname))
+        {
             return Err(IpamError::Duplicate {
                 container_id: record.container_id.clone(),
                 ifname: record.ifname.clone(),
@@ -123,11 +145,20 @@ impl Store {
         }
         let used: HashSet<Ipv4Addr> = entries.iter().map(|e| e.ip).collect();
         let last_path = self.dir.join("last_reserved_ip");
-        let last = fs::read_to_string(&last_path).ok().and_then(|s| s.trim().parse().ok());
-        let ip = super::next_free(cidr, &used, last).ok_or(IpamError::Exhausted { cidr, used: used.len() })?;
+        let last = fs::read_to_string(&last_path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let ip = super::next_free(cidr, &used, last).ok_or(IpamError::Exhausted {
+            cidr,
+            used: used.len(),
+        })?;
         let path = self.dir.join(ip.to_string());
         let json = serde_json::to_vec(record).map_err(|e| io(&path)(e.into()))?;
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io(&path))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io(&path))?;
         f.write_all(&json).map_err(|e| {
             let _ = fs::remove_file(&path);
             io(&path)(e)
@@ -138,7 +169,11 @@ impl Store {
 
     /// Releases every address of an attachment; returns what was released.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Vec<Entry>> {
-        let gone: Vec<Entry> = self.entries()?.into_iter().filter(|e| holds(e, container_id, ifname)).collect();
+        let gone: Vec<Entry> = self
+            .entries()?
+            .into_iter()
+            .filter(|e| holds(e, container_id, ifname))
+            .collect();
         for e in &gone {
             self.release_ip(e.ip)?;
         }
@@ -161,7 +196,9 @@ impl Store {
         match fs::read_dir(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io(&dir)(e)),
-            Ok(rd) => Ok(rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect()),
+            Ok(rd) => Ok(rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()),
         }
     }
 
@@ -185,7 +222,9 @@ impl Store {
 }
 
 fn holds(e: &Entry, container_id: &str, ifname: &str) -> bool {
-    e.record.as_ref().is_some_and(|r| r.container_id == container_id && r.ifname == ifname)
+    e.record
+        .as_ref()
+        .is_some_and(|r| r.container_id == container_id && r.ifname == ifname)
 }
 
 #[cfg(test)]
@@ -193,7 +232,11 @@ mod tests {
     use super::*;
 
     fn rec(c: &str) -> Record {
-        Record { container_id: c.into(), ifname: "eth0".into(), host_if: format!("kfw-{c}") }
+        Record {
+            container_id: c.into(),
+            ifname: "eth0".into(),
+            host_if: format!("kfw-{c}"),
+        }
     }
 
     #[test]
@@ -203,11 +246,24 @@ mod tests {
         let s = Store::lock(d.path(), "net").unwrap();
         let a = s.reserve(cidr, &rec("a")).unwrap();
         let b = s.reserve(cidr, &rec("b")).unwrap();
-        assert_eq!((a.to_string().as_str(), b.to_string().as_str()), ("10.0.0.2", "10.0.0.3"));
-        assert!(matches!(s.reserve(cidr, &rec("a")), Err(IpamError::Duplicate { .. })));
-        assert_eq!(s.find("b", "eth0").unwrap().unwrap().record.unwrap(), rec("b"));
+        assert_eq!(
+            (a.to_string().as_str(), b.to_string().as_str()),
+            ("10.0.0.2", "10.0.0.3")
+        );
+        assert!(matches!(
+            s.reserve(cidr, &rec("a")),
+            Err(IpamError::Duplicate { .. })
+        ));
+        assert_eq!(
+            s.find("b", "eth0").unwrap().unwrap().record.unwrap(),
+            rec("b")
+        );
         assert_eq!(s.release("a", "eth0").unwrap().len(), 1);
-        assert_eq!(s.release("a", "eth0").unwrap().len(), 0, "release is idempotent");
+        assert_eq!(
+            s.release("a", "eth0").unwrap().len(),
+            0,
+            "release is idempotent"
+        );
         // Round-robin: the released .2 is not reused before the range wraps.
         assert_eq!(s.reserve(cidr, &rec("c")).unwrap().to_string(), "10.0.0.4");
         for x in ["d", "e"] {
@@ -224,7 +280,13 @@ mod tests {
         let s = Store::lock(d.path(), "net").unwrap();
         fs::write(d.path().join("net/10.0.0.9"), b"{trunc").unwrap();
         fs::write(d.path().join("net/not-an-ip"), b"x").unwrap();
-        assert_eq!(s.entries().unwrap(), vec![Entry { ip: "10.0.0.9".parse().unwrap(), record: None }]);
+        assert_eq!(
+            s.entries().unwrap(),
+            vec![Entry {
+                ip: "10.0.0.9".parse().unwrap(),
+                record: None
+            }]
+        );
     }
 
     #[test]
@@ -235,7 +297,12 @@ mod tests {
             let hs: Vec<_> = (0..50)
                 .map(|i| {
                     let p = d.path();
-                    sc.spawn(move || Store::lock(p, "net").unwrap().reserve(cidr, &rec(&format!("c{i}"))).unwrap())
+                    sc.spawn(move || {
+                        Store::lock(p, "net")
+                            .unwrap()
+                            .reserve(cidr, &rec(&format!("c{i}")))
+                            .unwrap()
+                    })
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()

@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
+    socket,
 };
 
 use wire::*;
@@ -67,17 +68,33 @@ pub struct Netlink {
 
 /// Formats a MAC address.
 pub fn format_mac(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(":")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
-        let err = |errno| NetlinkError { op: "open socket", target: String::new(), errno };
-        let fd = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute)
-            .map_err(err)?;
+        let err = |errno| NetlinkError {
+            op: "open socket",
+            target: String::new(),
+            errno,
+        };
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(err)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(err)?;
-        Ok(Self { fd, seq: 1, buf: vec![0; 64 * 1024] })
+        Ok(Self {
+            fd,
+            seq: 1,
+            buf: vec![0; 64 * 1024],
+        })
     }
 
     fn send(&mut self, b: Builder) -> std::result::Result<u32, Errno> {
@@ -100,7 +117,11 @@ impl Netlink {
                 match m.ty {
                     NLMSG_ERROR => {
                         let code = u32_at(m.payload, 0) as i32;
-                        return if code == 0 { Ok(replies) } else { Err(Errno::from_raw(-code)) };
+                        return if code == 0 {
+                            Ok(replies)
+                        } else {
+                            Err(Errno::from_raw(-code))
+                        };
                     }
                     NLMSG_DONE => return Ok(replies),
                     _ => replies.push(m.payload.to_vec()),
@@ -122,7 +143,11 @@ impl Netlink {
                 match m.ty {
                     NLMSG_DONE => {
                         let code = u32_at(m.payload, 0) as i32;
-                        return if code == 0 { Ok(out) } else { Err(Errno::from_raw(-code)) };
+                        return if code == 0 {
+                            Ok(out)
+                        } else {
+                            Err(Errno::from_raw(-code))
+                        };
                     }
                     NLMSG_ERROR => return Err(Errno::from_raw(-(u32_at(m.payload, 0) as i32))),
                     _ => out.push(m.payload.to_vec()),
@@ -133,16 +158,28 @@ impl Netlink {
 
     /// Looks a link up by name; `None` when it does not exist.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>> {
-        let b = Builder::new(RTM_GETLINK, NLM_F_ACK).ifinfomsg(0, 0, 0).attr_str(IFLA_IFNAME, name);
+        let b = Builder::new(RTM_GETLINK, NLM_F_ACK)
+            .ifinfomsg(0, 0, 0)
+            .attr_str(IFLA_IFNAME, name);
         match self.request(b) {
             Ok(replies) => Ok(replies.first().map(|p| parse_link(p))),
             Err(Errno::ENODEV) => Ok(None),
-            Err(errno) => Err(NetlinkError { op: "get link", target: name.into(), errno }),
+            Err(errno) => Err(NetlinkError {
+                op: "get link",
+                target: name.into(),
+                errno,
+            }),
         }
     }
 
     /// Creates a veth pair: `host` here, `peer` directly inside the namespace behind `peer_ns`.
-    pub fn create_veth(&mut self, host: (&str, [u8; 6]), peer: (&str, [u8; 6]), peer_ns: impl AsFd, mtu: u32) -> Result<()> {
+    pub fn create_veth(
+        &mut self,
+        host: (&str, [u8; 6]),
+        peer: (&str, [u8; 6]),
+        peer_ns: impl AsFd,
+        mtu: u32,
+    ) -> Result<()> {
         let ns = peer_ns.as_fd().as_raw_fd() as u32;
         let b = Builder::new(RTM_NEWLINK, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
             .ifinfomsg(0, 0, 0)
@@ -161,22 +198,36 @@ impl Netlink {
             .end(p)
             .end(data)
             .end(info);
-        self.request(b).map(drop).map_err(|errno| NetlinkError { op: "create veth", target: host.0.into(), errno })
+        self.request(b).map(drop).map_err(|errno| NetlinkError {
+            op: "create veth",
+            target: host.0.into(),
+            errno,
+        })
     }
 
     /// Sets a link up.
     pub fn set_up(&mut self, index: i32) -> Result<()> {
         let b = Builder::new(RTM_NEWLINK, NLM_F_ACK).ifinfomsg(index, IFF_UP, IFF_UP);
-        self.request(b).map(drop).map_err(|errno| NetlinkError { op: "set up", target: format!("ifindex {index}"), errno })
+        self.request(b).map(drop).map_err(|errno| NetlinkError {
+            op: "set up",
+            target: format!("ifindex {index}"),
+            errno,
+        })
     }
 
     /// Deletes a link by name; `Ok(false)` when it did not exist.
     pub fn delete_link(&mut self, name: &str) -> Result<bool> {
-        let b = Builder::new(RTM_DELLINK, NLM_F_ACK).ifinfomsg(0, 0, 0).attr_str(IFLA_IFNAME, name);
+        let b = Builder::new(RTM_DELLINK, NLM_F_ACK)
+            .ifinfomsg(0, 0, 0)
+            .attr_str(IFLA_IFNAME, name);
         match self.request(b) {
             Ok(_) => Ok(true),
             Err(Errno::ENODEV) => Ok(false),
-            Err(errno) => Err(NetlinkError { op: "delete link", target: name.into(), errno }),
+            Err(errno) => Err(NetlinkError {
+                op: "delete link",
+                target: name.into(),
+                errno,
+            }),
         }
     }
 
@@ -186,12 +237,17 @@ impl Netlink {
             .ifaddrmsg(prefix, RT_SCOPE_UNIVERSE, index as u32)
             .attr(IFA_LOCAL, &ip.octets())
             .attr(IFA_ADDRESS, &ip.octets());
-        self.request(b).map(drop).map_err(|errno| NetlinkError { op: "add address", target: format!("{ip}/{prefix}"), errno })
+        self.request(b).map(drop).map_err(|errno| NetlinkError {
+            op: "add address",
+            target: format!("{ip}/{prefix}"),
+            errno,
+        })
     }
 
     /// Adds a main-table route; `metrics` sets the route's MTU and advertised MSS.
     pub fn add_route(&mut self, r: &Route, scope: u8, metrics: Option<(u32, u32)>) -> Result<()> {
-        let mut b = Builder::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL).rtmsg(r.prefix, scope);
+        let mut b = Builder::new(RTM_NEWROUTE, NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)
+            .rtmsg(r.prefix, scope);
         if r.prefix > 0 {
             b = b.attr(RTA_DST, &r.dst.octets());
         }
@@ -203,11 +259,16 @@ impl Netlink {
         }
         if let Some((mtu, advmss)) = metrics {
             let (m, at) = b.begin(RTA_METRICS);
-            b = m.attr_u32(RTAX_MTU, mtu).attr_u32(RTAX_ADVMSS, advmss).end(at);
+            b = m
+                .attr_u32(RTAX_MTU, mtu)
+                .attr_u32(RTAX_ADVMSS, advmss)
+                .end(at);
         }
-        self.request(b)
-            .map(drop)
-            .map_err(|errno| NetlinkError { op: "add route", target: format!("{}/{}", r.dst, r.prefix), errno })
+        self.request(b).map(drop).map_err(|errno| NetlinkError {
+            op: "add route",
+            target: format!("{}/{}", r.dst, r.prefix),
+            errno,
+        })
     }
 
     /// Deletes a main-table route (`dst/prefix` out of `oif`); `Ok(false)` when it did not exist.
@@ -219,7 +280,11 @@ impl Netlink {
         match self.request(b) {
             Ok(_) => Ok(true),
             Err(Errno::ESRCH) => Ok(false),
-            Err(errno) => Err(NetlinkError { op: "delete route", target: format!("{dst}/{prefix}"), errno }),
+            Err(errno) => Err(NetlinkError {
+                op: "delete route",
+                target: format!("{dst}/{prefix}"),
+                errno,
+            }),
         }
     }
 
@@ -229,16 +294,29 @@ impl Netlink {
             .ndmsg(index, NUD_PERMANENT)
             .attr(NDA_DST, &ip.octets())
             .attr(NDA_LLADDR, &mac);
-        self.request(b).map(drop).map_err(|errno| NetlinkError { op: "add neighbour", target: ip.to_string(), errno })
+        self.request(b).map(drop).map_err(|errno| NetlinkError {
+            op: "add neighbour",
+            target: ip.to_string(),
+            errno,
+        })
     }
 
     /// IPv4 addresses (with prefix length) of a link.
     pub fn addrs(&mut self, index: i32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let b = Builder::new(RTM_GETADDR, NLM_F_DUMP).ifaddrmsg(0, 0, 0);
-        let replies = self.dump(b).map_err(|errno| NetlinkError { op: "dump addresses", target: String::new(), errno })?;
+        let replies = self.dump(b).map_err(|errno| NetlinkError {
+            op: "dump addresses",
+            target: String::new(),
+            errno,
+        })?;
         let mut out = Vec::new();
-        for p in replies.iter().filter(|p| p.len() >= 8 && p[0] == AF_INET && u32_at(p, 4) as i32 == index) {
-            let addr = attrs(&p[8..]).find(|(t, _)| *t == IFA_LOCAL).or_else(|| attrs(&p[8..]).find(|(t, _)| *t == IFA_ADDRESS));
+        for p in replies
+            .iter()
+            .filter(|p| p.len() >= 8 && p[0] == AF_INET && u32_at(p, 4) as i32 == index)
+        {
+            let addr = attrs(&p[8..])
+                .find(|(t, _)| *t == IFA_LOCAL)
+                .or_else(|| attrs(&p[8..]).find(|(t, _)| *t == IFA_ADDRESS));
             if let Some((_, a)) = addr.filter(|(_, a)| a.len() == 4) {
                 out.push((Ipv4Addr::new(a[0], a[1], a[2], a[3]), p[1]));
             }
@@ -249,11 +327,20 @@ impl Netlink {
     /// IPv4 routes of the main table.
     pub fn routes(&mut self) -> Result<Vec<Route>> {
         let b = Builder::new(RTM_GETROUTE, NLM_F_DUMP).rtmsg(0, 0);
-        let replies = self.dump(b).map_err(|errno| NetlinkError { op: "dump routes", target: String::new(), errno })?;
+        let replies = self.dump(b).map_err(|errno| NetlinkError {
+            op: "dump routes",
+            target: String::new(),
+            errno,
+        })?;
         let mut out = Vec::new();
         for p in replies.iter().filter(|p| p.len() >= 12 && p[0] == AF_INET) {
             let mut table = u32::from(p[4]);
-            let mut r = Route { dst: Ipv4Addr::UNSPECIFIED, prefix: p[1], gw: None, oif: None };
+            let mut r = Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: p[1],
+                gw: None,
+                oif: None,
+            };
             for (t, v) in attrs(&p[12..]) {
                 let ip = || (v.len() == 4).then(|| Ipv4Addr::new(v[0], v[1], v[2], v[3]));
                 match t {
@@ -286,7 +373,9 @@ fn parse_link(p: &[u8]) -> Link {
             IFLA_ADDRESS => l.mac = format_mac(v),
             IFLA_LINKINFO => {
                 if let Some((_, k)) = attrs(v).find(|(t, _)| *t == IFLA_INFO_KIND) {
-                    l.kind = String::from_utf8_lossy(k).trim_end_matches('\0').to_string();
+                    l.kind = String::from_utf8_lossy(k)
+                        .trim_end_matches('\0')
+                        .to_string();
                 }
             }
             _ => {}

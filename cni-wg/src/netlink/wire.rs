@@ -138,7 +138,16 @@ impl Builder {
     }
     /// `struct rtmsg` (IPv4, main table, unicast).
     pub fn rtmsg(mut self, dst_len: u8, scope: u8) -> Self {
-        self.buf.extend_from_slice(&[AF_INET, dst_len, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST]);
+        self.buf.extend_from_slice(&[
+            AF_INET,
+            dst_len,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            scope,
+            RTN_UNICAST,
+        ]);
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
         self
     }
@@ -163,7 +172,7 @@ impl Builder {
         self.pad();
     }
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -226,7 +235,12 @@ pub fn messages(mut buf: &[u8]) -> Vec<Msg<'_>> {
         if len < NLMSG_HDRLEN || len > buf.len() {
             break;
         }
-        out.push(Msg { ty: u16_at(buf, 4), flags: u16_at(buf, 6), seq: u32_at(buf, 8), payload: &buf[NLMSG_HDRLEN..len] });
+        out.push(Msg {
+            ty: u16_at(buf, 4),
+            flags: u16_at(buf, 6),
+            seq: u32_at(buf, 8),
+            payload: &buf[NLMSG_HDRLEN..len],
+        });
         buf = &buf[align(len).min(buf.len())..];
     }
     out
@@ -254,12 +268,14 @@ fn align(n: usize) -> usize {
 
 /// Reads a native-endian u16 at `at` (0 when out of range).
 pub fn u16_at(b: &[u8], at: usize) -> u16 {
-    b.get(at..at + 2).map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]))
+    b.get(at..at + 2)
+        .map_or(0, |s| u16::from_ne_bytes([s[0], s[1]]))
 }
 
 /// Reads a native-endian u32 at `at` (0 when out of range).
 pub fn u32_at(b: &[u8], at: usize) -> u32 {
-    b.get(at..at + 4).map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
+    b.get(at..at + 4)
+        .map_or(0, |s| u32::from_ne_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 #[cfg(test)]
@@ -268,7 +284,10 @@ mod tests {
 
     #[test]
     fn builds_and_parses_nested_attributes() {
-        let (b, at) = Builder::new(RTM_NEWLINK, NLM_F_ACK).ifinfomsg(0, 0, 0).attr_str(IFLA_IFNAME, "abc").begin(IFLA_LINKINFO);
+        let (b, at) = Builder::new(RTM_NEWLINK, NLM_F_ACK)
+            .ifinfomsg(0, 0, 0)
+            .attr_str(IFLA_IFNAME, "abc")
+            .begin(IFLA_LINKINFO);
         let msg = b.attr_str(IFLA_INFO_KIND, "veth").end(at).finish(7);
         let parsed = messages(&msg);
         assert_eq!(parsed.len(), 1);

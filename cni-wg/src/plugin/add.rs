@@ -22,29 +22,56 @@ use crate::{netns, nft};
 pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let state = load_state(conf, code::TRY_AGAIN)?;
     let cidr = conf.pod_cidr.or_else(|| state.pod_cidr()).ok_or_else(|| {
-        CniError::new(code::TRY_AGAIN, "no pod CIDR: the node state file has no podCIDRs and the conflist no podCIDR")
+        CniError::new(
+            code::TRY_AGAIN,
+            "no pod CIDR: the node state file has no podCIDRs and the conflist no podCIDR",
+        )
     })?;
     if conf.masquerade {
         masquerade(conf, cidr, &state.cluster_cidrs)?;
     }
     let ns = netns::open(env.netns.as_ref()).map_err(|e| {
-        CniError::new(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {:?} cannot be opened", env.netns)).details(e)
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("CNI_NETNS {:?} cannot be opened", env.netns),
+        )
+        .details(e)
     })?;
     let mut pod_nl = netns::run_in(&ns, Netlink::open)
-        .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("cannot enter CNI_NETNS {:?}", env.netns)).details(e))?
+        .map_err(|e| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("cannot enter CNI_NETNS {:?}", env.netns),
+            )
+            .details(e)
+        })?
         .map_err(kernel)?;
     if pod_nl.link(&env.ifname).map_err(kernel)?.is_some() {
-        return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {:?} already exists in {}", env.ifname, env.netns)));
+        return Err(CniError::new(
+            code::INTERFACE_EXISTS,
+            format!("interface {:?} already exists in {}", env.ifname, env.netns),
+        ));
     }
     let host_if = host_if_name(&env.container_id, &env.ifname);
     let mut nl = Netlink::open().map_err(kernel)?;
-    let record = Record { container_id: env.container_id.clone(), ifname: env.ifname.clone(), host_if: host_if.clone() };
+    let record = Record {
+        container_id: env.container_id.clone(),
+        ifname: env.ifname.clone(),
+        host_if: host_if.clone(),
+    };
     let store = Store::lock(&conf.data_dir, &conf.name).map_err(ipam)?;
     if nl.link(&host_if).map_err(kernel)?.is_some() {
-        if store.find(&env.container_id, &env.ifname).map_err(ipam)?.is_some() {
+        if store
+            .find(&env.container_id, &env.ifname)
+            .map_err(ipam)?
+            .is_some()
+        {
             return Err(CniError::new(
                 code::INTERFACE_EXISTS,
-                format!("host interface {host_if} for {}/{} already exists (DEL it first)", env.container_id, env.ifname),
+                format!(
+                    "host interface {host_if} for {}/{} already exists (DEL it first)",
+                    env.container_id, env.ifname
+                ),
             ));
         }
         // A link of this attachment without a reservation: DEL's reaper has not finished yet
@@ -70,15 +97,24 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         return Err(e);
     }
     tracing::info!(container = %env.container_id, ifname = %env.ifname, ip = %ip, host_if = %a.host_if, "added");
-    Ok(result::build(&a, conf.cni_version, conf.prev_result.as_ref()))
+    Ok(result::build(
+        &a,
+        conf.cni_version,
+        conf.prev_result.as_ref(),
+    ))
 }
 
 fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[String]) -> Result<(), CniError> {
     let cluster: Vec<Ipv4Cidr> = cluster.iter().filter_map(|c| c.parse().ok()).collect();
     let script = nft::script(&conf.name, cidr, &cluster);
     let dir = conf.data_dir.join(&conf.name);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| CniError::new(code::IO_FAILURE, format!("dataDir {}: cannot create", dir.display())).details(e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| {
+        CniError::new(
+            code::IO_FAILURE,
+            format!("dataDir {}: cannot create", dir.display()),
+        )
+        .details(e)
+    })?;
     match nft::ensure(&script, &dir.join("masquerade.applied"), false) {
         Ok(applied) => {
             if applied {
@@ -91,9 +127,18 @@ fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[String]) -> Result<(), 
 }
 
 fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Result<(), CniError> {
-    nl.create_veth((&a.host_if, HOST_MAC), (&a.pod_if, pod_mac(a.ip)), ns, a.mtu).map_err(|e| {
+    nl.create_veth(
+        (&a.host_if, HOST_MAC),
+        (&a.pod_if, pod_mac(a.ip)),
+        ns,
+        a.mtu,
+    )
+    .map_err(|e| {
         if e.errno == nix::errno::Errno::EEXIST {
-            CniError::new(code::INTERFACE_EXISTS, format!("interface {:?} already exists in {}", a.pod_if, a.netns))
+            CniError::new(
+                code::INTERFACE_EXISTS,
+                format!("interface {:?} already exists in {}", a.pod_if, a.netns),
+            )
         } else {
             kernel(e)
         }
@@ -101,21 +146,64 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
     fault_point("after-veth");
     // Pod side: up, the /32, a link route to the gateway, a permanent neighbour entry for it
     // (no proxy ARP needed on the host), and the default route with MTU/advmss metrics.
-    let missing = || CniError::new(code::KERNEL, format!("{} vanished from {} after creation", a.pod_if, a.netns));
-    let pod_idx = pod_nl.link(&a.pod_if).map_err(kernel)?.ok_or_else(missing)?.index;
+    let missing = || {
+        CniError::new(
+            code::KERNEL,
+            format!("{} vanished from {} after creation", a.pod_if, a.netns),
+        )
+    };
+    let pod_idx = pod_nl
+        .link(&a.pod_if)
+        .map_err(kernel)?
+        .ok_or_else(missing)?
+        .index;
     pod_nl.set_up(pod_idx).map_err(kernel)?;
     pod_nl.add_addr(pod_idx, a.ip, 32).map_err(kernel)?;
-    let gw_route = Route { dst: GATEWAY, prefix: 32, gw: None, oif: Some(pod_idx) };
-    pod_nl.add_route(&gw_route, RT_SCOPE_LINK, None).map_err(kernel)?;
-    pod_nl.add_neigh(pod_idx, GATEWAY, HOST_MAC).map_err(kernel)?;
-    let default = Route { dst: Ipv4Addr::UNSPECIFIED, prefix: 0, gw: Some(GATEWAY), oif: Some(pod_idx) };
-    pod_nl.add_route(&default, RT_SCOPE_UNIVERSE, Some((a.mtu, advmss(a.mtu)))).map_err(kernel)?;
-    // Host side: up and a /32 route to the pod.
-    let host_missing = || CniError::new(code::KERNEL, format!("{} vanished after creation", a.host_if));
-    let host_idx = nl.link(&a.host_if).map_err(kernel)?.ok_or_else(host_missing)?.index;
-    nl.set_up(host_idx).map_err(kernel)?;
-    nl.add_route(&Route { dst: a.ip, prefix: 32, gw: None, oif: Some(host_idx) }, RT_SCOPE_LINK, None)
+    let gw_route = Route {
+        dst: GATEWAY,
+        prefix: 32,
+        gw: None,
+        oif: Some(pod_idx),
+    };
+    pod_nl
+        .add_route(&gw_route, RT_SCOPE_LINK, None)
         .map_err(kernel)?;
+    pod_nl
+        .add_neigh(pod_idx, GATEWAY, HOST_MAC)
+        .map_err(kernel)?;
+    let default = Route {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix: 0,
+        gw: Some(GATEWAY),
+        oif: Some(pod_idx),
+    };
+    pod_nl
+        .add_route(&default, RT_SCOPE_UNIVERSE, Some((a.mtu, advmss(a.mtu))))
+        .map_err(kernel)?;
+    // Host side: up and a /32 route to the pod.
+    let host_missing = || {
+        CniError::new(
+            code::KERNEL,
+            format!("{} vanished after creation", a.host_if),
+        )
+    };
+    let host_idx = nl
+        .link(&a.host_if)
+        .map_err(kernel)?
+        .ok_or_else(host_missing)?
+        .index;
+    nl.set_up(host_idx).map_err(kernel)?;
+    nl.add_route(
+        &Route {
+            dst: a.ip,
+            prefix: 32,
+            gw: None,
+            oif: Some(host_idx),
+        },
+        RT_SCOPE_LINK,
+        None,
+    )
+    .map_err(kernel)?;
     Ok(())
 }
 

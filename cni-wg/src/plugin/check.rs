@@ -23,25 +23,43 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let want = result::expected(prev, &env.ifname, &env.netns)?;
     let mtu = load_state(conf, code::TRY_AGAIN)?.mtu;
     let ns = netns::open(env.netns.as_ref()).map_err(|e| {
-        CniError::new(code::UNKNOWN_CONTAINER, format!("CNI_NETNS {:?} cannot be opened", env.netns)).details(e)
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("CNI_NETNS {:?} cannot be opened", env.netns),
+        )
+        .details(e)
     })?;
     let mut pod_nl = netns::run_in(&ns, Netlink::open)
-        .map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("cannot enter CNI_NETNS {:?}", env.netns)).details(e))?
+        .map_err(|e| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!("cannot enter CNI_NETNS {:?}", env.netns),
+            )
+            .details(e)
+        })?
         .map_err(kernel)?;
-    let pod = pod_nl
-        .link(&env.ifname)
-        .map_err(kernel)?
-        .ok_or_else(|| fail(format!("interface {:?} is missing from {}", env.ifname, env.netns)))?;
+    let pod = pod_nl.link(&env.ifname).map_err(kernel)?.ok_or_else(|| {
+        fail(format!(
+            "interface {:?} is missing from {}",
+            env.ifname, env.netns
+        ))
+    })?;
     check_link(&pod, &env.ifname, mtu, want.mac.as_deref())?;
     check_pod_addrs_routes(&mut pod_nl, &pod, &env.ifname, &want)?;
 
     let host_if = host_if_name(&env.container_id, &env.ifname);
     let mut nl = Netlink::open().map_err(kernel)?;
-    let host = nl.link(&host_if).map_err(kernel)?.ok_or_else(|| fail(format!("host interface {host_if} is missing")))?;
+    let host = nl
+        .link(&host_if)
+        .map_err(kernel)?
+        .ok_or_else(|| fail(format!("host interface {host_if} is missing")))?;
     check_link(&host, &host_if, mtu, None)?;
     let routes = nl.routes().map_err(kernel)?;
     for (ip, _) in &want.addrs {
-        if !routes.iter().any(|r| r.dst == *ip && r.prefix == 32 && r.oif == Some(host.index)) {
+        if !routes
+            .iter()
+            .any(|r| r.dst == *ip && r.prefix == 32 && r.oif == Some(host.index))
+        {
             return Err(fail(format!("host route {ip}/32 dev {host_if} is missing")));
         }
     }
@@ -50,8 +68,14 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .map_err(super::ipam)?;
     match entry {
         Some(e) if want.addrs.iter().any(|(ip, _)| *ip == e.ip) => Ok(()),
-        Some(e) => Err(fail(format!("IPAM holds {} for this attachment, prevResult says {:?}", e.ip, want.addrs))),
-        None => Err(fail(format!("IPAM has no address for {}/{}", env.container_id, env.ifname))),
+        Some(e) => Err(fail(format!(
+            "IPAM holds {} for this attachment, prevResult says {:?}",
+            e.ip, want.addrs
+        ))),
+        None => Err(fail(format!(
+            "IPAM has no address for {}/{}",
+            env.container_id, env.ifname
+        ))),
     }
 }
 
@@ -63,27 +87,44 @@ fn check_link(l: &Link, name: &str, mtu: u32, mac: Option<&str>) -> Result<(), C
         return Err(fail(format!("{name} is down")));
     }
     if l.mtu != mtu {
-        return Err(fail(format!("{name} has MTU {}, the node state says {mtu}", l.mtu)));
+        return Err(fail(format!(
+            "{name} has MTU {}, the node state says {mtu}",
+            l.mtu
+        )));
     }
     if let Some(m) = mac.filter(|m| !m.eq_ignore_ascii_case(&l.mac)) {
-        return Err(fail(format!("{name} has MAC {}, prevResult says {m}", l.mac)));
+        return Err(fail(format!(
+            "{name} has MAC {}, prevResult says {m}",
+            l.mac
+        )));
     }
     Ok(())
 }
 
-fn check_pod_addrs_routes(nl: &mut Netlink, pod: &Link, ifname: &str, want: &Expected) -> Result<(), CniError> {
+fn check_pod_addrs_routes(
+    nl: &mut Netlink,
+    pod: &Link,
+    ifname: &str,
+    want: &Expected,
+) -> Result<(), CniError> {
     let have = nl.addrs(pod.index).map_err(kernel)?;
     for (ip, p) in &want.addrs {
         if !have.contains(&(*ip, *p)) {
-            return Err(fail(format!("{ifname} lacks address {ip}/{p} (has {have:?})")));
+            return Err(fail(format!(
+                "{ifname} lacks address {ip}/{p} (has {have:?})"
+            )));
         }
     }
     let routes = nl.routes().map_err(kernel)?;
     for (dst, p, gw) in &want.routes {
-        let found = routes.iter().any(|r| r.dst == *dst && r.prefix == *p && r.gw == *gw && r.oif == Some(pod.index));
+        let found = routes
+            .iter()
+            .any(|r| r.dst == *dst && r.prefix == *p && r.gw == *gw && r.oif == Some(pod.index));
         if !found {
             let via = gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(fail(format!("route {dst}/{p}{via} dev {ifname} is missing")));
+            return Err(fail(format!(
+                "route {dst}/{p}{via} dev {ifname} is missing"
+            )));
         }
     }
     Ok(())

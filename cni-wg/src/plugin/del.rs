@@ -34,18 +34,20 @@ pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     if let (Some(l), Some(e)) = (&link, &held) {
         nl.delete_route(e.ip, 32, l.index).map_err(kernel)?;
     }
-    let released = store.release(&env.container_id, &env.ifname).map_err(ipam)?;
+    let released = store
+        .release(&env.container_id, &env.ifname)
+        .map_err(ipam)?;
     let marker = match link {
         Some(_) => Some(store.mark_dying(&host_if).map_err(ipam)?),
         None => None,
     };
     drop(store);
-    if let Some(marker) = &marker {
-        if let Err(e) = spawn_reaper(&host_if, marker) {
-            tracing::warn!(error = %e, "cannot spawn the reaper; deleting the link inline");
-            nl.delete_link(&host_if).map_err(kernel)?;
-            let _ = std::fs::remove_file(marker);
-        }
+    if let Some(marker) = &marker
+        && let Err(e) = spawn_reaper(&host_if, marker)
+    {
+        tracing::warn!(error = %e, "cannot spawn the reaper; deleting the link inline");
+        nl.delete_link(&host_if).map_err(kernel)?;
+        let _ = std::fs::remove_file(marker);
     }
     let ips: Vec<String> = released.iter().map(|e| e.ip.to_string()).collect();
     tracing::info!(container = %env.container_id, ifname = %env.ifname, link_existed = marker.is_some(), released = ?ips, "deleted");
@@ -67,7 +69,9 @@ fn spawn_reaper(host_if: &str, marker: &Path) -> std::io::Result<()> {
 
 /// Reaper mode: deletes `host_if` (the pod end goes with it) and removes the marker.
 pub fn reap(host_if: &str, marker: Option<&Path>) -> Result<(), CniError> {
-    Netlink::open().and_then(|mut nl| nl.delete_link(host_if)).map_err(kernel)?;
+    Netlink::open()
+        .and_then(|mut nl| nl.delete_link(host_if))
+        .map_err(kernel)?;
     if let Some(m) = marker {
         let _ = std::fs::remove_file(m);
     }

@@ -32,7 +32,10 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     if !allowed {
         return Err(CniError::new(
             code::INCOMPATIBLE_VERSION,
-            format!("cniVersion {v} does not allow {:?} (CHECK needs 0.4.0, STATUS and GC need 1.1.0)", env.command),
+            format!(
+                "cniVersion {v} does not allow {:?} (CHECK needs 0.4.0, STATUS and GC need 1.1.0)",
+                env.command
+            ),
         ));
     }
     tracing::debug!(command = ?env.command, container = %env.container_id, ifname = %env.ifname, "invoked");
@@ -53,11 +56,24 @@ pub fn error_version(stdin: &[u8]) -> SpecVersion {
 
 /// Sets up logging to `logFile` (appending) or stderr — never stdout.
 pub fn init_logging(stdin: &[u8]) {
-    let file = config::parse(stdin).ok().and_then(|c| c.log_file).and_then(|p| {
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
-    });
-    let filter = std::env::var("KITFLEET_WG_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
-    let b = tracing_subscriber::fmt().with_ansi(false).with_max_level(filter).with_target(false);
+    let file = config::parse(stdin)
+        .ok()
+        .and_then(|c| c.log_file)
+        .and_then(|p| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .ok()
+        });
+    let filter = std::env::var("KITFLEET_WG_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing::Level::INFO);
+    let b = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(filter)
+        .with_target(false);
     let _ = match file {
         Some(f) => b.with_writer(std::sync::Mutex::new(f)).try_init(),
         None => b.with_writer(std::io::stderr).try_init(),

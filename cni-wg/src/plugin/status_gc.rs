@@ -13,10 +13,16 @@ use crate::nft;
 pub(super) fn status(conf: &NetConf) -> Result<(), CniError> {
     let state = load_state(conf, code::NOT_AVAILABLE)?;
     if conf.pod_cidr.is_none() && state.pod_cidr().is_none() {
-        return Err(CniError::new(code::NOT_AVAILABLE, "the node has no pod CIDR yet (node state podCIDRs is empty)"));
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "the node has no pod CIDR yet (node state podCIDRs is empty)",
+        ));
     }
     if !state.mesh_healthy {
-        return Err(CniError::new(code::LIMITED_CONNECTIVITY, "the WireGuard mesh is down (node state meshHealthy is false)"));
+        return Err(CniError::new(
+            code::LIMITED_CONNECTIVITY,
+            "the WireGuard mesh is down (node state meshHealthy is false)",
+        ));
     }
     Ok(())
 }
@@ -25,7 +31,12 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid: HashSet<Attachment> = conf
         .valid_attachments
         .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "cni.dev/valid-attachments: is required for GC"))?
+        .ok_or_else(|| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                "cni.dev/valid-attachments: is required for GC",
+            )
+        })?
         .iter()
         .cloned()
         .collect();
@@ -34,7 +45,10 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
     let mut reclaimed = 0;
     for e in store.entries().map_err(ipam)? {
         if let Some(r) = &e.record {
-            let att = Attachment { container_id: r.container_id.clone(), ifname: r.ifname.clone() };
+            let att = Attachment {
+                container_id: r.container_id.clone(),
+                ifname: r.ifname.clone(),
+            };
             if valid.contains(&att) {
                 continue;
             }
@@ -59,9 +73,17 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
 
 /// GC is periodic: it re-applies the masquerade table in case it was flushed.
 fn reapply_masquerade(conf: &NetConf) {
-    let Ok(state) = load_state(conf, code::NOT_AVAILABLE) else { return };
-    let Some(cidr) = conf.pod_cidr.or_else(|| state.pod_cidr()) else { return };
-    let cluster: Vec<Ipv4Cidr> = state.cluster_cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+    let Ok(state) = load_state(conf, code::NOT_AVAILABLE) else {
+        return;
+    };
+    let Some(cidr) = conf.pod_cidr.or_else(|| state.pod_cidr()) else {
+        return;
+    };
+    let cluster: Vec<Ipv4Cidr> = state
+        .cluster_cidrs
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
     let marker = conf.data_dir.join(&conf.name).join("masquerade.applied");
     if let Err(e) = nft::ensure(&nft::script(&conf.name, cidr, &cluster), &marker, true) {
         tracing::warn!(error = %e, "gc: masquerade re-apply failed");

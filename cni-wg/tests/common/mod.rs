@@ -16,9 +16,16 @@ pub const PLUGIN: &str = env!("CARGO_BIN_EXE_kitfleet-wg");
 /// with a message; with CI=true they fail.
 pub fn privileged() -> bool {
     let ok = nix::unistd::geteuid().is_root()
-        && Command::new("ip").arg("-V").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+        && Command::new("ip")
+            .arg("-V")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
     if !ok {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: this test needs root and iproute2");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: this test needs root and iproute2"
+        );
         eprintln!("SKIP: needs root and iproute2");
     }
     ok
@@ -34,7 +41,11 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(tag: &str) -> Self {
-        let name = format!("kfwt-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "kfwt-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         sh(&["ip", "netns", "add", &name]);
         sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
         Self { name }
@@ -54,26 +65,43 @@ impl Netns {
     }
     pub fn links(&self) -> Vec<String> {
         let v = self.ip_json(&["link", "show"]);
-        v.as_array().unwrap().iter().map(|l| l["ifname"].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect()
     }
     pub fn has_link(&self, name: &str) -> bool {
         self.links().iter().any(|l| l == name)
     }
     /// Runs a command inside this namespace.
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("ip").args(["netns", "exec", &self.name]).args(args).output().expect("ip netns exec")
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -87,7 +115,11 @@ pub struct Node {
 
 impl Node {
     pub fn new(pod_cidr: &str) -> Self {
-        let node = Self { ns: Netns::new("node"), dir: tempfile::tempdir().unwrap(), pod_cidr: pod_cidr.into() };
+        let node = Self {
+            ns: Netns::new("node"),
+            dir: tempfile::tempdir().unwrap(),
+            pod_cidr: pod_cidr.into(),
+        };
         node.write_state(json!({
             "podCIDRs": [pod_cidr], "mtu": 1420, "meshHealthy": true,
             "clusterCIDRs": ["10.244.0.0/16"], "wgInterface": "kfwg0"
@@ -113,7 +145,9 @@ impl Node {
     /// Addresses recorded in the IPAM store.
     pub fn reserved(&self) -> Vec<String> {
         let dir = self.data_dir().join("kfwtest");
-        let Ok(rd) = std::fs::read_dir(&dir) else { return vec![] };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return vec![];
+        };
         let mut v: Vec<String> = rd
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|n| n.parse::<std::net::Ipv4Addr>().is_ok())
@@ -123,7 +157,11 @@ impl Node {
     }
     /// Host-side veths created by the plugin.
     pub fn host_veths(&self) -> Vec<String> {
-        self.ns.links().into_iter().filter(|l| l.starts_with("kfw")).collect()
+        self.ns
+            .links()
+            .into_iter()
+            .filter(|l| l.starts_with("kfw"))
+            .collect()
     }
     /// Invokes the plugin in this node's namespace.
     pub fn cni(&self, inv: &Invocation<'_>) -> CniOut {
@@ -145,7 +183,15 @@ pub struct Invocation<'a> {
 
 impl<'a> Invocation<'a> {
     pub fn new(command: &'a str, conf: Value) -> Self {
-        Self { command, container_id: "", netns: "", ifname: "eth0", args: "", conf, extra_env: vec![] }
+        Self {
+            command,
+            container_id: "",
+            netns: "",
+            ifname: "eth0",
+            args: "",
+            conf,
+            extra_env: vec![],
+        }
     }
     pub fn attach(mut self, container_id: &'a str, netns: &'a str) -> Self {
         self.container_id = container_id;
@@ -174,7 +220,13 @@ impl CniOut {
     #[track_caller]
     pub fn expect_code(&self, code: u64) {
         assert!(!self.ok, "plugin unexpectedly succeeded: {}", self.stdout);
-        assert_eq!(self.code(), Some(code), "stdout={} stderr={}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "stdout={} stderr={}",
+            self.stdout,
+            self.stderr
+        );
     }
 }
 
@@ -215,10 +267,18 @@ pub fn run_plugin(bin: &str, node_ns: Option<&File>, inv: &Invocation<'_>) -> Cn
     let stdout = if out.stdout.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     };
-    CniOut { ok: out.status.success(), stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    CniOut {
+        ok: out.status.success(),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Polls `cond` for up to 5 s (DEL leaves the link deletion to a detached reaper).
@@ -226,7 +286,10 @@ pub fn run_plugin(bin: &str, node_ns: Option<&File>, inv: &Invocation<'_>) -> Cn
 pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !cond() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
