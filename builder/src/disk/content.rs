@@ -5,7 +5,8 @@
 //! stream it to a file.
 
 use std::borrow::Cow;
-use std::io::{self, Write};
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
 
 use sha2::{Digest, Sha256};
 
@@ -81,8 +82,14 @@ impl<'a> Parts<'a> {
     }
 
     /// Writes the whole stream.
-    pub(crate) fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
-        self.for_each_chunk(|chunk| w.write_all(chunk))
+    pub(crate) fn write_to(&self, w: &mut dyn Sink) -> io::Result<()> {
+        for part in &self.parts {
+            match part {
+                Part::Bytes(bytes) => w.write_all(bytes)?,
+                Part::Zeros(count) => w.zeros(*count)?,
+            }
+        }
+        Ok(())
     }
 
     /// SHA-256 of the stream.
@@ -96,8 +103,17 @@ impl<'a> Parts<'a> {
     }
 }
 
-/// Writes `count` zero bytes.
-pub(crate) fn write_zeros(w: &mut dyn Write, mut count: u64) -> io::Result<()> {
+/// Where the disk writers stream to: a writer that may store runs of zeros as holes.
+pub(crate) trait Sink: Write {
+    /// Appends `count` zero bytes.
+    fn zeros(&mut self, count: u64) -> io::Result<()> {
+        write_plain_zeros(self, count)
+    }
+}
+
+impl Sink for Vec<u8> {}
+
+fn write_plain_zeros<W: Write + ?Sized>(w: &mut W, mut count: u64) -> io::Result<()> {
     while count > 0 {
         let n = count.min(ZERO_CHUNK as u64) as usize;
         w.write_all(&ZEROS[..n])?;
@@ -106,44 +122,75 @@ pub(crate) fn write_zeros(w: &mut dyn Write, mut count: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Appends `count` zero bytes.
+pub(crate) fn write_zeros(w: &mut dyn Sink, count: u64) -> io::Result<()> {
+    w.zeros(count)
+}
+
 /// Rounds `value` up to a multiple of `align` (`align` > 0).
 pub(crate) fn align_up(value: u64, align: u64) -> u64 {
     value.div_ceil(align) * align
 }
 
-/// A writer that counts bytes and hashes them with SHA-256 on the way through.
+/// Zero runs at least this long become holes in the output file.
+const HOLE_MIN: u64 = 1 << 20;
+
+/// A file sink that hashes (SHA-256) and counts everything on the way through and leaves
+/// long runs of zeros as holes (sparse file). The digest covers the zeros all the same.
 #[derive(Debug)]
-pub(crate) struct HashingWriter<W: Write> {
-    inner: W,
+pub(crate) struct FileSink<'f> {
+    out: BufWriter<&'f File>,
     hasher: Sha256,
     written: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
-    pub(crate) fn new(inner: W) -> Self {
+impl<'f> FileSink<'f> {
+    pub(crate) fn new(file: &'f File) -> Self {
         Self {
-            inner,
+            out: BufWriter::with_capacity(1 << 20, file),
             hasher: Sha256::new(),
             written: 0,
         }
     }
 
-    /// Returns the inner writer, the byte count and the SHA-256 digest.
-    pub(crate) fn finish(self) -> (W, u64, [u8; 32]) {
-        (self.inner, self.written, self.hasher.finalize().into())
+    /// Flushes, gives the file its full length (a trailing hole has none yet) and returns
+    /// the byte count and the SHA-256 digest.
+    pub(crate) fn finish(mut self) -> io::Result<(u64, [u8; 32])> {
+        self.out.flush()?;
+        self.out.get_ref().set_len(self.written)?;
+        Ok((self.written, self.hasher.finalize().into()))
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl Write for FileSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
+        let n = self.out.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.written += n as u64;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.out.flush()
+    }
+}
+
+impl Sink for FileSink<'_> {
+    fn zeros(&mut self, count: u64) -> io::Result<()> {
+        if count < HOLE_MIN {
+            return write_plain_zeros(self, count);
+        }
+        let mut remaining = count;
+        while remaining > 0 {
+            let n = remaining.min(ZERO_CHUNK as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            remaining -= n as u64;
+        }
+        self.out.flush()?;
+        let offset = i64::try_from(count).map_err(io::Error::other)?;
+        self.out.get_mut().seek(SeekFrom::Current(offset))?;
+        self.written += count;
+        Ok(())
     }
 }
 
@@ -167,12 +214,30 @@ mod tests {
     }
 
     #[test]
-    fn hashing_writer_counts_and_hashes() {
-        let mut w = HashingWriter::new(Vec::new());
-        w.write_all(b"hello").unwrap();
-        write_zeros(&mut w, 100_000).unwrap();
-        let (inner, n, digest) = w.finish();
-        assert_eq!(n, 100_005);
-        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&inner)));
+    fn file_sink_hashes_zeros_and_leaves_holes() {
+        let file = tempfile::tempfile().unwrap();
+        let mut sink = FileSink::new(&file);
+        sink.write_all(b"hello").unwrap();
+        sink.zeros(100).unwrap();
+        sink.zeros(3 * HOLE_MIN).unwrap();
+        sink.write_all(b"middle").unwrap();
+        sink.zeros(2 * HOLE_MIN).unwrap();
+        let (n, digest) = sink.finish().unwrap();
+        let mut expected = b"hello".to_vec();
+        expected.resize(105 + 3 * HOLE_MIN as usize, 0);
+        expected.extend_from_slice(b"middle");
+        expected.resize(expected.len() + 2 * HOLE_MIN as usize, 0);
+        assert_eq!(n, expected.len() as u64);
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&expected)));
+        let mut back = Vec::new();
+        (&file).seek(SeekFrom::Start(0)).unwrap();
+        io::Read::read_to_end(&mut &file, &mut back).unwrap();
+        assert!(back == expected, "file content differs");
+        use std::os::unix::fs::MetadataExt;
+        let allocated = file.metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated < 2 * HOLE_MIN,
+            "{allocated} bytes allocated: zero runs were written"
+        );
     }
 }

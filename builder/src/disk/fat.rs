@@ -5,9 +5,8 @@
 //! same: the same files always give the same bytes.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 
-use super::content::{Parts, write_zeros};
+use super::content::{Parts, Sink, write_zeros};
 use super::error::{Error, Result};
 use super::fat_geometry::{self, FAT16_ROOT_ENTRIES, FatType, Geometry, SECTOR, Sizing};
 use super::time::fat_datetime;
@@ -237,7 +236,7 @@ impl<'a> FatImage<'a> {
     }
 
     /// Streams the whole volume.
-    pub(crate) fn write_to(&self, w: &mut dyn Write) -> std::io::Result<()> {
+    pub(crate) fn write_to(&self, w: &mut dyn Sink) -> std::io::Result<()> {
         let g = &self.geometry;
         let boot = self.boot_sector();
         w.write_all(&boot)?;

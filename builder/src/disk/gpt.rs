@@ -1,11 +1,10 @@
 //! GPT disks with one EFI system partition, GUIDs derived from the build key.
 
 use std::fmt;
-use std::io::Write;
 
 use sha2::{Digest, Sha256};
 
-use super::content::write_zeros;
+use super::content::{Sink, write_zeros};
 use super::fat_geometry::SECTOR;
 
 /// The ESP starts at 1 MiB, as partitioning tools align it.
@@ -140,7 +139,7 @@ impl GptLayout {
     }
 
     /// Writes everything before the ESP (sectors 0 … [`ESP_START_LBA`] − 1).
-    pub(crate) fn write_head(&self, w: &mut dyn Write) -> std::io::Result<()> {
+    pub(crate) fn write_head(&self, w: &mut dyn Sink) -> std::io::Result<()> {
         let entries = self.entries();
         let crc = crc32fast::hash(&entries);
         w.write_all(&self.protective_mbr())?;
@@ -150,7 +149,7 @@ impl GptLayout {
     }
 
     /// Writes everything after the ESP, ending with the backup header.
-    pub(crate) fn write_tail(&self, w: &mut dyn Write) -> std::io::Result<()> {
+    pub(crate) fn write_tail(&self, w: &mut dyn Sink) -> std::io::Result<()> {
         let entries = self.entries();
         let crc = crc32fast::hash(&entries);
         write_zeros(w, (TAIL_SECTORS - 1 - ENTRY_SECTORS) * SECTOR)?;

@@ -7,9 +7,7 @@
 //! the medium as the boot partition (EDK2 does when the catalog's sector count is below 2)
 //! sees exactly the image.
 
-use std::io::Write;
-
-use super::content::write_zeros;
+use super::content::{Sink, write_zeros};
 use super::error::{Error, Result};
 use super::time::{iso_record_date, iso_volume_date};
 
@@ -194,7 +192,7 @@ impl IsoLayout {
     }
 
     /// Writes every block before the boot image.
-    pub(crate) fn write_head(&self, w: &mut dyn Write) -> std::io::Result<()> {
+    pub(crate) fn write_head(&self, w: &mut dyn Sink) -> std::io::Result<()> {
         write_zeros(w, u64::from(PVD_LBA) * BLOCK)?;
         w.write_all(&self.primary_descriptor())?;
         debug_assert_eq!(BOOT_RECORD_LBA, PVD_LBA + 1);
@@ -207,7 +205,7 @@ impl IsoLayout {
     }
 
     /// Pads the boot image to a whole block.
-    pub(crate) fn write_tail(&self, w: &mut dyn Write) -> std::io::Result<()> {
+    pub(crate) fn write_tail(&self, w: &mut dyn Sink) -> std::io::Result<()> {
         write_zeros(w, self.image_blocks() * BLOCK - self.image_len)
     }
 }

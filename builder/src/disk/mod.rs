@@ -24,13 +24,13 @@ mod uki;
 
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use sha2::{Digest, Sha256};
 
-use content::{HashingWriter, Parts};
+use content::{FileSink, Parts, Sink};
 pub use error::{Error, Result};
 use fat::{FatImage, FatOptions};
 pub use fat_geometry::FatType;
@@ -238,7 +238,7 @@ pub(crate) fn output_permissions() -> std::fs::Permissions {
 /// Writes through a temporary file in the target's directory, renamed into place on success.
 fn write_atomically(
     path: &Path,
-    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    write: impl FnOnce(&mut dyn Sink) -> io::Result<()>,
 ) -> Result<FileDigest> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -248,13 +248,9 @@ fn write_atomically(
         .prefix(".kitfleet-disk-")
         .tempfile_in(dir)
         .map_err(Error::io(dir))?;
-    let mut w = HashingWriter::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
-    write(&mut w).map_err(Error::io(path))?;
-    let (buf, size, digest) = w.finish();
-    buf.into_inner().map_err(|e| Error::Io {
-        path: path.to_path_buf(),
-        source: e.into_error(),
-    })?;
+    let mut sink = FileSink::new(tmp.as_file());
+    write(&mut sink).map_err(Error::io(path))?;
+    let (size, digest) = sink.finish().map_err(Error::io(path))?;
     tmp.as_file()
         .set_permissions(output_permissions())
         .map_err(Error::io(path))?;
