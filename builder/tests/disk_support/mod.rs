@@ -142,6 +142,11 @@ impl Newc {
 /// An initrd whose /init prints the marker and powers the machine off.
 pub fn test_initrd() -> Vec<u8> {
     let busybox = std::fs::read(BUSYBOX).expect("busybox-static");
+    let dynamic = busybox.windows(15).any(|w| w == b"/lib64/ld-linux");
+    assert!(
+        !dynamic,
+        "{BUSYBOX} is dynamically linked: install busybox-static"
+    );
     let init = format!(
         "#!/bin/busybox sh\necho \"{MARKER_PREFIX}$kitfleet_marker\"\n/bin/busybox poweroff -f\n"
     );
