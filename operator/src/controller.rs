@@ -1,0 +1,321 @@
+//! The NodeImage controller: gathers what [`decide`](crate::decide::decide) needs, then executes its [`Decision`]
+//! against the API server (server-side apply with the operator's field manager).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kitfleet_api::constants::{LABEL_MANAGED_BY, NODEIMAGE_FINALIZER, OPERATOR_FIELD_MANAGER};
+use kitfleet_api::{NodeImage, NodeImageStatus};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{self, Event as Finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use tracing::{Instrument as _, info, instrument, warn};
+
+use crate::decide::{self, Action, Decision, JobView, Lookup, Observed, Policy};
+use crate::job::{self, JobError, JobSettings};
+use crate::metrics::Metrics;
+use crate::registry::{ArtifactRegistry, RegistryError};
+
+/// A reconciliation failure (retried by [`error_policy`] with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API server: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("build Job: {0}")]
+    Job(#[from] JobError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The `reason` label of the error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Registry(_) => "registry",
+            Error::Job(_) => "job",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "finalizer",
+            },
+        }
+    }
+}
+
+/// What the reconciler works with.
+pub struct Context<R> {
+    pub client: Client,
+    pub registry: R,
+    pub settings: JobSettings,
+    pub policy: Policy,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// The clock (tests pin it).
+    pub now: fn() -> Timestamp,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl<R> std::fmt::Debug for Context<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl<R: ArtifactRegistry> Context<R> {
+    /// A context publishing Events as `kitfleet-operator` (instance `identity`).
+    pub fn new(client: Client, registry: R, settings: JobSettings, metrics: Arc<Metrics>, identity: &str) -> Self {
+        let reporter = Reporter { controller: OPERATOR_FIELD_MANAGER.into(), instance: Some(identity.to_string()) };
+        let policy = Policy { retry_base: settings.build.retry_base, retry_max: settings.build.retry_max };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            registry,
+            settings,
+            policy,
+            metrics,
+            now: Timestamp::now,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reconciles one NodeImage: the finalizer first, then [`apply`] or [`cleanup`].
+#[instrument(skip(ni, ctx), fields(name = %ni.name_any()))]
+pub async fn reconcile<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: Arc<Context<R>>) -> Result<Requeue> {
+    ctx.metrics.reconciles.inc();
+    let api: Api<NodeImage> = Api::all(ctx.client.clone());
+    let name = ni.name_any();
+    let result = finalizer::finalizer(&api, NODEIMAGE_FINALIZER, ni, |event| async {
+        match event {
+            Finalizer::Apply(ni) => apply(ni, ctx.as_ref()).await,
+            Finalizer::Cleanup(ni) => cleanup(ni, ctx.as_ref()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures().remove(&name);
+    }
+    result
+}
+
+/// Requeues a failed reconciliation with a per-object exponential backoff (5 s, 10 s, … 5 min) and counts the error.
+pub fn error_policy<R: ArtifactRegistry>(ni: Arc<NodeImage>, err: &Error, ctx: Arc<Context<R>>) -> Requeue {
+    ctx.metrics.error(err.reason());
+    let mut failures = ctx.failures();
+    let n = failures.entry(ni.name_any()).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6))).min(Duration::from_secs(300));
+    warn!(name = %ni.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
+    Requeue::requeue(delay)
+}
+
+/// The NodeImage's own Jobs (labelled for it and owned by its uid).
+async fn list_jobs<R: ArtifactRegistry>(ni: &NodeImage, ctx: &Context<R>) -> Result<Vec<Job>> {
+    let list = ctx.jobs().list(&ListParams::default().labels(&job::selector(&ni.name_any()))).await?;
+    let uid = ni.uid();
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|j| j.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .collect())
+}
+
+/// Reads the Jobs back; fetches the termination message of failed Jobs building `key`.
+async fn views<R: ArtifactRegistry>(jobs: &[Job], key: Option<&str>, ctx: &Context<R>) -> Result<Vec<JobView>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let mut out = Vec::new();
+    for j in jobs {
+        let wanted = key.is_some_and(|k| job::job_view(j, None).is_some_and(|v| v.build_key == k));
+        let message = if job::is_failed(j) && wanted {
+            let list = pods.list(&ListParams::default().labels(&format!("job-name={}", j.name_any()))).await?;
+            job::termination_message(&list.items)
+        } else {
+            None
+        };
+        out.extend(job::job_view(j, message.as_deref()));
+    }
+    Ok(out)
+}
+
+/// Reconciles a NodeImage that is not being deleted.
+pub async fn apply<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) -> Result<Requeue> {
+    let now = (ctx.now)();
+    let valid = decide::validate(&ni.spec).is_ok();
+    let resolution = match decide::resolve_reason(&ni, now).filter(|_| valid) {
+        Some(reason) => {
+            info!(?reason, "resolving references");
+            Some(ctx.registry.resolve(&ni.spec).await?)
+        }
+        None => None,
+    };
+    let key = decide::current_key(&ni, resolution.as_ref()).map(str::to_string);
+    let lookup = match &key {
+        Some(k) if valid && decide::needs_lookup(ni.status.as_ref(), Some(k)) => {
+            match ctx.registry.lookup(&ni.spec.output.repository, k).await {
+                Ok(Some(a)) => Lookup::Found(a),
+                Ok(None) => Lookup::Absent,
+                Err(e) => Lookup::Error(e.to_string()),
+            }
+        }
+        _ => Lookup::Skipped,
+    };
+    let jobs = list_jobs(&ni, ctx).await?;
+    let views = views(&jobs, key.as_deref(), ctx).await?;
+    let obs = Observed { ni: &ni, resolution: resolution.as_ref(), jobs: &views, lookup: &lookup, now };
+    let decision = decide::decide(&obs, &ctx.policy);
+    execute(&ni, &jobs, decision, ctx).await
+}
+
+fn job_seconds(jobs: &[Job], name: &str) -> Option<f64> {
+    let j = jobs.iter().find(|j| j.name_any() == name)?;
+    let st = j.status.as_ref()?;
+    let start = st.start_time.as_ref()?.0;
+    let end = st.completion_time.as_ref().map(|t| t.0).or_else(|| {
+        st.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed")?.last_transition_time.as_ref().map(|t| t.0)
+    })?;
+    Some(end.duration_since(start).as_secs_f64().max(0.0))
+}
+
+/// Applies a decision: annotations, Job deletions, the new Job, the status, the Event — in that order, so a crash
+/// in between leaves a state the next reconcile decides on correctly.
+async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision, ctx: &Context<R>) -> Result<Requeue> {
+    let name = ni.name_any();
+    let ssa = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    let api: Api<NodeImage> = Api::all(ctx.client.clone());
+    info!(action = ?d.action, writes_status = d.status.is_some(), deletes = d.delete_jobs.len(), "decided");
+    if let Some(annotations) = &d.annotations {
+        let patch = serde_json::json!({
+            "apiVersion": "kitfleet.dev/v1alpha1",
+            "kind": "NodeImage",
+            "metadata": { "name": name, "annotations": annotations },
+        });
+        api.patch(&name, &ssa, &Patch::Apply(&patch)).await?;
+    }
+    for j in &d.delete_jobs {
+        match ctx.jobs().delete(j, &DeleteParams::background()).await {
+            Ok(_) => info!(job = %j, "deleted build Job"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Action::Build { build_key, attempt } = &d.action {
+        let mut with_status = ni.clone();
+        if let Some(s) = &d.status {
+            with_status.status = Some(s.clone());
+        }
+        let job = job::build_job(&with_status, build_key, *attempt, &ctx.settings)?;
+        let job_name = job.name_any();
+        ctx.jobs().patch(&job_name, &ssa, &Patch::Apply(&job)).await?;
+        info!(job = %job_name, %build_key, attempt, "created build Job");
+    }
+    if let Some(status) = &d.status {
+        patch_status(&api, &name, status, &ssa).await?;
+    }
+    match &d.action {
+        Action::Built { job, .. } if d.status.is_some() => {
+            ctx.metrics.build_finished(true, job_seconds(jobs, job).unwrap_or(0.0));
+        }
+        Action::Failed { job, .. } if d.status.is_some() => {
+            ctx.metrics.build_finished(false, job_seconds(jobs, job).unwrap_or(0.0));
+        }
+        _ => {}
+    }
+    ctx.metrics.set_building(&name, matches!(d.action, Action::Build { .. } | Action::Building { .. }));
+    if let Some(ev) = &d.event {
+        let event = KubeEvent {
+            type_: if ev.warning { EventType::Warning } else { EventType::Normal },
+            reason: ev.reason.clone(),
+            note: Some(ev.note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &ni.object_ref(&())).await {
+            warn!(error = %e, reason = %ev.reason, "could not publish Event");
+        }
+    }
+    if let Action::RegistryUnavailable(message) = d.action {
+        return Err(RegistryError::Request { reference: ni.spec.output.repository.clone(), message }.into());
+    }
+    Ok(match d.requeue {
+        Some(after) => Requeue::requeue(after),
+        None => Requeue::await_change(),
+    })
+}
+
+async fn patch_status(api: &Api<NodeImage>, name: &str, status: &NodeImageStatus, ssa: &PatchParams) -> Result<()> {
+    let patch = serde_json::json!({
+        "apiVersion": "kitfleet.dev/v1alpha1",
+        "kind": "NodeImage",
+        "status": status,
+    });
+    api.patch_status(name, ssa, &Patch::Apply(&patch)).await?;
+    Ok(())
+}
+
+/// On deletion: deletes the running build Jobs (published artifacts stay in the registry).
+pub async fn cleanup<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) -> Result<Requeue> {
+    let jobs = list_jobs(&ni, ctx).await?;
+    let views: Vec<JobView> = jobs.iter().filter_map(|j| job::job_view(j, None)).collect();
+    for j in decide::cleanup(&views) {
+        match ctx.jobs().delete(&j, &DeleteParams::background()).await {
+            Ok(_) => info!(job = %j, "deleted in-flight build Job of a deleted NodeImage"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    ctx.metrics.set_building(&ni.name_any(), false);
+    Ok(Requeue::await_change())
+}
+
+/// Maps a build Job to the NodeImage that owns it. (`Controller::owns` cannot: it looks the owner up in the Job's
+/// namespace, and NodeImages are cluster-scoped.)
+pub fn owner_of(job: Job) -> Option<ObjectRef<NodeImage>> {
+    job.owner_references()
+        .iter()
+        .find(|o| o.kind == "NodeImage" && o.api_version == NodeImage::api_version(&()))
+        .map(|o| ObjectRef::new(&o.name))
+}
+
+/// Runs the controller until `shutdown` resolves; then finishes the reconciliations in flight.
+pub async fn run<R: ArtifactRegistry>(
+    ctx: Arc<Context<R>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let nodeimages: Api<NodeImage> = Api::all(ctx.client.clone());
+    let jobs = ctx.jobs();
+    let jobs_cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={OPERATOR_FIELD_MANAGER}"));
+    Controller::new(nodeimages, watcher::Config::default())
+        .watches(jobs, jobs_cfg, owner_of)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(name = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .instrument(tracing::info_span!("nodeimage-controller"))
+        .await;
+}

@@ -1,0 +1,52 @@
+//! `kitfleet-operator`: parse the configuration, set up logging, run.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use kitfleet_operator::config::{Config, RunArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "kitfleet-operator", version, about = "Kitfleet operator: builds NodeImages in Jobs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the controllers (flags fall back to KITFLEET_* environment variables).
+    Run(RunArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let Command::Run(args) = Cli::parse().command;
+    let config = match Config::parse(&args, &|k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kitfleet-operator: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let json = std::env::var("KITFLEET_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    kitfleet_builder::source::install_crypto_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kitfleet-operator: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(kitfleet_operator::run::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
