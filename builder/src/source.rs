@@ -110,7 +110,7 @@ impl Sources {
         let top = Document::parse(&top_bytes, &name)?;
         let (manifest, manifest_digest) = if top.is_index() {
             let d = top.select_platform(&self.opts.arch, &name)?.clone();
-            let bytes = self.blob(r, &d.digest).await?;
+            let bytes = self.manifest_by_digest(r, &d.digest).await?;
             (Document::parse(&bytes, &name)?, d.digest)
         } else {
             (top, top_digest.clone())
@@ -176,6 +176,24 @@ impl Sources {
                 Ok((bytes.to_vec(), d))
             }
         }
+    }
+
+    /// A manifest by digest (through the registry's manifests endpoint), verified and cached.
+    async fn manifest_by_digest(&self, r: &ImageRef, digest: &str) -> Result<Vec<u8>> {
+        let ImageRef::Registry(reference) = r else {
+            return self.blob(r, digest).await;
+        };
+        if let Some(b) = self.cache.get_blob(digest)? {
+            return Ok(b);
+        }
+        let pinned = ImageRef::Registry(Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            digest.to_string(),
+        ));
+        let (bytes, d) = self.top_manifest(&pinned, "").await?;
+        debug_assert_eq!(d, digest);
+        Ok(bytes)
     }
 
     /// The raw top-level manifest of `r` and its digest (no platform selection).
