@@ -69,3 +69,45 @@ fn binutils_reads_back_every_section() {
         );
     }
 }
+
+/// The UKI can be signed for Secure Boot afterwards: sbsign computes the Authenticode hash
+/// over our headers and sections, and sbverify accepts the result.
+#[test]
+fn sbsign_signs_and_sbverify_accepts_the_uki() {
+    if !prerequisites() || !have(&["sbsign", "sbverify", "openssl"]) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let payload = Payload::new("signed");
+    disk::write_uki(&payload.inputs(), &dir.join("uki.efi")).unwrap();
+    let listing = Command::new("sbverify")
+        .arg("--list")
+        .arg(dir.join("uki.efi"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stderr).into_owned()
+        + &String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("No signature table present"), "{listing}");
+    run(Command::new("openssl")
+        .args([
+            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=kitfleet-disk-test", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem")));
+    run(Command::new("sbsign")
+        .arg("--key")
+        .arg(dir.join("key.pem"))
+        .arg("--cert")
+        .arg(dir.join("cert.pem"))
+        .arg("--output")
+        .arg(dir.join("signed.efi"))
+        .arg(dir.join("uki.efi")));
+    let verified = run(Command::new("sbverify")
+        .arg("--cert")
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("signed.efi")));
+    assert!(verified.contains("Signature verification OK"), "{verified}");
+}
