@@ -37,14 +37,21 @@ fn check_tools() -> Result<()> {
         missing.push("linux-image-cloud-amd64");
     }
     if !missing.is_empty() {
-        bail!("missing Debian packages; run: apt-get install -y --no-install-recommends {}", missing.join(" "));
+        bail!(
+            "missing Debian packages; run: apt-get install -y --no-install-recommends {}",
+            missing.join(" ")
+        );
     }
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let keep = args.iter().position(|a| a == "--keep").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+    let keep = args
+        .iter()
+        .position(|a| a == "--keep")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
     check_tools()?;
     let tmp = tempfile::tempdir()?;
     let work = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
@@ -54,14 +61,27 @@ fn main() -> Result<()> {
     let reg = Registry::start()?;
     let a = reg.addr.clone();
     println!("    registry at http://{a}/v2/");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    println!("==> making fixture images (Debian cloud kernel, busybox+runc init, onboot marker) and pushing them");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    println!(
+        "==> making fixture images (Debian cloud kernel, busybox+runc init, onboot marker) and pushing them"
+    );
     rt.block_on(async {
-        let k = fixtures::kernel_image()?.build()?.push(&format!("{a}/fixtures/kernel:6.1")).await?;
+        let k = fixtures::kernel_image()?
+            .build()?
+            .push(&format!("{a}/fixtures/kernel:6.1"))
+            .await?;
         println!("    {a}/fixtures/kernel:6.1  {k}");
-        let i = fixtures::init_image()?.build()?.push(&format!("{a}/fixtures/init:v1")).await?;
+        let i = fixtures::init_image()?
+            .build()?
+            .push(&format!("{a}/fixtures/init:v1"))
+            .await?;
         println!("    {a}/fixtures/init:v1     {i}");
-        let m = fixtures::marker_image(MARKER)?.build()?.push(&format!("{a}/fixtures/hello:v1")).await?;
+        let m = fixtures::marker_image(MARKER)?
+            .build()?
+            .push(&format!("{a}/fixtures/hello:v1"))
+            .await?;
         println!("    {a}/fixtures/hello:v1    {m}");
         anyhow::Ok(())
     })?;
@@ -77,13 +97,23 @@ fn main() -> Result<()> {
     println!("==> building (cache {})", work.join("cache").display());
     let sources = Sources::new(
         Cache::open(work.join("cache"))?,
-        SourceOptions { insecure_registries: vec![a.clone()], ..Default::default() },
+        SourceOptions {
+            insecure_registries: vec![a.clone()],
+            ..Default::default()
+        },
     );
     let out = work.join("out");
     let result = rt.block_on(async {
         let (map, statuses) = build::resolve_all(&sources, &ni.spec.image, true).await?;
         let mtime = Mtime::from_env()?;
-        let key = build::build_key(&ni.spec.image, &map, &ni.spec.formats, "amd64", mtime, &work)?;
+        let key = build::build_key(
+            &ni.spec.image,
+            &map,
+            &ni.spec.formats,
+            "amd64",
+            mtime,
+            &work,
+        )?;
         let plan = assemble::plan(&ni.spec.image, &map, mtime, &work)?;
         let opts = BuildOptions {
             formats: ni.spec.formats.clone(),
@@ -97,7 +127,8 @@ fn main() -> Result<()> {
             stub_path: kitfleet_builder::disk::DEFAULT_STUB_PATH.into(),
         };
         let r = build::build(&sources, &plan, key, statuses, &opts).await?;
-        let p = kitfleet_builder::push::push(&sources, &ni.spec.output.repository, &r, "amd64").await?;
+        let p =
+            kitfleet_builder::push::push(&sources, &ni.spec.output.repository, &r, "amd64").await?;
         anyhow::Ok((r, p))
     })?;
     let (r, published) = result;
@@ -108,10 +139,22 @@ fn main() -> Result<()> {
     println!("    pushed {} ({})", published.reference, published.digest);
 
     println!("==> booting under qemu-system-x86_64 -accel tcg (serial console follows)\n");
-    let boot = fixtures::boot_qemu(&out.join("demo-kernel"), &out.join("demo-initrd.img"), "console=ttyS0 panic=-1 quiet", Duration::from_secs(240), true)?;
+    let boot = fixtures::boot_qemu(
+        &out.join("demo-kernel"),
+        &out.join("demo-initrd.img"),
+        "console=ttyS0 panic=-1 quiet",
+        Duration::from_secs(240),
+        true,
+    )?;
     println!();
-    let ok = boot.console.contains(MARKER) && boot.console.contains("reboot: Power down") && boot.exited;
-    println!("==> boot took {:.1} s; onboot marker seen: {}; clean power-off: {}", boot.elapsed.as_secs_f64(), boot.console.contains(MARKER), boot.console.contains("reboot: Power down"));
+    let ok =
+        boot.console.contains(MARKER) && boot.console.contains("reboot: Power down") && boot.exited;
+    println!(
+        "==> boot took {:.1} s; onboot marker seen: {}; clean power-off: {}",
+        boot.elapsed.as_secs_f64(),
+        boot.console.contains(MARKER),
+        boot.console.contains("reboot: Power down")
+    );
     if keep.is_some() {
         println!("    outputs kept in {}", out.display());
     }

@@ -43,9 +43,15 @@ impl Mtime {
                     location: "SOURCE_DATE_EPOCH".into(),
                     reason: format!("{v:?} is not a number of seconds"),
                 })?;
-                Ok(Mtime { generated: t, clamp: Some(t) })
+                Ok(Mtime {
+                    generated: t,
+                    clamp: Some(t),
+                })
             }
-            Err(_) => Ok(Mtime { generated: LINUXKIT_MTIME, clamp: None }),
+            Err(_) => Ok(Mtime {
+                generated: LINUXKIT_MTIME,
+                clamp: None,
+            }),
         }
     }
 }
@@ -71,7 +77,7 @@ pub enum Part {
     /// An image's filesystem under `prefix` (`ImageTar`).
     Image {
         /// The resolved image.
-        image: Resolved,
+        image: Box<Resolved>,
         /// Prefix ending in `/`, or empty.
         prefix: String,
         /// `/etc/resolv.conf` symlink target (init and volume images).
@@ -141,7 +147,11 @@ fn segment_key(location: &str, parts: &[Part], mtime: Mtime) -> String {
     h.field(&mtime.clamp.unwrap_or(u64::MAX).to_le_bytes());
     for p in parts {
         match p {
-            Part::Image { image, prefix, resolv } => {
+            Part::Image {
+                image,
+                prefix,
+                resolv,
+            } => {
                 h.field(b"image");
                 h.field(image.manifest_digest.as_bytes());
                 h.field(prefix.as_bytes());
@@ -164,13 +174,21 @@ pub fn plan(cfg: &Config, images: &ResolvedMap, mtime: Mtime, base_dir: &Path) -
     let mut segments = Vec::new();
     let mut push = |location: String, parts: Vec<Part>| {
         let key = segment_key(&location, &parts, mtime);
-        segments.push(Segment { location, parts, key });
+        segments.push(Segment {
+            location,
+            parts,
+            key,
+        });
     };
     let kernel = match &cfg.kernel {
         Some(k) => Some(KernelPlan {
             image: resolved(images, "kernel.image")?.clone(),
             cmdline: k.cmdline.clone().unwrap_or_default(),
-            binary: k.binary.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| "kernel".into()),
+            binary: k
+                .binary
+                .clone()
+                .filter(|b| !b.is_empty())
+                .unwrap_or_else(|| "kernel".into()),
             tar: match k.tar.as_deref() {
                 None => Some("kernel.tar".into()),
                 Some("none") | Some("") => None,
@@ -197,7 +215,14 @@ pub fn plan(cfg: &Config, images: &ResolvedMap, mtime: Mtime, base_dir: &Path) -
     for (i, _) in cfg.init.iter().enumerate() {
         let loc = format!("init[{i}]");
         let image = resolved(images, &loc)?.clone();
-        push(loc, vec![Part::Image { image, prefix: String::new(), resolv: Some(RESOLV_SYMLINK.into()) }]);
+        push(
+            loc,
+            vec![Part::Image {
+                image: Box::new(image),
+                prefix: String::new(),
+                resolv: Some(RESOLV_SYMLINK.into()),
+            }],
+        );
     }
     for (i, v) in cfg.volumes.iter().enumerate() {
         let loc = format!("volumes[{i}]");
@@ -208,16 +233,26 @@ pub fn plan(cfg: &Config, images: &ResolvedMap, mtime: Mtime, base_dir: &Path) -
                 if v.format.as_deref().is_some_and(|f| f != "filesystem") {
                     return Err(Error::Config {
                         location: format!("{loc}.format"),
-                        reason: format!("{:?} is not supported by kitfleet-build (only \"filesystem\")", v.format.as_deref().unwrap_or_default()),
+                        reason: format!(
+                            "{:?} is not supported by kitfleet-build (only \"filesystem\")",
+                            v.format.as_deref().unwrap_or_default()
+                        ),
                     });
                 }
                 let image = resolved(images, &format!("{loc}.image"))?.clone();
                 parts.push(Part::Generated(prefix_dirs(&format!("{base}/lower/"), t)));
-                parts.push(Part::Image { image, prefix: format!("{base}/lower/"), resolv: Some(RESOLV_SYMLINK.into()) });
+                parts.push(Part::Image {
+                    image: Box::new(image),
+                    prefix: format!("{base}/lower/"),
+                    resolv: Some(RESOLV_SYMLINK.into()),
+                });
             }
             None => parts.push(Part::Generated(prefix_dirs(&format!("{base}/lower/"), t))),
         }
-        parts.push(Part::Generated(vec![Entry::dir(format!("{base}/tmp"), 0o755, t), Entry::dir(format!("{base}/merged"), 0o755, t)]));
+        parts.push(Part::Generated(vec![
+            Entry::dir(format!("{base}/tmp"), 0o755, t),
+            Entry::dir(format!("{base}/merged"), 0o755, t),
+        ]));
         push(loc, parts);
     }
     let ids = id_map(cfg);
@@ -226,15 +261,27 @@ pub fn plan(cfg: &Config, images: &ResolvedMap, mtime: Mtime, base_dir: &Path) -
         for (i, img) in list.iter().enumerate() {
             let loc = format!("{section}[{i}]");
             let image = resolved(images, &format!("{loc}.image"))?.clone();
-            let dir = if section == "services" { format!("containers/{section}/{}", img.name) } else { format!("containers/{section}/{i:03}-{}", img.name) };
+            let dir = if section == "services" {
+                format!("containers/{section}/{}", img.name)
+            } else {
+                format!("containers/{section}/{i:03}-{}", img.name)
+            };
             let parts = bundle(cfg, img, &image, &dir, &ids, &mut dup, &loc, t)?;
             push(loc, parts);
         }
     }
     if !cfg.files.is_empty() {
-        push("files".into(), vec![Part::Generated(files(cfg, &ids, base_dir, t)?)]);
+        push(
+            "files".into(),
+            vec![Part::Generated(files(cfg, &ids, base_dir, t)?)],
+        );
     }
-    Ok(Plan { kernel, kernel_key, segments, mtime })
+    Ok(Plan {
+        kernel,
+        kernel_key,
+        segments,
+        mtime,
+    })
 }
 
 /// `outputImage` + `ImageBundle`.
@@ -267,31 +314,64 @@ fn bundle(
         parts.push(Part::Generated(prefix_dirs(&format!("{dir}/"), t)));
     } else {
         parts.push(Part::Generated(prefix_dirs(&format!("{root}/"), t)));
-        parts.push(Part::Image { image: image.clone(), prefix: format!("{root}/"), resolv: None });
+        parts.push(Part::Image {
+            image: Box::new(image.clone()),
+            prefix: format!("{root}/"),
+            resolv: None,
+        });
     }
-    let mut generated = vec![Entry::file(format!("{dir}/config.json"), config_json, 0o644, t)];
+    let mut generated = vec![Entry::file(
+        format!("{dir}/config.json"),
+        config_json,
+        0o644,
+        t,
+    )];
     let rootfs_mounts = if !readonly {
         let tmp = format!("{dir}/tmp");
         generated.push(Entry::dir(tmp.clone(), 0o755, t));
         generated.push(Entry::dir(format!("{dir}/rootfs"), 0o755, t));
         vec![
-            Mount { destination: format!("/{tmp}"), kind: "tmpfs".into(), source: "tmpfs".into(), options: vec![] },
-            Mount { destination: format!("/{tmp}"), kind: String::new(), source: String::new(), options: vec!["remount".into(), "private".into()] },
+            Mount {
+                destination: format!("/{tmp}"),
+                kind: "tmpfs".into(),
+                source: "tmpfs".into(),
+                options: vec![],
+            },
+            Mount {
+                destination: format!("/{tmp}"),
+                kind: String::new(),
+                source: String::new(),
+                options: vec!["remount".into(), "private".into()],
+            },
             Mount {
                 destination: format!("/{dir}/rootfs"),
                 kind: "overlay".into(),
                 source: "overlay".into(),
-                options: vec![format!("lowerdir=/{root}"), format!("upperdir=/{tmp}/upper"), format!("workdir=/{tmp}/work")],
+                options: vec![
+                    format!("lowerdir=/{root}"),
+                    format!("upperdir=/{tmp}/upper"),
+                    format!("workdir=/{tmp}/work"),
+                ],
             },
         ]
     } else {
         if found_elsewhere {
             generated.push(Entry::dir(format!("{dir}/rootfs"), 0o755, t));
         }
-        vec![Mount { destination: format!("/{dir}/rootfs"), kind: String::new(), source: format!("/{root}"), options: vec!["bind".into()] }]
+        vec![Mount {
+            destination: format!("/{dir}/rootfs"),
+            kind: String::new(),
+            source: format!("/{root}"),
+            options: vec!["bind".into()],
+        }]
     };
     runtime.mounts.splice(0..0, rootfs_mounts);
-    generated.push(Entry::file(format!("{dir}/runtime.json"), go_json(&runtime), 0o644, t));
+    generated.push(Entry::file(
+        format!("{dir}/runtime.json"),
+        go_json(&runtime),
+        0o644,
+        t,
+    ));
     parts.push(Part::Generated(generated));
     Ok(parts)
 }
@@ -302,7 +382,10 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
     let mut added = std::collections::HashSet::new();
     for (n, f) in cfg.files.iter().enumerate() {
         let loc = format!("files[{n}]");
-        let bad = |reason: String| Error::Config { location: loc.clone(), reason };
+        let bad = |reason: String| Error::Config {
+            location: loc.clone(),
+            reason,
+        };
         if f.path.is_empty() {
             return Err(bad("path: did not specify path for file".into()));
         }
@@ -311,7 +394,8 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
             .ok_or_else(|| bad("path: the root directory".into()))?;
         let mut mode = if f.directory { 0o700 } else { 0o600 };
         if let Some(m) = f.mode.as_deref().filter(|m| !m.is_empty()) {
-            mode = u32::from_str_radix(m, 8).map_err(|e| bad(format!("mode: cannot parse file mode as octal value: {e}")))?;
+            mode = u32::from_str_radix(m, 8)
+                .map_err(|e| bad(format!("mode: cannot parse file mode as octal value: {e}")))?;
         }
         let mut dir_mode = mode;
         for (r, x) in [(0o700, 0o100), (0o070, 0o010), (0o007, 0o001)] {
@@ -324,8 +408,15 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
         let mut contents: Option<Vec<u8>> = f.contents.as_ref().map(|c| c.clone().into_bytes());
         if !f.directory && f.symlink.is_none() && f.contents.is_none() {
             match (&f.source, &f.metadata) {
-                (None, None) => return Err(bad(format!("contents of file ({}) not specified", f.path))),
-                (Some(_), Some(_)) => return Err(bad(format!("specified Source and Metadata for file: {}", f.path))),
+                (None, None) => {
+                    return Err(bad(format!("contents of file ({}) not specified", f.path)));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(bad(format!(
+                        "specified Source and Metadata for file: {}",
+                        f.path
+                    )));
+                }
                 (Some(src), None) => {
                     let p = expand_source(src, base_dir);
                     match std::fs::read(&p) {
@@ -337,9 +428,15 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
                 (None, Some(md)) => contents = Some(metadata(cfg, md).map_err(bad)?),
             }
         } else if f.metadata.is_some() {
-            return Err(bad(format!("specified Contents and Metadata for file: {}", f.path)));
+            return Err(bad(format!(
+                "specified Contents and Metadata for file: {}",
+                f.path
+            )));
         } else if f.source.is_some() {
-            return Err(bad(format!("specified Contents and Source for file: {}", f.path)));
+            return Err(bad(format!(
+                "specified Contents and Source for file: {}",
+                f.path
+            )));
         }
         if let Some(pos) = path.rfind('/') {
             let mut acc = String::new();
@@ -349,7 +446,14 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
                 }
                 acc.push_str(p);
                 if added.insert(acc.clone()) {
-                    out.push(Entry { path: acc.clone(), kind: Kind::Dir, mode: dir_mode, uid, gid, mtime: t });
+                    out.push(Entry {
+                        path: acc.clone(),
+                        kind: Kind::Dir,
+                        mode: dir_mode,
+                        uid,
+                        gid,
+                        mtime: t,
+                    });
                 }
             }
         }
@@ -364,7 +468,14 @@ fn files(cfg: &Config, ids: &BTreeMap<String, u32>, base_dir: &Path, t: u64) -> 
         } else {
             Kind::File(contents.unwrap_or_default().into())
         };
-        out.push(Entry { path, kind, mode, uid, gid, mtime: t });
+        out.push(Entry {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime: t,
+        });
     }
     Ok(out)
 }
@@ -390,7 +501,14 @@ fn metadata(cfg: &Config, md: &str) -> std::result::Result<Vec<u8>, String> {
 /// artefacts excluded, `/etc/hosts` and `/etc/resolv.conf` replaced, and the files every
 /// container needs created when missing.
 pub fn image_entries(tree: &Tree, prefix: &str, resolv: Option<&str>, mtime: Mtime) -> Vec<Entry> {
-    const EXCLUDE: [&str; 6] = [".dockerenv", "Dockerfile", "dev/console", "dev/pts", "dev/shm", "etc/hostname"];
+    const EXCLUDE: [&str; 6] = [
+        ".dockerenv",
+        "Dockerfile",
+        "dev/console",
+        "dev/pts",
+        "dev/shm",
+        "etc/hostname",
+    ];
     const HOSTS: &str = "127.0.0.1       localhost\n::1     localhost ip6-localhost ip6-loopback\nfe00::0 ip6-localnet\nff00::0 ip6-mcastprefix\nff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n";
     const RESOLV: &str = "\n# no resolv.conf configured\n";
     let t = mtime.generated;
@@ -425,15 +543,34 @@ pub fn image_entries(tree: &Tree, prefix: &str, resolv: Option<&str>, mtime: Mti
         e.mtime = t;
         fixed.insert(e);
     }
-    let keep = |fixed: &Tree, p: &str| fixed.get(p).map(|e| (e.mode, e.uid, e.gid)).unwrap_or((0o644, 0, 0));
+    let keep = |fixed: &Tree, p: &str| {
+        fixed
+            .get(p)
+            .map(|e| (e.mode, e.uid, e.gid))
+            .unwrap_or((0o644, 0, 0))
+    };
     let (m, u, g) = keep(&fixed, "etc/hosts");
-    fixed.insert(Entry { path: "etc/hosts".into(), kind: Kind::File(HOSTS.as_bytes().to_vec().into()), mode: m, uid: u, gid: g, mtime: t });
+    fixed.insert(Entry {
+        path: "etc/hosts".into(),
+        kind: Kind::File(HOSTS.as_bytes().to_vec().into()),
+        mode: m,
+        uid: u,
+        gid: g,
+        mtime: t,
+    });
     let (m, u, g) = keep(&fixed, "etc/resolv.conf");
     let kind = match resolv {
         Some(r) => Kind::Symlink(r.to_string()),
         None => Kind::File(RESOLV.as_bytes().to_vec().into()),
     };
-    fixed.insert(Entry { path: "etc/resolv.conf".into(), kind, mode: m, uid: u, gid: g, mtime: t });
+    fixed.insert(Entry {
+        path: "etc/resolv.conf".into(),
+        kind,
+        mode: m,
+        uid: u,
+        gid: g,
+        mtime: t,
+    });
     fixed
         .into_entries()
         .into_iter()

@@ -34,13 +34,18 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials").field("hosts", &self.by_host.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Credentials")
+            .field("hosts", &self.by_host.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
 /// Reduces a Docker config key (`https://index.docker.io/v1/`, `host:5000`) to a host.
 fn host_of(key: &str) -> String {
-    let k = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    let k = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
     let host = k.split('/').next().unwrap_or(k);
     match host {
         "docker.io" | "registry-1.docker.io" => "index.docker.io".to_string(),
@@ -66,10 +71,12 @@ impl Credentials {
             let pair = match (entry.username, entry.password, entry.auth) {
                 (Some(u), Some(p), _) => (u, p),
                 (_, _, Some(a)) => {
-                    let raw = base64::engine::general_purpose::STANDARD.decode(a.trim()).map_err(|e| Error::Input {
-                        path: path.to_path_buf(),
-                        reason: format!("auths.{key}.auth: not base64: {e}"),
-                    })?;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(a.trim())
+                        .map_err(|e| Error::Input {
+                            path: path.to_path_buf(),
+                            reason: format!("auths.{key}.auth: not base64: {e}"),
+                        })?;
                     let s = String::from_utf8(raw).map_err(|_| Error::Input {
                         path: path.to_path_buf(),
                         reason: format!("auths.{key}.auth: not UTF-8"),
@@ -129,7 +136,9 @@ mod tests {
         )
         .unwrap();
         let c = Credentials::from_file(&p).unwrap();
-        assert!(matches!(c.for_host("index.docker.io"), RegistryAuth::Basic(u, p) if u == "u" && p == "p"));
+        assert!(
+            matches!(c.for_host("index.docker.io"), RegistryAuth::Basic(u, p) if u == "u" && p == "p")
+        );
         assert!(matches!(c.for_host("127.0.0.1:5000"), RegistryAuth::Basic(u, _) if u == "a"));
         assert!(matches!(c.for_host("quay.io"), RegistryAuth::Anonymous));
     }

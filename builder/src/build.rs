@@ -38,7 +38,11 @@ pub struct RefStatus {
 
 /// Resolves every reference of `cfg`. With `strict`, the first failure is an error; without, failures
 /// are reported in the statuses (for `resolve` and offline plans) and left out of the map.
-pub async fn resolve_all(sources: &Sources, cfg: &Config, strict: bool) -> Result<(ResolvedMap, Vec<RefStatus>)> {
+pub async fn resolve_all(
+    sources: &Sources,
+    cfg: &Config,
+    strict: bool,
+) -> Result<(ResolvedMap, Vec<RefStatus>)> {
     let mut map = ResolvedMap::new();
     let mut statuses = Vec::new();
     let mut by_ref: BTreeMap<String, Resolved> = BTreeMap::new();
@@ -76,7 +80,14 @@ pub async fn resolve_all(sources: &Sources, cfg: &Config, strict: bool) -> Resul
 
 /// The build key: sha256 of the spec with every reference replaced by its digest, the contents of
 /// local `files[].source`, the formats, the architecture, the mtime policy and the builder version.
-pub fn build_key(cfg: &Config, map: &ResolvedMap, formats: &[OutputFormat], arch: &str, mtime: Mtime, base_dir: &Path) -> Result<[u8; 32]> {
+pub fn build_key(
+    cfg: &Config,
+    map: &ResolvedMap,
+    formats: &[OutputFormat],
+    arch: &str,
+    mtime: Mtime,
+    base_dir: &Path,
+) -> Result<[u8; 32]> {
     let mut pinned = cfg.clone();
     let pin = |loc: &str, s: &mut String| -> Result<()> {
         let r = map.get(loc).ok_or_else(|| Error::Unresolved {
@@ -93,7 +104,11 @@ pub fn build_key(cfg: &Config, map: &ResolvedMap, formats: &[OutputFormat], arch
     for (i, r) in pinned.init.iter_mut().enumerate() {
         pin(&format!("init[{i}]"), r)?;
     }
-    for (section, list) in [("onboot", &mut pinned.onboot), ("onshutdown", &mut pinned.onshutdown), ("services", &mut pinned.services)] {
+    for (section, list) in [
+        ("onboot", &mut pinned.onboot),
+        ("onshutdown", &mut pinned.onshutdown),
+        ("services", &mut pinned.services),
+    ] {
         for (i, img) in list.iter_mut().enumerate() {
             pin(&format!("{section}[{i}].image"), &mut img.image)?;
         }
@@ -107,7 +122,9 @@ pub fn build_key(cfg: &Config, map: &ResolvedMap, formats: &[OutputFormat], arch
     for f in &cfg.files {
         if let Some(src) = &f.source {
             let p = base_dir.join(src);
-            let d = std::fs::read(&p).map(|b| sha256(&b)).unwrap_or_else(|_| "absent".into());
+            let d = std::fs::read(&p)
+                .map(|b| sha256(&b))
+                .unwrap_or_else(|_| "absent".into());
             sources.insert(src.clone(), d);
         }
     }
@@ -216,11 +233,18 @@ impl Ctx<'_> {
         let flat = self.cache().flat_path(&h.finish());
         let mut tree = Tree::new();
         if let Some(tar) = self.cache().get_file(&flat)? {
-            tree.apply_layer(&format!("{} (flattened, cached)", image.manifest_digest), &tar[..], self.opts.limits)?;
+            tree.apply_layer(
+                &format!("{} (flattened, cached)", image.manifest_digest),
+                &tar[..],
+                self.opts.limits,
+            )?;
             return Ok(tree);
         }
         let total: u64 = image.layers().iter().map(|l| l.size).sum();
-        let task = self.opts.progress.task(format!("pull+extract {}", image.reference), Some(total));
+        let task = self
+            .opts
+            .progress
+            .task(format!("pull+extract {}", image.reference), Some(total));
         for layer in image.layers() {
             let blob = self.sources.blob(&image.reference, &layer.digest).await?;
             task.inc(layer.size);
@@ -238,10 +262,19 @@ impl Ctx<'_> {
         for part in &seg.parts {
             match part {
                 Part::Generated(e) => out.extend(e.iter().cloned()),
-                Part::Image { image, prefix, resolv } => {
+                Part::Image {
+                    image,
+                    prefix,
+                    resolv,
+                } => {
                     let mtime = self.opts.mtime;
                     let tree = self.tree(image).await?;
-                    out.extend(assemble::image_entries(tree, prefix, resolv.as_deref(), mtime));
+                    out.extend(assemble::image_entries(
+                        tree,
+                        prefix,
+                        resolv.as_deref(),
+                        mtime,
+                    ));
                 }
             }
         }
@@ -250,16 +283,27 @@ impl Ctx<'_> {
 }
 
 /// Decompresses and applies one layer blob.
-pub fn apply_blob(tree: &mut Tree, layer: &oci::Descriptor, blob: &[u8], limits: Limits) -> Result<()> {
+pub fn apply_blob(
+    tree: &mut Tree,
+    layer: &oci::Descriptor,
+    blob: &[u8],
+    limits: Limits,
+) -> Result<()> {
     let mt = layer.media_type.as_str();
     if oci::MT_LAYER_GZIP.contains(&mt) || (mt.is_empty() && blob.starts_with(&[0x1f, 0x8b])) {
-        tree.apply_layer(&layer.digest, flate2::read::MultiGzDecoder::new(blob), limits)
+        tree.apply_layer(
+            &layer.digest,
+            flate2::read::MultiGzDecoder::new(blob),
+            limits,
+        )
     } else if mt == oci::MT_LAYER_TAR || mt == "application/vnd.docker.image.rootfs.diff.tar" {
         tree.apply_layer(&layer.digest, blob, limits)
     } else {
         Err(Error::BadLayer {
             layer: layer.digest.clone(),
-            reason: format!("unsupported layer media type {mt:?} (gzip and uncompressed tar are supported)"),
+            reason: format!(
+                "unsupported layer media type {mt:?} (gzip and uncompressed tar are supported)"
+            ),
         })
     }
 }
@@ -272,22 +316,41 @@ struct KernelParts {
 }
 
 async fn kernel_parts(ctx: &mut Ctx<'_>, plan: &Plan) -> Result<Option<KernelParts>> {
-    let Some(k) = &plan.kernel else { return Ok(None) };
+    let Some(k) = &plan.kernel else {
+        return Ok(None);
+    };
     let limits = ctx.opts.limits;
     let tree = ctx.tree(&k.image).await?;
-    let loc = |r: String| Error::Config { location: "kernel".into(), reason: r };
+    let loc = |r: String| Error::Config {
+        location: "kernel".into(),
+        reason: r,
+    };
     let file = |name: &str| -> Option<Vec<u8>> {
         match tree.get(name.trim_start_matches('/')).map(|e| &e.kind) {
             Some(Kind::File(b)) => Some(b.to_vec()),
             _ => None,
         }
     };
-    let kernel = file(&k.binary).ok_or_else(|| loc(format!("did not find kernel {:?} in kernel image {}", k.binary, k.image.reference)))?;
+    let kernel = file(&k.binary).ok_or_else(|| {
+        loc(format!(
+            "did not find kernel {:?} in kernel image {}",
+            k.binary, k.image.reference
+        ))
+    })?;
     let mut modules = Vec::new();
     if let Some(t) = &k.tar {
-        let tar = file(t).ok_or_else(|| loc(format!("did not find kernel tar {t:?} in kernel image {}", k.image.reference)))?;
+        let tar = file(t).ok_or_else(|| {
+            loc(format!(
+                "did not find kernel tar {t:?} in kernel image {}",
+                k.image.reference
+            ))
+        })?;
         let mut mt = Tree::new();
-        mt.apply_layer(&format!("{} ({t})", k.image.manifest_digest), &tar[..], limits)?;
+        mt.apply_layer(
+            &format!("{} ({t})", k.image.manifest_digest),
+            &tar[..],
+            limits,
+        )?;
         modules = mt.into_entries();
         if let Some(c) = plan.mtime.clamp {
             for e in &mut modules {
@@ -296,10 +359,16 @@ async fn kernel_parts(ctx: &mut Ctx<'_>, plan: &Plan) -> Result<Option<KernelPar
         }
     }
     let ucode = match &k.ucode {
-        Some(u) => Some(file(u).ok_or_else(|| loc(format!("did not find ucode {u:?} in kernel image")))?),
+        Some(u) => {
+            Some(file(u).ok_or_else(|| loc(format!("did not find ucode {u:?} in kernel image")))?)
+        }
         None => None,
     };
-    Ok(Some(KernelParts { kernel, modules, ucode }))
+    Ok(Some(KernelParts {
+        kernel,
+        modules,
+        ucode,
+    }))
 }
 
 fn is_initrd_format(f: OutputFormat) -> bool {
@@ -307,9 +376,19 @@ fn is_initrd_format(f: OutputFormat) -> bool {
 }
 
 /// Builds the outputs of `plan`.
-pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: Vec<RefStatus>, opts: &BuildOptions) -> Result<BuildResult> {
+pub async fn build(
+    sources: &Sources,
+    plan: &Plan,
+    build_key: [u8; 32],
+    inputs: Vec<RefStatus>,
+    opts: &BuildOptions,
+) -> Result<BuildResult> {
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
-    let mut ctx = Ctx { sources, opts, trees: BTreeMap::new() };
+    let mut ctx = Ctx {
+        sources,
+        opts,
+        trees: BTreeMap::new(),
+    };
     let need_initrd = opts.formats.iter().any(|f| is_initrd_format(*f));
     let need_tar = opts.formats.contains(&OutputFormat::Tar);
     let t = plan.mtime.generated;
@@ -323,9 +402,14 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
     let (mut cached_segments, mut built_segments) = (0, 0);
     let mut ucode: Option<Vec<u8>> = None;
     if let Some(k) = &plan.kernel {
-        let cached = (sources.cache().get_file(&kcache("kernel"))?, sources.cache().get_file(&kcache("cpio.gz"))?, sources.cache().get_file(&kcache("size"))?);
+        let cached = (
+            sources.cache().get_file(&kcache("kernel"))?,
+            sources.cache().get_file(&kcache("cpio.gz"))?,
+            sources.cache().get_file(&kcache("size"))?,
+        );
         let ucode_cached = sources.cache().get_file(&kcache("ucode"))?;
-        let have_all = matches!(cached, (Some(_), Some(_), Some(_))) && (k.ucode.is_none() || ucode_cached.is_some());
+        let have_all = matches!(cached, (Some(_), Some(_), Some(_)))
+            && (k.ucode.is_none() || ucode_cached.is_some());
         if have_all {
             let (kb, m, sz) = cached;
             kernel_bytes = kb;
@@ -335,14 +419,20 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
             cached_segments += 1;
         }
         if !have_all || need_tar {
-            let parts = kernel_parts(&mut ctx, plan).await?.expect("plan has a kernel");
+            let parts = kernel_parts(&mut ctx, plan)
+                .await?
+                .expect("plan has a kernel");
             if !have_all {
                 let task = opts.progress.task("compress kernel modules", None);
                 let (m, raw) = cpio::compressed_members(&parts.modules, opts.level)?;
                 task.done("");
-                sources.cache().write_atomic(&kcache("kernel"), &parts.kernel)?;
+                sources
+                    .cache()
+                    .write_atomic(&kcache("kernel"), &parts.kernel)?;
                 sources.cache().write_atomic(&kcache("cpio.gz"), &m)?;
-                sources.cache().write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
+                sources
+                    .cache()
+                    .write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
                 if let Some(u) = &parts.ucode {
                     sources.cache().write_atomic(&kcache("ucode"), u)?;
                 }
@@ -351,7 +441,12 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
                 built_segments += 1;
             }
             kernel_entries.push(Entry::dir("boot", 0o755, t));
-            kernel_entries.push(Entry::file("boot/cmdline", k.cmdline.clone().into_bytes(), 0o644, t));
+            kernel_entries.push(Entry::file(
+                "boot/cmdline",
+                k.cmdline.clone().into_bytes(),
+                0o644,
+                t,
+            ));
             kernel_entries.push(Entry::file("boot/kernel", parts.kernel.clone(), 0o644, t));
             kernel_entries.extend(parts.modules);
             if let Some(u) = &parts.ucode {
@@ -378,20 +473,25 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
         let mpath = sources.cache().member_path(&seg.key, "cpio.gz");
         let spath = sources.cache().member_path(&seg.key, "size");
         let cached = if need_initrd {
-            match (sources.cache().get_file(&mpath)?, sources.cache().get_file(&spath)?) {
+            match (
+                sources.cache().get_file(&mpath)?,
+                sources.cache().get_file(&spath)?,
+            ) {
                 (Some(m), Some(s)) => Some((m, parse_size(Some(&s)))),
                 _ => None,
             }
         } else {
             None
         };
-        if cached.is_some() && !need_tar {
-            let (m, s) = cached.expect("checked");
-            members.push(m);
-            raw_total += s;
-            cached_segments += 1;
-            continue;
-        }
+        let cached = match cached {
+            Some((m, s)) if !need_tar => {
+                members.push(m);
+                raw_total += s;
+                cached_segments += 1;
+                continue;
+            }
+            other => other,
+        };
         let entries = ctx.segment_entries(seg).await?;
         if let Some(w) = tar.as_mut() {
             for e in &entries {
@@ -406,11 +506,15 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
                     cached_segments += 1;
                 }
                 None => {
-                    let task = opts.progress.task(format!("compress {}", seg.location), None);
+                    let task = opts
+                        .progress
+                        .task(format!("compress {}", seg.location), None);
                     let (m, raw) = cpio::compressed_members(&entries, opts.level)?;
                     task.done(&format!("{} -> {} bytes", raw, m.len()));
                     sources.cache().write_atomic(&mpath, &m)?;
-                    sources.cache().write_atomic(&spath, raw.to_string().as_bytes())?;
+                    sources
+                        .cache()
+                        .write_atomic(&spath, raw.to_string().as_bytes())?;
                     raw_total += raw;
                     members.push(m);
                     built_segments += 1;
@@ -420,7 +524,9 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
     }
     if raw_total > cpio::MAX_NEWC {
         return Err(Error::Cpio {
-            reason: format!("the initrd holds {raw_total} bytes of newc archives, more than 4 GiB; use a disk format with a root filesystem instead"),
+            reason: format!(
+                "the initrd holds {raw_total} bytes of newc archives, more than 4 GiB; use a disk format with a root filesystem instead"
+            ),
         });
     }
 
@@ -436,18 +542,30 @@ pub async fn build(sources: &Sources, plan: &Plan, build_key: [u8; 32], inputs: 
             location: "kernel".into(),
             reason: "the requested formats need a kernel section".into(),
         })?;
-        let cmdline = plan.kernel.as_ref().map(|k| k.cmdline.clone()).unwrap_or_default();
+        let cmdline = plan
+            .kernel
+            .as_ref()
+            .map(|k| k.cmdline.clone())
+            .unwrap_or_default();
         let mut initrd = ucode.unwrap_or_default();
         for m in &members {
             initrd.extend_from_slice(m);
         }
         write_initrd_outputs(opts, &kernel, &initrd, &cmdline, &build_key, &mut outputs)?;
     }
-    Ok(BuildResult { build_key: hex::encode(build_key), inputs, outputs, cached_segments, built_segments })
+    Ok(BuildResult {
+        build_key: hex::encode(build_key),
+        inputs,
+        outputs,
+        cached_segments,
+        built_segments,
+    })
 }
 
 fn parse_size(s: Option<&[u8]>) -> u64 {
-    s.and_then(|b| std::str::from_utf8(b).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    s.and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {
@@ -467,10 +585,23 @@ fn describe(format: &str, role: &str, path: &Path) -> Result<OutputFile> {
         size += n as u64;
         h.update(&buf[..n]);
     }
-    Ok(OutputFile { format: format.into(), role: role.into(), path: path.to_path_buf(), size, digest: h.finish() })
+    Ok(OutputFile {
+        format: format.into(),
+        role: role.into(),
+        path: path.to_path_buf(),
+        size,
+        digest: h.finish(),
+    })
 }
 
-fn write_initrd_outputs(opts: &BuildOptions, kernel: &[u8], initrd: &[u8], cmdline: &str, build_key: &[u8; 32], outputs: &mut Vec<OutputFile>) -> Result<()> {
+fn write_initrd_outputs(
+    opts: &BuildOptions,
+    kernel: &[u8],
+    initrd: &[u8],
+    cmdline: &str,
+    build_key: &[u8; 32],
+    outputs: &mut Vec<OutputFile>,
+) -> Result<()> {
     let t = opts.mtime.generated;
     let dir = &opts.out_dir;
     let name = &opts.name;
@@ -478,7 +609,11 @@ fn write_initrd_outputs(opts: &BuildOptions, kernel: &[u8], initrd: &[u8], cmdli
     for f in &opts.formats {
         match f {
             OutputFormat::KernelInitrd => {
-                for (role, suffix, data) in [("kernel", "kernel", kernel), ("initrd", "initrd.img", initrd), ("cmdline", "cmdline", cmdline.as_bytes())] {
+                for (role, suffix, data) in [
+                    ("kernel", "kernel", kernel),
+                    ("initrd", "initrd.img", initrd),
+                    ("cmdline", "cmdline", cmdline.as_bytes()),
+                ] {
                     let p = dir.join(format!("{name}-{suffix}"));
                     write_file(&p, data)?;
                     outputs.push(describe(f.as_str(), role, &p)?);
@@ -486,9 +621,17 @@ fn write_initrd_outputs(opts: &BuildOptions, kernel: &[u8], initrd: &[u8], cmdli
             }
             OutputFormat::TarKernelInitrd => {
                 let p = dir.join(format!("{name}-initrd.tar"));
-                let mut entries = vec![Entry::file("kernel", kernel.to_vec(), 0o644, t), Entry::file("initrd.img", initrd.to_vec(), 0o644, t)];
+                let mut entries = vec![
+                    Entry::file("kernel", kernel.to_vec(), 0o644, t),
+                    Entry::file("initrd.img", initrd.to_vec(), 0o644, t),
+                ];
                 if !cmdline.is_empty() {
-                    entries.push(Entry::file("cmdline", cmdline.as_bytes().to_vec(), 0o644, t));
+                    entries.push(Entry::file(
+                        "cmdline",
+                        cmdline.as_bytes().to_vec(),
+                        0o644,
+                        t,
+                    ));
                 }
                 let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&p, e))?;
                 write_file(&p, &tar)?;
@@ -504,15 +647,35 @@ fn write_initrd_outputs(opts: &BuildOptions, kernel: &[u8], initrd: &[u8], cmdli
         }
     }
     if !disks.is_empty() {
-        let stub = crate::disk::read_stub(&opts.stub_path).map_err(|e| Error::Config { location: "--uki-stub".into(), reason: e.to_string() })?;
+        let stub = crate::disk::read_stub(&opts.stub_path).map_err(|e| Error::Config {
+            location: "--uki-stub".into(),
+            reason: e.to_string(),
+        })?;
         let os_release = format!(
             "NAME=\"Kitfleet\"\nID=kitfleet\nVERSION_ID={}\nBUILD_ID={}\n",
             &hex::encode(build_key)[..12],
             hex::encode(build_key)
         );
-        let inputs = crate::disk::DiskInputs { kernel, initrd, cmdline, os_release: &os_release, build_key: *build_key, stub: &stub, mtime: t };
-        let infos = crate::disk::write_disks(&disks, &inputs, &crate::disk::DiskOptions::default(), dir, name)
-            .map_err(|e| Error::Config { location: "disk".into(), reason: e.to_string() })?;
+        let inputs = crate::disk::DiskInputs {
+            kernel,
+            initrd,
+            cmdline,
+            os_release: &os_release,
+            build_key: *build_key,
+            stub: &stub,
+            mtime: t,
+        };
+        let infos = crate::disk::write_disks(
+            &disks,
+            &inputs,
+            &crate::disk::DiskOptions::default(),
+            dir,
+            name,
+        )
+        .map_err(|e| Error::Config {
+            location: "disk".into(),
+            reason: e.to_string(),
+        })?;
         for i in infos {
             outputs.push(describe(i.format.name(), "disk", &i.path)?);
         }

@@ -108,7 +108,8 @@ impl Cache {
     /// Writes `data` to `path` (inside the cache) atomically.
     pub fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
         let tmpdir = self.root.join("tmp");
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&tmpdir).map_err(|e| Error::io(&tmpdir, e))?;
         tmp.write_all(data).map_err(|e| Error::io(tmp.path(), e))?;
         tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
         Ok(())
@@ -144,6 +145,9 @@ mod tests {
             }
         });
         assert_eq!(std::fs::read(&p).unwrap(), data);
-        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -121,7 +121,12 @@ impl SourceArgs {
         let cache = Cache::open(self.cache.clone().unwrap_or_else(Cache::default_dir))?;
         Ok(Sources::new(
             cache,
-            SourceOptions { arch: self.arch.clone(), insecure_registries: self.insecure.clone(), credentials, offline: self.offline },
+            SourceOptions {
+                arch: self.arch.clone(),
+                insecure_registries: self.insecure.clone(),
+                credentials,
+                offline: self.offline,
+            },
         ))
     }
 }
@@ -131,7 +136,11 @@ fn formats_or_default(cli: &[OutputFormat], input: &input::Input) -> Vec<OutputF
         return cli.to_vec();
     }
     let f = input.formats();
-    if f.is_empty() { vec![OutputFormat::KernelInitrd] } else { f }
+    if f.is_empty() {
+        vec![OutputFormat::KernelInitrd]
+    } else {
+        f
+    }
 }
 
 #[derive(Serialize)]
@@ -159,37 +168,81 @@ fn plan_lines(cfg: &kitfleet_api::linuxkit::Config, statuses: &[RefStatus]) -> V
     let status = |loc: &str| statuses.iter().find(|s| s.location == loc);
     let line = |location: String, path: String, ref_loc: &str| {
         let s = status(ref_loc);
-        PlanLine { location, path, digest: s.and_then(|s| s.digest.clone()), resolved: s.is_some_and(|s| s.digest.is_some()) }
+        PlanLine {
+            location,
+            path,
+            digest: s.and_then(|s| s.digest.clone()),
+            resolved: s.is_some_and(|s| s.digest.is_some()),
+        }
     };
     let mut out = Vec::new();
     if cfg.kernel.is_some() {
-        out.push(line("kernel".into(), "boot/kernel, boot/cmdline, kernel.tar modules".into(), "kernel.image"));
+        out.push(line(
+            "kernel".into(),
+            "boot/kernel, boot/cmdline, kernel.tar modules".into(),
+            "kernel.image",
+        ));
     }
     for i in 0..cfg.init.len() {
-        out.push(line(format!("init[{i}]"), "/".into(), &format!("init[{i}]")));
+        out.push(line(
+            format!("init[{i}]"),
+            "/".into(),
+            &format!("init[{i}]"),
+        ));
     }
     for (i, v) in cfg.volumes.iter().enumerate() {
-        out.push(line(format!("volumes[{i}]"), format!("containers/volumes/{}", v.name), &format!("volumes[{i}].image")));
+        out.push(line(
+            format!("volumes[{i}]"),
+            format!("containers/volumes/{}", v.name),
+            &format!("volumes[{i}].image"),
+        ));
     }
     for (section, list) in cfg.sections() {
         for (i, img) in list.iter().enumerate() {
-            let dir = if section == "services" { format!("containers/{section}/{}", img.name) } else { format!("containers/{section}/{i:03}-{}", img.name) };
-            out.push(line(format!("{section}[{i}]"), dir, &format!("{section}[{i}].image")));
+            let dir = if section == "services" {
+                format!("containers/{section}/{}", img.name)
+            } else {
+                format!("containers/{section}/{i:03}-{}", img.name)
+            };
+            out.push(line(
+                format!("{section}[{i}]"),
+                dir,
+                &format!("{section}[{i}].image"),
+            ));
         }
     }
     for (i, f) in cfg.files.iter().enumerate() {
-        out.push(PlanLine { location: format!("files[{i}]"), path: f.path.trim_start_matches('/').to_string(), digest: None, resolved: true });
+        out.push(PlanLine {
+            location: format!("files[{i}]"),
+            path: f.path.trim_start_matches('/').to_string(),
+            digest: None,
+            resolved: true,
+        });
     }
     out
 }
 
 fn print_json<T: Serialize>(v: &T) {
-    println!("{}", serde_json::to_string_pretty(v).expect("plain structs serialise"));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("plain structs serialise")
+    );
 }
 
 async fn run(cli: Cli) -> Result<i32> {
     match cli.command {
-        Command::Build { file, out, format, push, name, level, uki_stub, json, no_progress, src } => {
+        Command::Build {
+            file,
+            out,
+            format,
+            push,
+            name,
+            level,
+            uki_stub,
+            json,
+            no_progress,
+            src,
+        } => {
             let input = input::load(&file)?;
             let formats = formats_or_default(&format, &input);
             let sources = src.sources()?;
@@ -230,14 +283,26 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
-        Command::Resolve { file, format, json, src } => {
+        Command::Resolve {
+            file,
+            format,
+            json,
+            src,
+        } => {
             let input = input::load(&file)?;
             let formats = formats_or_default(&format, &input);
             let sources = src.sources()?;
             let (map, statuses) = build::resolve_all(&sources, &input.config, false).await?;
             let complete = statuses.iter().all(|s| s.digest.is_some());
             let key = if complete {
-                Some(build::build_key(&input.config, &map, &formats, &src.arch, Mtime::from_env()?, &input.base_dir())?)
+                Some(build::build_key(
+                    &input.config,
+                    &map,
+                    &formats,
+                    &src.arch,
+                    Mtime::from_env()?,
+                    &input.base_dir(),
+                )?)
             } else {
                 None
             };
@@ -253,12 +318,19 @@ async fn run(cli: Cli) -> Result<i32> {
                 for r in &report.references {
                     match (&r.digest, &r.unresolved) {
                         (Some(d), _) => println!("{:28} {} {}", r.location, r.reference, d),
-                        (None, Some(why)) => println!("{:28} {} UNRESOLVED: {why}", r.location, r.reference),
+                        (None, Some(why)) => {
+                            println!("{:28} {} UNRESOLVED: {why}", r.location, r.reference)
+                        }
                         _ => {}
                     }
                 }
                 for p in &report.plan {
-                    println!("plan {:16} {}{}", p.location, p.path, if p.resolved { "" } else { "  (unresolved)" });
+                    println!(
+                        "plan {:16} {}{}",
+                        p.location,
+                        p.path,
+                        if p.resolved { "" } else { "  (unresolved)" }
+                    );
                 }
                 match &report.build_key {
                     Some(k) => println!("build key {k}"),
@@ -267,7 +339,12 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             Ok(if complete { 0 } else { 3 })
         }
-        Command::Convert { file, name, repository, format } => {
+        Command::Convert {
+            file,
+            name,
+            repository,
+            format,
+        } => {
             let input = input::load(&file)?;
             match input.node_image {
                 Some(_) => print!("{}", input.config.to_yaml()),
@@ -276,14 +353,21 @@ async fn run(cli: Cli) -> Result<i32> {
                         &name.unwrap_or(input.name),
                         input.config,
                         format,
-                        OutputSpec { repository, push_secret_name: None },
+                        OutputSpec {
+                            repository,
+                            push_secret_name: None,
+                        },
                     );
                     print!("{}", ni.to_yaml());
                 }
             }
             Ok(0)
         }
-        Command::Pull { reference, out, src } => {
+        Command::Pull {
+            reference,
+            out,
+            src,
+        } => {
             let sources = src.sources()?;
             let pulled = crate::push::pull(&sources, &reference, &out).await?;
             print_json(&pulled);
@@ -297,9 +381,14 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kitfleet-build: cannot start the async runtime: {e}");

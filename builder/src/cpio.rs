@@ -34,7 +34,7 @@ pub struct NewcWriter {
 }
 
 fn pad4(buf: &mut Vec<u8>) {
-    while buf.len() % 4 != 0 {
+    while !buf.len().is_multiple_of(4) {
         buf.push(0);
     }
 }
@@ -45,10 +45,20 @@ impl NewcWriter {
         NewcWriter::default()
     }
 
-    fn header(&mut self, name: &str, mode: u32, e: &Entry, size: u64, dev: (u32, u32)) -> Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        e: &Entry,
+        size: u64,
+        dev: (u32, u32),
+    ) -> Result<()> {
         if size > MAX_NEWC {
             return Err(Error::Cpio {
-                reason: format!("{}: {size} bytes exceed newc's 4 GiB file-size field", e.path),
+                reason: format!(
+                    "{}: {size} bytes exceed newc's 4 GiB file-size field",
+                    e.path
+                ),
             });
         }
         self.ino += 1;
@@ -153,7 +163,9 @@ pub fn chunk(entries: &[Entry]) -> Vec<&[Entry]> {
 
 /// Gzip-compresses `data` deterministically (no name, mtime 0) at `level`.
 pub fn gzip(data: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = GzBuilder::new().mtime(0).write(Vec::with_capacity(data.len() / 2), Compression::new(level));
+    let mut enc = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::with_capacity(data.len() / 2), Compression::new(level));
     enc.write_all(data).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }
@@ -190,14 +202,18 @@ mod tests {
     #[test]
     fn relative_links() {
         assert_eq!(relative_link("bin/sh", "bin/busybox"), "busybox");
-        assert_eq!(relative_link("usr/bin/x", "bin/busybox"), "../../bin/busybox");
+        assert_eq!(
+            relative_link("usr/bin/x", "bin/busybox"),
+            "../../bin/busybox"
+        );
         assert_eq!(relative_link("x", "a/b"), "a/b");
     }
 
     #[test]
     fn newc_layout_is_exact() {
         let mut w = NewcWriter::new();
-        w.append(&Entry::file("a", b"hi".to_vec(), 0o644, 5)).unwrap();
+        w.append(&Entry::file("a", b"hi".to_vec(), 0o644, 5))
+            .unwrap();
         let out = w.finish().unwrap();
         let hdr = std::str::from_utf8(&out[..110]).unwrap();
         assert_eq!(&hdr[..6], "070701");
@@ -213,7 +229,9 @@ mod tests {
     fn oversized_file_is_an_error_not_a_truncation() {
         let mut w = NewcWriter::new();
         let e = Entry::file("big", Vec::new(), 0o644, 0);
-        let err = w.header("big", S_IFREG, &e, MAX_NEWC + 1, (0, 0)).unwrap_err();
+        let err = w
+            .header("big", S_IFREG, &e, MAX_NEWC + 1, (0, 0))
+            .unwrap_err();
         assert!(err.to_string().contains("exceed newc's 4 GiB"), "{err}");
     }
 
@@ -232,6 +250,9 @@ mod tests {
         let mut d = flate2::read::MultiGzDecoder::new(&a[..]);
         let mut raw = Vec::new();
         std::io::Read::read_to_end(&mut d, &mut raw).unwrap();
-        assert_eq!(raw.windows(10).filter(|w| *w == b"TRAILER!!!").count(), chunks.len());
+        assert_eq!(
+            raw.windows(10).filter(|w| *w == b"TRAILER!!!").count(),
+            chunks.len()
+        );
     }
 }

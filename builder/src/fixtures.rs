@@ -41,7 +41,12 @@ pub fn http_status(addr: &str, path: &str) -> Option<u16> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n]).ok()?.split_whitespace().nth(1)?.parse().ok()
+    std::str::from_utf8(&buf[..n])
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl Registry {
@@ -58,7 +63,10 @@ impl Registry {
         if let Some((user, hash)) = htpasswd {
             let pw = dir.path().join("htpasswd");
             std::fs::write(&pw, format!("{user}:{hash}\n"))?;
-            cfg.push_str(&format!("auth:\n  htpasswd:\n    realm: kitfleet-test\n    path: {}\n", pw.display()));
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kitfleet-test\n    path: {}\n",
+                pw.display()
+            ));
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg)?;
@@ -69,7 +77,11 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .context("starting docker-registry (apt-get install docker-registry)")?;
-        let mut reg = Registry { child, addr, _dir: dir };
+        let mut reg = Registry {
+            child,
+            addr,
+            _dir: dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(code) = http_status(&reg.addr, "/v2/")
@@ -144,7 +156,11 @@ impl ImageSpec {
     /// Builds from raw uncompressed layer tars (for hostile layers no writer would produce).
     pub fn build_raw(&self, raw_layers: &[Vec<u8>]) -> OciImage {
         let diff_ids = raw_layers.iter().map(|t| sha256(t)).collect();
-        let layers = raw_layers.iter().map(|t| gzip(t, 1)).map(|g| (sha256(&g), g)).collect();
+        let layers = raw_layers
+            .iter()
+            .map(|t| gzip(t, 1))
+            .map(|g| (sha256(&g), g))
+            .collect();
         self.assemble(layers, diff_ids)
     }
 
@@ -165,7 +181,13 @@ impl ImageSpec {
             schema_version: 2,
             media_type: Some(MT_OCI_MANIFEST.into()),
             artifact_type: None,
-            config: Some(Descriptor { media_type: MT_OCI_CONFIG.into(), digest: sha256(&config), size: config.len() as u64, platform: None, annotations: BTreeMap::new() }),
+            config: Some(Descriptor {
+                media_type: MT_OCI_CONFIG.into(),
+                digest: sha256(&config),
+                size: config.len() as u64,
+                platform: None,
+                annotations: BTreeMap::new(),
+            }),
             layers: Some(
                 layers
                     .iter()
@@ -182,18 +204,28 @@ impl ImageSpec {
             annotations: BTreeMap::new(),
         };
         let manifest = serde_json::to_vec(&manifest).expect("json");
-        OciImage { digest: sha256(&manifest), manifest, config, layers }
+        OciImage {
+            digest: sha256(&manifest),
+            manifest,
+            config,
+            layers,
+        }
     }
 }
 
 impl OciImage {
     /// Pushes to `reference` (`127.0.0.1:PORT/name:tag`) over plain HTTP.
     pub async fn push(&self, reference: &str) -> Result<String> {
-        self.push_auth(reference, &oci_client::secrets::RegistryAuth::Anonymous).await
+        self.push_auth(reference, &oci_client::secrets::RegistryAuth::Anonymous)
+            .await
     }
 
     /// Pushes with credentials.
-    pub async fn push_auth(&self, reference: &str, auth: &oci_client::secrets::RegistryAuth) -> Result<String> {
+    pub async fn push_auth(
+        &self,
+        reference: &str,
+        auth: &oci_client::secrets::RegistryAuth,
+    ) -> Result<String> {
         crate::source::install_crypto_provider();
         let r: Reference = reference.parse()?;
         let client = oci_client::Client::new(oci_client::client::ClientConfig {
@@ -201,11 +233,15 @@ impl OciImage {
             ..Default::default()
         });
         client.auth(&r, auth, RegistryOperation::Push).await?;
-        client.push_blob(&r, self.config.clone(), &sha256(&self.config)).await?;
+        client
+            .push_blob(&r, self.config.clone(), &sha256(&self.config))
+            .await?;
         for (d, b) in &self.layers {
             client.push_blob(&r, b.clone(), d).await?;
         }
-        client.push_manifest_raw(&r, self.manifest.clone(), MT_OCI_MANIFEST.parse()?).await?;
+        client
+            .push_manifest_raw(&r, self.manifest.clone(), MT_OCI_MANIFEST.parse()?)
+            .await?;
         Ok(self.digest.clone())
     }
 
@@ -213,7 +249,8 @@ impl OciImage {
     pub fn write_layout(&self, dir: &Path, tag: &str) -> Result<()> {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs)?;
-        let put = |d: &str, b: &[u8]| std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b);
+        let put =
+            |d: &str, b: &[u8]| std::fs::write(blobs.join(d.trim_start_matches("sha256:")), b);
         put(&self.digest, &self.manifest)?;
         put(&sha256(&self.config), &self.config)?;
         for (d, b) in &self.layers {
@@ -229,7 +266,8 @@ impl OciImage {
 }
 
 fn read_host(path: &str) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("reading {path} (see builder/README.md for the Debian packages)"))
+    std::fs::read(path)
+        .with_context(|| format!("reading {path} (see builder/README.md for the Debian packages)"))
 }
 
 fn file(path: &str, data: Vec<u8>, mode: u32) -> Entry {
@@ -274,14 +312,18 @@ pub fn kernel_image() -> Result<ImageSpec> {
     }
     let ktar = to_tar(&modules)?;
     Ok(ImageSpec {
-        layers: vec![vec![file("kernel", kernel, 0o644), file("kernel.tar", ktar, 0o644)]],
+        layers: vec![vec![
+            file("kernel", kernel, 0o644),
+            file("kernel.tar", ktar, 0o644),
+        ]],
         ..Default::default()
     })
 }
 
 const APPLETS: [&str; 24] = [
-    "sh", "echo", "cat", "ls", "mount", "umount", "mkdir", "basename", "poweroff", "sleep", "uname", "grep", "sync",
-    "reboot", "halt", "dmesg", "rm", "ln", "chmod", "true", "false", "test", "[", "printf",
+    "sh", "echo", "cat", "ls", "mount", "umount", "mkdir", "basename", "poweroff", "sleep",
+    "uname", "grep", "sync", "reboot", "halt", "dmesg", "rm", "ln", "chmod", "true", "false",
+    "test", "[", "printf",
 ];
 
 fn busybox_layer(with_dirs: &[&str]) -> Result<Vec<Entry>> {
@@ -318,14 +360,33 @@ poweroff -f
 
 /// An init image: busybox-static with applets, `/init`, Debian's runc and the libraries it links.
 pub fn init_image() -> Result<ImageSpec> {
-    let mut l = busybox_layer(&["proc", "sys", "dev", "run", "tmp", "usr", "usr/bin", "lib", "lib64", "lib/x86_64-linux-gnu"])?;
+    let mut l = busybox_layer(&[
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "usr",
+        "usr/bin",
+        "lib",
+        "lib64",
+        "lib/x86_64-linux-gnu",
+    ])?;
     l.push(file("init", INIT_SCRIPT.as_bytes().to_vec(), 0o755));
     l.push(file("usr/bin/runc", read_host("/usr/sbin/runc")?, 0o755));
-    for lib in ["lib/x86_64-linux-gnu/libseccomp.so.2", "lib/x86_64-linux-gnu/libc.so.6", "lib64/ld-linux-x86-64.so.2"] {
-        let real = std::fs::canonicalize(format!("/{lib}")).with_context(|| format!("/{lib} (apt-get install runc)"))?;
+    for lib in [
+        "lib/x86_64-linux-gnu/libseccomp.so.2",
+        "lib/x86_64-linux-gnu/libc.so.6",
+        "lib64/ld-linux-x86-64.so.2",
+    ] {
+        let real = std::fs::canonicalize(format!("/{lib}"))
+            .with_context(|| format!("/{lib} (apt-get install runc)"))?;
         l.push(file(lib, std::fs::read(real)?, 0o755));
     }
-    Ok(ImageSpec { layers: vec![l], ..Default::default() })
+    Ok(ImageSpec {
+        layers: vec![l],
+        ..Default::default()
+    })
 }
 
 /// An onboot image printing `marker`: busybox rootfs, command and `readonly: true` in its
@@ -355,10 +416,26 @@ pub struct Boot {
 
 /// Boots `kernel` + `initrd` under `qemu-system-x86_64 -accel tcg`, serial console captured;
 /// `echo` copies the console to stderr as it arrives.
-pub fn boot_qemu(kernel: &Path, initrd: &Path, cmdline: &str, timeout: Duration, echo: bool) -> Result<Boot> {
+pub fn boot_qemu(
+    kernel: &Path,
+    initrd: &Path,
+    cmdline: &str,
+    timeout: Duration,
+    echo: bool,
+) -> Result<Boot> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -398,7 +475,11 @@ pub fn boot_qemu(kernel: &Path, initrd: &Path, cmdline: &str, timeout: Duration,
         let _ = child.wait();
     }
     let console = String::from_utf8_lossy(&reader.join().unwrap_or_default()).into_owned();
-    Ok(Boot { console, exited, elapsed: start.elapsed() })
+    Ok(Boot {
+        console,
+        exited,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Returns an entry's data if it is a regular file.

@@ -41,14 +41,19 @@ impl Progress {
                 Some(n) => {
                     let b = ProgressBar::new(n);
                     b.set_style(
-                        ProgressStyle::with_template("{spinner} {msg:40} {bytes:>10}/{total_bytes:10} {bar:30}")
-                            .expect("static template"),
+                        ProgressStyle::with_template(
+                            "{spinner} {msg:40} {bytes:>10}/{total_bytes:10} {bar:30}",
+                        )
+                        .expect("static template"),
                     );
                     b
                 }
                 None => {
                     let b = ProgressBar::new_spinner();
-                    b.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("static template"));
+                    b.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                            .expect("static template"),
+                    );
                     b
                 }
             };
@@ -59,7 +64,11 @@ impl Progress {
         if bar.is_none() {
             tracing::info!("{what}");
         }
-        Task { bar, what, started: std::time::Instant::now() }
+        Task {
+            bar,
+            what,
+            started: std::time::Instant::now(),
+        }
     }
 }
 

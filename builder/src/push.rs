@@ -34,7 +34,11 @@ pub const TITLE_ANNOTATION: &str = "org.opencontainers.image.title";
 /// `<format-file>` is `kernel`, `initrd` or `cmdline` for the `kernel+initrd` files and the format
 /// name for single-file formats (`tar`, `tar-kernel-initrd`, `iso-efi-initrd`, `raw-efi`, `qcow2-efi`).
 pub fn layer_media_type(format: &str, role: &str) -> String {
-    let part = if format == "kernel+initrd" { role } else { format };
+    let part = if format == "kernel+initrd" {
+        role
+    } else {
+        format
+    };
     format!("application/vnd.kitfleet.nodeimage.{part}.v1")
 }
 
@@ -80,25 +84,50 @@ pub struct Published {
 }
 
 fn reg_err(r: &str, e: impl std::fmt::Display) -> Error {
-    Error::Registry { reference: r.to_string(), message: e.to_string() }
+    Error::Registry {
+        reference: r.to_string(),
+        message: e.to_string(),
+    }
 }
 
 fn parse_repo(repo: &str) -> Result<Reference> {
-    Reference::from_str(repo).map_err(|e| Error::BadReference { location: "--push".into(), reference: repo.into(), reason: e.to_string() })
+    Reference::from_str(repo).map_err(|e| Error::BadReference {
+        location: "--push".into(),
+        reference: repo.into(),
+        reason: e.to_string(),
+    })
 }
 
 /// Pushes the outputs of `result` to `repo` (a repository, optionally with an extra tag).
-pub async fn push(sources: &Sources, repo: &str, result: &BuildResult, arch: &str) -> Result<Published> {
+pub async fn push(
+    sources: &Sources,
+    repo: &str,
+    result: &BuildResult,
+    arch: &str,
+) -> Result<Published> {
     let base = parse_repo(repo)?;
-    let key: [u8; 32] = hex::decode(&result.build_key).ok().and_then(|v| v.try_into().ok()).ok_or_else(|| Error::Config {
-        location: "build key".into(),
-        reason: "not 32 bytes of hex".into(),
-    })?;
+    let key: [u8; 32] = hex::decode(&result.build_key)
+        .ok()
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| Error::Config {
+            location: "build key".into(),
+            reason: "not 32 bytes of hex".into(),
+        })?;
     let tag = artifact_tag(&key);
-    let target = Reference::with_tag(base.registry().to_string(), base.repository().to_string(), tag.clone());
+    let target = Reference::with_tag(
+        base.registry().to_string(),
+        base.repository().to_string(),
+        tag.clone(),
+    );
     let client = sources.client();
-    let auth = sources.options().credentials.for_host(target.resolve_registry());
-    client.auth(&target, &auth, RegistryOperation::Push).await.map_err(|e| reg_err(&target.whole(), e))?;
+    let auth = sources
+        .options()
+        .credentials
+        .for_host(target.resolve_registry());
+    client
+        .auth(&target, &auth, RegistryOperation::Push)
+        .await
+        .map_err(|e| reg_err(&target.whole(), e))?;
 
     let mut formats: Vec<String> = result.outputs.iter().map(|o| o.format.clone()).collect();
     formats.dedup();
@@ -111,13 +140,19 @@ pub async fn push(sources: &Sources, repo: &str, result: &BuildResult, arch: &st
     };
     let config_bytes = serde_json::to_vec(&config).expect("plain struct serialises");
     let config_digest = sha256(&config_bytes);
-    client.push_blob(&target, config_bytes.clone(), &config_digest).await.map_err(|e| reg_err(&target.whole(), e))?;
+    client
+        .push_blob(&target, config_bytes.clone(), &config_digest)
+        .await
+        .map_err(|e| reg_err(&target.whole(), e))?;
 
     let mut layers = Vec::new();
     let mut files = BTreeMap::new();
     for o in &result.outputs {
         let data = std::fs::read(&o.path).map_err(|e| Error::io(&o.path, e))?;
-        client.push_blob(&target, data, &o.digest).await.map_err(|e| reg_err(&target.whole(), e))?;
+        client
+            .push_blob(&target, data, &o.digest)
+            .await
+            .map_err(|e| reg_err(&target.whole(), e))?;
         let title = file_name(&o.path);
         files.insert(title.clone(), o.digest.clone());
         layers.push(Descriptor {
@@ -125,7 +160,10 @@ pub async fn push(sources: &Sources, repo: &str, result: &BuildResult, arch: &st
             digest: o.digest.clone(),
             size: o.size,
             platform: None,
-            annotations: BTreeMap::from([(TITLE_ANNOTATION.into(), title), (FORMAT_ANNOTATION.into(), o.format.clone())]),
+            annotations: BTreeMap::from([
+                (TITLE_ANNOTATION.into(), title),
+                (FORMAT_ANNOTATION.into(), o.format.clone()),
+            ]),
         });
     }
     let manifest = Document {
@@ -146,11 +184,24 @@ pub async fn push(sources: &Sources, repo: &str, result: &BuildResult, arch: &st
     let body = serde_json::to_vec(&manifest).expect("plain struct serialises");
     let digest = sha256(&body);
     let ct = MT_OCI_MANIFEST.parse().expect("static header value");
-    client.push_manifest_raw(&target, body.clone(), ct).await.map_err(|e| reg_err(&target.whole(), e))?;
-    if let Some(extra) = base.tag().filter(|t| *t != "latest" || repo.ends_with(":latest")) {
-        let r = Reference::with_tag(base.registry().to_string(), base.repository().to_string(), extra.to_string());
+    client
+        .push_manifest_raw(&target, body.clone(), ct)
+        .await
+        .map_err(|e| reg_err(&target.whole(), e))?;
+    if let Some(extra) = base
+        .tag()
+        .filter(|t| *t != "latest" || repo.ends_with(":latest"))
+    {
+        let r = Reference::with_tag(
+            base.registry().to_string(),
+            base.repository().to_string(),
+            extra.to_string(),
+        );
         let ct = MT_OCI_MANIFEST.parse().expect("static header value");
-        client.push_manifest_raw(&r, body, ct).await.map_err(|e| reg_err(&r.whole(), e))?;
+        client
+            .push_manifest_raw(&r, body, ct)
+            .await
+            .map_err(|e| reg_err(&r.whole(), e))?;
     }
     Ok(Published {
         reference: format!("{}/{}:{tag}", base.registry(), base.repository()),
@@ -161,11 +212,17 @@ pub async fn push(sources: &Sources, repo: &str, result: &BuildResult, arch: &st
 }
 
 fn input(s: &RefStatus) -> Option<ArtifactInput> {
-    Some(ArtifactInput { location: s.location.clone(), reference: s.reference.clone(), digest: s.digest.clone()? })
+    Some(ArtifactInput {
+        location: s.location.clone(),
+        reference: s.reference.clone(),
+        digest: s.digest.clone()?,
+    })
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// What a pull wrote.
@@ -187,28 +244,60 @@ pub async fn pull(sources: &Sources, reference: &str, out_dir: &Path) -> Result<
     let (bytes, digest) = top;
     let doc = Document::parse(&bytes, reference)?;
     if doc.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-        return Err(Error::Malformed { reference: reference.into(), what: "artifact", reason: format!("artifactType is {:?}, not {ARTIFACT_TYPE}", doc.artifact_type) });
+        return Err(Error::Malformed {
+            reference: reference.into(),
+            what: "artifact",
+            reason: format!(
+                "artifactType is {:?}, not {ARTIFACT_TYPE}",
+                doc.artifact_type
+            ),
+        });
     }
     let cfg_desc = doc.config.clone().expect("Document::parse checked");
     let cfg_bytes = sources.blob(&r, &cfg_desc.digest).await?;
-    let config: ArtifactConfig = serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Malformed { reference: reference.into(), what: "artifact config", reason: e.to_string() })?;
+    let config: ArtifactConfig =
+        serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Malformed {
+            reference: reference.into(),
+            what: "artifact config",
+            reason: e.to_string(),
+        })?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut files = Vec::new();
     for l in doc.layers.unwrap_or_default() {
-        let title = l.annotations.get(TITLE_ANNOTATION).cloned().unwrap_or_default();
-        if title.is_empty() || title.contains('/') || title.starts_with('.') || hex_part(&l.digest).is_none() {
-            return Err(Error::Malformed { reference: reference.into(), what: "artifact layer", reason: format!("unsafe or missing title {title:?}") });
+        let title = l
+            .annotations
+            .get(TITLE_ANNOTATION)
+            .cloned()
+            .unwrap_or_default();
+        if title.is_empty()
+            || title.contains('/')
+            || title.starts_with('.')
+            || hex_part(&l.digest).is_none()
+        {
+            return Err(Error::Malformed {
+                reference: reference.into(),
+                what: "artifact layer",
+                reason: format!("unsafe or missing title {title:?}"),
+            });
         }
         let data = sources.blob(&r, &l.digest).await?;
         let path: PathBuf = out_dir.join(&title);
         std::fs::write(&path, &data).map_err(|e| Error::io(&path, e))?;
         files.push(OutputFile {
-            format: l.annotations.get(FORMAT_ANNOTATION).cloned().unwrap_or_default(),
+            format: l
+                .annotations
+                .get(FORMAT_ANNOTATION)
+                .cloned()
+                .unwrap_or_default(),
             role: l.media_type.clone(),
             path,
             size: data.len() as u64,
             digest: l.digest.clone(),
         });
     }
-    Ok(Pulled { digest, config, files })
+    Ok(Pulled {
+        digest,
+        config,
+        files,
+    })
 }

@@ -174,6 +174,10 @@ mod tests {
     #[test]
     fn bad_references_name_location() {
         let e = ImageRef::parse("Bad Ref", "onboot[2].image").unwrap_err();
-        assert!(e.to_string().starts_with("onboot[2].image: invalid image reference"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("onboot[2].image: invalid image reference"),
+            "{e}"
+        );
     }
 }

@@ -221,7 +221,11 @@ pub struct Memory {
     pub kernel_tcp: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swappiness: Option<u64>,
-    #[serde(rename = "disableOOMKiller", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "disableOOMKiller",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disable_oom_killer: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub use_hierarchy: Option<bool>,
@@ -303,7 +307,8 @@ pub fn go_json<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    v.serialize(&mut ser).expect("serialising plain structs cannot fail");
+    v.serialize(&mut ser)
+        .expect("serialising plain structs cannot fail");
     let s = String::from_utf8(out).expect("serde_json writes UTF-8");
     // These characters only occur inside JSON strings, where Go escapes them.
     s.replace('<', "\\u003c")

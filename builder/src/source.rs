@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::Reference;
+use oci_client::client::{ClientConfig, ClientProtocol};
 
 use crate::auth::Credentials;
 use crate::cache::Cache;
@@ -90,7 +90,11 @@ impl Sources {
             platform_resolver: None,
             ..Default::default()
         });
-        Sources { cache, opts, client }
+        Sources {
+            cache,
+            opts,
+            client,
+        }
     }
 
     /// The cache.
@@ -216,7 +220,9 @@ impl Sources {
         if let Some(b) = self.cache.get_blob(digest)? {
             return Ok(b);
         }
-        let ImageRef::Registry(reference) = r else { unreachable!("layouts returned above") };
+        let ImageRef::Registry(reference) = r else {
+            unreachable!("layouts returned above")
+        };
         if self.opts.offline {
             return Err(Error::Unresolved {
                 location: String::new(),
@@ -225,13 +231,22 @@ impl Sources {
             });
         }
         let auth = self.opts.credentials.for_host(reference.resolve_registry());
-        let pinned = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), digest.to_string());
-        self.client.store_auth_if_needed(reference.resolve_registry(), &auth).await;
+        let pinned = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            digest.to_string(),
+        );
+        self.client
+            .store_auth_if_needed(reference.resolve_registry(), &auth)
+            .await;
         let mut out: Vec<u8> = Vec::new();
-        self.client.pull_blob(&pinned, digest, &mut out).await.map_err(|e| Error::Registry {
-            reference: r.to_string(),
-            message: format!("blob {digest}: {e}"),
-        })?;
+        self.client
+            .pull_blob(&pinned, digest, &mut out)
+            .await
+            .map_err(|e| Error::Registry {
+                reference: r.to_string(),
+                message: format!("blob {digest}: {e}"),
+            })?;
         let actual = sha256(&out);
         if actual != digest {
             return Err(Error::DigestMismatch {
@@ -267,7 +282,11 @@ fn layout_select(dir: &Path, tag: Option<&str>, digest: Option<&str>) -> Result<
     if let Some(d) = digest {
         return Ok(d.to_string());
     }
-    let name_of = |d: &Descriptor| d.annotations.get("org.opencontainers.image.ref.name").cloned();
+    let name_of = |d: &Descriptor| {
+        d.annotations
+            .get("org.opencontainers.image.ref.name")
+            .cloned()
+    };
     match tag {
         Some(t) => manifests
             .iter()
@@ -275,7 +294,10 @@ fn layout_select(dir: &Path, tag: Option<&str>, digest: Option<&str>) -> Result<
             .map(|d| d.digest.clone())
             .ok_or_else(|| err(format!("no manifest tagged {t:?} in index.json"))),
         None if manifests.len() == 1 => Ok(manifests[0].digest.clone()),
-        None => Err(err(format!("index.json lists {} manifests: name one with :TAG or @DIGEST", manifests.len()))),
+        None => Err(err(format!(
+            "index.json lists {} manifests: name one with :TAG or @DIGEST",
+            manifests.len()
+        ))),
     }
 }
 

@@ -35,7 +35,8 @@ impl<W: Write> TarWriter<W> {
         match &e.kind {
             Kind::Dir => {
                 h.set_entry_type(tar::EntryType::Directory);
-                self.builder.append_data(&mut h, format!("{path}/"), std::io::empty())
+                self.builder
+                    .append_data(&mut h, format!("{path}/"), std::io::empty())
             }
             Kind::File(data) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -51,7 +52,11 @@ impl<W: Write> TarWriter<W> {
                 self.builder.append_link(&mut h, path, t)
             }
             Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
-                h.set_entry_type(if matches!(e.kind, Kind::Char(..)) { tar::EntryType::Char } else { tar::EntryType::Block });
+                h.set_entry_type(if matches!(e.kind, Kind::Char(..)) {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
                 h.set_device_major(*ma)?;
                 h.set_device_minor(*mi)?;
                 self.builder.append_data(&mut h, path, std::io::empty())
@@ -111,8 +116,14 @@ mod tests {
         t.apply_layer("test", &tar[..], Limits::default()).unwrap();
         let got: Vec<_> = t.into_entries();
         assert_eq!(got.len(), 6); // + implicit "dev"
-        assert_eq!(got.iter().find(|e| e.path == "bin/sh").unwrap().kind, Kind::Symlink("busybox".into()));
-        assert_eq!(got.iter().find(|e| e.path == "dev/null").unwrap().kind, Kind::Char(1, 3));
+        assert_eq!(
+            got.iter().find(|e| e.path == "bin/sh").unwrap().kind,
+            Kind::Symlink("busybox".into())
+        );
+        assert_eq!(
+            got.iter().find(|e| e.path == "dev/null").unwrap().kind,
+            Kind::Char(1, 3)
+        );
         assert_eq!(to_tar(&entries).unwrap(), tar);
     }
 }

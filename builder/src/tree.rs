@@ -246,7 +246,10 @@ impl Tree {
         let raw = String::from_utf8(raw_bytes)
             .map_err(|e| ctx.reject(&String::from_utf8_lossy(e.as_bytes()), "path is not UTF-8"))?;
         if raw.len() > ctx.limits.max_path_len {
-            return Err(ctx.reject(&raw[..64], format!("path longer than {} bytes", ctx.limits.max_path_len)));
+            return Err(ctx.reject(
+                &raw[..64],
+                format!("path longer than {} bytes", ctx.limits.max_path_len),
+            ));
         }
         let Some(path) = normalize(&raw).map_err(|r| ctx.reject(&raw, r))? else {
             return Ok(()); // the root directory itself
@@ -269,17 +272,39 @@ impl Tree {
             }
             return Ok(());
         }
-        let size = header.entry_size().map_err(|e| ctx.reject(&path, format!("bad size field: {e}")))?;
+        let size = header
+            .entry_size()
+            .map_err(|e| ctx.reject(&path, format!("bad size field: {e}")))?;
         if size > ctx.limits.max_entry_size {
-            return Err(ctx.reject(&path, format!("size {size} exceeds the limit of {} bytes", ctx.limits.max_entry_size)));
+            return Err(ctx.reject(
+                &path,
+                format!(
+                    "size {size} exceeds the limit of {} bytes",
+                    ctx.limits.max_entry_size
+                ),
+            ));
         }
-        let mode = header.mode().map_err(|e| ctx.reject(&path, format!("bad mode: {e}")))? & 0o7777;
-        let uid = header.uid().ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| ctx.reject(&path, "bad uid"))?;
-        let gid = header.gid().ok().and_then(|v| u32::try_from(v).ok()).ok_or_else(|| ctx.reject(&path, "bad gid"))?;
+        let mode = header
+            .mode()
+            .map_err(|e| ctx.reject(&path, format!("bad mode: {e}")))?
+            & 0o7777;
+        let uid = header
+            .uid()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| ctx.reject(&path, "bad uid"))?;
+        let gid = header
+            .gid()
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| ctx.reject(&path, "bad gid"))?;
         let mtime = header.mtime().unwrap_or(0);
         let link = || -> Result<String> {
-            let l = item.link_name_bytes().ok_or_else(|| ctx.reject(&path, "link without a target"))?;
-            String::from_utf8(l.into_owned()).map_err(|_| ctx.reject(&path, "link target is not UTF-8"))
+            let l = item
+                .link_name_bytes()
+                .ok_or_else(|| ctx.reject(&path, "link without a target"))?;
+            String::from_utf8(l.into_owned())
+                .map_err(|_| ctx.reject(&path, "link target is not UTF-8"))
         };
         let kind = match etype {
             tar::EntryType::Directory => Kind::Dir,
@@ -290,7 +315,10 @@ impl Tree {
                     return Err(ctx.reject(&path, "empty symlink target"));
                 }
                 if !symlink_stays_inside(&path, &t) {
-                    return Err(ctx.reject(&path, format!("symlink target {t:?} escapes the root filesystem")));
+                    return Err(ctx.reject(
+                        &path,
+                        format!("symlink target {t:?} escapes the root filesystem"),
+                    ));
                 }
                 Kind::Symlink(t)
             }
@@ -302,8 +330,18 @@ impl Tree {
                 match self.entries.get(&target).map(|e| &e.kind) {
                     Some(Kind::File(_)) => {}
                     Some(Kind::Hardlink(_)) => {}
-                    Some(_) => return Err(ctx.reject(&path, format!("hardlink target {t:?} is not a regular file"))),
-                    None => return Err(ctx.reject(&path, format!("hardlink target {t:?} does not exist in the image (escaping hardlink)"))),
+                    Some(_) => {
+                        return Err(ctx.reject(
+                            &path,
+                            format!("hardlink target {t:?} is not a regular file"),
+                        ));
+                    }
+                    None => return Err(ctx.reject(
+                        &path,
+                        format!(
+                            "hardlink target {t:?} does not exist in the image (escaping hardlink)"
+                        ),
+                    )),
                 }
                 Kind::Hardlink(target)
             }
@@ -326,13 +364,22 @@ impl Tree {
         let kind = match kind {
             Kind::File(_) => {
                 if self.total + size > ctx.limits.max_total_size {
-                    return Err(ctx.reject(&path, format!("image content exceeds the limit of {} bytes", ctx.limits.max_total_size)));
+                    return Err(ctx.reject(
+                        &path,
+                        format!(
+                            "image content exceeds the limit of {} bytes",
+                            ctx.limits.max_total_size
+                        ),
+                    ));
                 }
                 let mut data = Vec::with_capacity(size as usize);
-                (&mut *item).take(size).read_to_end(&mut data).map_err(|e| Error::BadLayer {
-                    layer: ctx.layer.to_string(),
-                    reason: format!("{path}: reading content: {e}"),
-                })?;
+                (&mut *item)
+                    .take(size)
+                    .read_to_end(&mut data)
+                    .map_err(|e| Error::BadLayer {
+                        layer: ctx.layer.to_string(),
+                        reason: format!("{path}: reading content: {e}"),
+                    })?;
                 if data.len() as u64 != size {
                     return Err(ctx.reject(&path, "truncated content"));
                 }
@@ -341,9 +388,19 @@ impl Tree {
             k => k,
         };
         if self.entries.len() >= ctx.limits.max_entries {
-            return Err(ctx.reject(&path, format!("more than {} entries", ctx.limits.max_entries)));
+            return Err(ctx.reject(
+                &path,
+                format!("more than {} entries", ctx.limits.max_entries),
+            ));
         }
-        self.insert(Entry { path: path.clone(), kind, mode, uid, gid, mtime });
+        self.insert(Entry {
+            path: path.clone(),
+            kind,
+            mode,
+            uid,
+            gid,
+            mtime,
+        });
         ctx.added.insert(path);
         Ok(())
     }
@@ -359,9 +416,12 @@ impl Tree {
                 Some(Kind::Symlink(t)) => {
                     return Err(ctx.reject(path, format!("parent {anc:?} is a symlink (to {t:?}): writing through it could escape the root filesystem")));
                 }
-                Some(_) => return Err(ctx.reject(path, format!("parent {anc:?} is not a directory"))),
+                Some(_) => {
+                    return Err(ctx.reject(path, format!("parent {anc:?} is not a directory")));
+                }
                 None => {
-                    self.entries.insert(anc.to_string(), Entry::dir(anc, 0o755, 0));
+                    self.entries
+                        .insert(anc.to_string(), Entry::dir(anc, 0o755, 0));
                 }
             }
             idx += off + 1;
@@ -373,7 +433,9 @@ impl Tree {
     /// unless the new entry is a directory too).
     pub fn insert(&mut self, entry: Entry) {
         match self.entries.get(&entry.path) {
-            Some(old) if old.kind == Kind::Dir && entry.kind != Kind::Dir => self.remove_subtree(&entry.path.clone()),
+            Some(old) if old.kind == Kind::Dir && entry.kind != Kind::Dir => {
+                self.remove_subtree(&entry.path.clone())
+            }
             Some(old) => {
                 self.total -= match &old.kind {
                     Kind::File(b) => b.len() as u64,
@@ -391,10 +453,19 @@ impl Tree {
     /// Removes `path` and everything below it.
     pub fn remove_subtree(&mut self, path: &str) {
         let prefix = format!("{path}/");
-        let mut doomed: Vec<String> = self.entries.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(k, _)| k.clone()).collect();
+        let mut doomed: Vec<String> = self
+            .entries
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k.clone())
+            .collect();
         doomed.push(path.to_string());
         for k in doomed {
-            if let Some(Entry { kind: Kind::File(b), .. }) = self.entries.remove(&k) {
+            if let Some(Entry {
+                kind: Kind::File(b),
+                ..
+            }) = self.entries.remove(&k)
+            {
                 self.total -= b.len() as u64;
             }
         }
@@ -410,7 +481,11 @@ impl Tree {
             .map(|(k, _)| k.clone())
             .collect();
         for k in doomed {
-            if let Some(Entry { kind: Kind::File(b), .. }) = self.entries.remove(&k) {
+            if let Some(Entry {
+                kind: Kind::File(b),
+                ..
+            }) = self.entries.remove(&k)
+            {
                 self.total -= b.len() as u64;
             }
         }

@@ -27,7 +27,11 @@ fn build(file: &Path, out: &Path, cache: &Path, reg: &str, extra: &[&str]) -> se
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
-    assert!(o.status.success(), "build failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "build failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_slice(&o.stdout).unwrap()
 }
 
@@ -35,7 +39,12 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p: PathBuf| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p: PathBuf| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -47,9 +56,27 @@ fn registry_build_boot_rebuild_push_pull() {
     let a = reg.addr.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        fixtures::kernel_image().unwrap().build().unwrap().push(&format!("{a}/fixtures/kernel:6.1")).await.unwrap();
-        fixtures::init_image().unwrap().build().unwrap().push(&format!("{a}/fixtures/init:v1")).await.unwrap();
-        fixtures::marker_image(MARKER).unwrap().build().unwrap().push(&format!("{a}/fixtures/marker:v1")).await.unwrap();
+        fixtures::kernel_image()
+            .unwrap()
+            .build()
+            .unwrap()
+            .push(&format!("{a}/fixtures/kernel:6.1"))
+            .await
+            .unwrap();
+        fixtures::init_image()
+            .unwrap()
+            .build()
+            .unwrap()
+            .push(&format!("{a}/fixtures/init:v1"))
+            .await
+            .unwrap();
+        fixtures::marker_image(MARKER)
+            .unwrap()
+            .build()
+            .unwrap()
+            .push(&format!("{a}/fixtures/marker:v1"))
+            .await
+            .unwrap();
     });
     let work = tempfile::tempdir().unwrap();
     let ni = work.path().join("demo.yaml");
@@ -60,18 +87,34 @@ fn registry_build_boot_rebuild_push_pull() {
         ),
     )
     .unwrap();
-    let (out1, out2, out3) = (work.path().join("out1"), work.path().join("out2"), work.path().join("out3"));
+    let (out1, out2, out3) = (
+        work.path().join("out1"),
+        work.path().join("out2"),
+        work.path().join("out3"),
+    );
     let (cache1, cache2) = (work.path().join("cache1"), work.path().join("cache2"));
     let push_repo = format!("{a}/kitfleet/demo");
     let first = build(&ni, &out1, &cache1, &a, &["--push", &push_repo]);
     let cold = build(&ni, &out2, &cache2, &a, &[]);
     let warm = build(&ni, &out3, &cache1, &a, &[]);
     assert_eq!(first["build"]["buildKey"], cold["build"]["buildKey"]);
-    assert_eq!(warm["build"]["builtSegments"], 0, "warm build reused every segment: {warm}");
+    assert_eq!(
+        warm["build"]["builtSegments"], 0,
+        "warm build reused every segment: {warm}"
+    );
 
     // Byte-identical outputs across a cold and a warm rebuild.
     let (f1, f2, f3) = (files(&out1), files(&out2), files(&out3));
-    assert_eq!(f1.iter().map(|f| &f.0).collect::<Vec<_>>(), vec!["demo-cmdline", "demo-initrd.img", "demo-initrd.tar", "demo-kernel", "demo.tar"]);
+    assert_eq!(
+        f1.iter().map(|f| &f.0).collect::<Vec<_>>(),
+        vec![
+            "demo-cmdline",
+            "demo-initrd.img",
+            "demo-initrd.tar",
+            "demo-kernel",
+            "demo.tar"
+        ]
+    );
     for ((a1, b1), ((_, b2), (_, b3))) in f1.iter().zip(f2.iter().zip(&f3)) {
         assert!(b1 == b2, "{a1} differs between two cold builds");
         assert!(b1 == b3, "{a1} differs between cold and warm builds");
@@ -83,15 +126,47 @@ fn registry_build_boot_rebuild_push_pull() {
     for e in tar::Archive::new(&tar[..]).entries().unwrap() {
         names.push(e.unwrap().path().unwrap().to_string_lossy().into_owned());
     }
-    for want in ["boot/kernel", "boot/cmdline", "init", "usr/bin/runc", "containers/onboot/000-marker/config.json", "containers/onboot/000-marker/runtime.json", "containers/onboot/000-marker/rootfs/bin/busybox", "etc/kitfleet/hello"] {
-        assert!(names.iter().any(|n| n.trim_end_matches('/') == want), "{want} missing from tar");
+    for want in [
+        "boot/kernel",
+        "boot/cmdline",
+        "init",
+        "usr/bin/runc",
+        "containers/onboot/000-marker/config.json",
+        "containers/onboot/000-marker/runtime.json",
+        "containers/onboot/000-marker/rootfs/bin/busybox",
+        "etc/kitfleet/hello",
+    ] {
+        assert!(
+            names.iter().any(|n| n.trim_end_matches('/') == want),
+            "{want} missing from tar"
+        );
     }
 
     // Boot it.
-    let boot = fixtures::boot_qemu(&out1.join("demo-kernel"), &out1.join("demo-initrd.img"), "console=ttyS0 panic=-1", Duration::from_secs(180), false).unwrap();
-    assert!(boot.console.contains(MARKER), "marker not on the console:\n{}", boot.console);
-    assert!(boot.console.contains("kitfleet-init: onboot 000-marker exited 0"), "{}", boot.console);
-    assert!(boot.console.contains("reboot: Power down"), "no clean power-off:\n{}", boot.console);
+    let boot = fixtures::boot_qemu(
+        &out1.join("demo-kernel"),
+        &out1.join("demo-initrd.img"),
+        "console=ttyS0 panic=-1",
+        Duration::from_secs(180),
+        false,
+    )
+    .unwrap();
+    assert!(
+        boot.console.contains(MARKER),
+        "marker not on the console:\n{}",
+        boot.console
+    );
+    assert!(
+        boot.console
+            .contains("kitfleet-init: onboot 000-marker exited 0"),
+        "{}",
+        boot.console
+    );
+    assert!(
+        boot.console.contains("reboot: Power down"),
+        "no clean power-off:\n{}",
+        boot.console
+    );
     assert!(boot.exited, "qemu did not exit by itself");
 
     // Pull the pushed artifact back and compare.
@@ -105,7 +180,11 @@ fn registry_build_boot_rebuild_push_pull() {
         .args(["--insecure-registry", &a])
         .output()
         .unwrap();
-    assert!(o.status.success(), "pull: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "pull: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let pulled: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(pulled["digest"], first["published"]["digest"]);
     assert_eq!(pulled["config"]["buildKey"], key);

@@ -18,13 +18,20 @@ use kitfleet_builder::source::Resolved;
 use kitfleet_builder::tree::Kind;
 
 fn golden(name: &str, got: &[u8]) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, got).unwrap();
         return;
     }
-    let want = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 to create)", path.display()));
-    assert!(want == got, "{name} differs from the golden file:\n{}", String::from_utf8_lossy(got));
+    let want = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 to create)", path.display()));
+    assert!(
+        want == got,
+        "{name} differs from the golden file:\n{}",
+        String::from_utf8_lossy(got)
+    );
 }
 
 fn image_config(json: &str) -> RunConfig {
@@ -35,7 +42,8 @@ fn case(name: &str, yaml: &str, image_cfg: &str) {
     let cfg = Config::from_yaml(yaml).unwrap();
     let ids = id_map(&cfg);
     let img: &Image = cfg.services.first().or(cfg.onboot.first()).unwrap();
-    let (spec, runtime) = config_to_oci(&img.config, &image_config(image_cfg), &ids, "services[0]").unwrap();
+    let (spec, runtime) =
+        config_to_oci(&img.config, &image_config(image_cfg), &ids, "services[0]").unwrap();
     golden(&format!("{name}.config.json"), &go_json(&spec));
     golden(&format!("{name}.runtime.json"), &go_json(&runtime));
 }
@@ -56,9 +64,10 @@ fn label_then_yaml_precedence_and_add_lists() {
         "env": ["FROM=label"], "cwd": "/label", "hostname": "from-label", "pid": "host",
     })
     .to_string();
-    let cfg = serde_json::json!({"Cmd": ["/bin/app"], "Env": ["FROM=image"], "WorkingDir": "/image",
+    let cfg =
+        serde_json::json!({"Cmd": ["/bin/app"], "Env": ["FROM=image"], "WorkingDir": "/image",
         "Labels": {"org.mobyproject.config": label}})
-    .to_string();
+        .to_string();
     case(
         "label-and-yaml",
         "services:\n  - name: svc\n    image: example/svc:1\n    capabilities.add: [CAP_NET_ADMIN]\n    binds.add: [\"/etc/ssl:/etc/ssl:ro\"]\n    env: [FROM=yaml]\n    hostname: from-yaml\n",
@@ -154,7 +163,13 @@ services:
 "#;
     let cfg = Config::from_yaml(yaml).unwrap();
     let ids = id_map(&cfg);
-    let (spec, runtime) = config_to_oci(&cfg.services[0].config, &image_config("{}"), &ids, "services[0]").unwrap();
+    let (spec, runtime) = config_to_oci(
+        &cfg.services[0].config,
+        &image_config("{}"),
+        &ids,
+        "services[0]",
+    )
+    .unwrap();
     golden("full.config.json", &go_json(&spec));
     golden("full.runtime.json", &go_json(&runtime));
 }
@@ -168,15 +183,28 @@ fn errors_name_the_location_and_rule() {
         ("binds: [/nocolon]", "missing ':'"),
         ("binds: [\"a:b:c:d\"]", "too many ':'"),
         ("tmpfs: [\"/t:a:b\"]", "too many ':'"),
-        ("devices: [{path: /dev/x, type: c, major: 1, minor: 1, mode: \"9z\"}]", "octal"),
+        (
+            "devices: [{path: /dev/x, type: c, major: 1, minor: 1, mode: \"9z\"}]",
+            "octal",
+        ),
         ("uid: nobody-here", "cannot find id: nobody-here"),
         ("mounts: [{destination: /x}]", "missing type"),
     ];
     for (field, want) in cases {
         let yaml = format!("services:\n  - name: s\n    image: x/y:1\n    {field}\n");
         let cfg = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{field}: {e}"));
-        let err = config_to_oci(&cfg.services[0].config, &RunConfig::default(), &id_map(&cfg), "services[0]").unwrap_err().to_string();
-        assert!(err.starts_with("services[0]") && err.contains(want), "{field}: {err}");
+        let err = config_to_oci(
+            &cfg.services[0].config,
+            &RunConfig::default(),
+            &id_map(&cfg),
+            "services[0]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("services[0]") && err.contains(want),
+            "{field}: {err}"
+        );
     }
 }
 
@@ -203,13 +231,19 @@ fn bundle_layout_and_runtime_mounts() {
     map.insert("onboot[0].image".into(), resolved("example/a:1", "{}"));
     map.insert("onboot[1].image".into(), resolved("example/b:1", "{}"));
     map.insert("services[0].image".into(), resolved("example/a:1", "{}"));
-    let mtime = Mtime { generated: assemble::LINUXKIT_MTIME, clamp: None };
+    let mtime = Mtime {
+        generated: assemble::LINUXKIT_MTIME,
+        clamp: None,
+    };
     let plan = assemble::plan(&cfg, &map, mtime, std::path::Path::new(".")).unwrap();
     let mut listing = String::new();
     for seg in &plan.segments {
         for part in &seg.parts {
             match part {
-                Part::Image { prefix, resolv, .. } => listing.push_str(&format!("{}: image -> {prefix} resolv={resolv:?}\n", seg.location)),
+                Part::Image { prefix, resolv, .. } => listing.push_str(&format!(
+                    "{}: image -> {prefix} resolv={resolv:?}\n",
+                    seg.location
+                )),
                 Part::Generated(entries) => {
                     for e in entries {
                         let what = match &e.kind {
@@ -217,7 +251,10 @@ fn bundle_layout_and_runtime_mounts() {
                             Kind::File(b) => format!("file {} bytes", b.len()),
                             other => format!("{other:?}"),
                         };
-                        listing.push_str(&format!("{}: {} {what} {:o}\n", seg.location, e.path, e.mode));
+                        listing.push_str(&format!(
+                            "{}: {} {what} {:o}\n",
+                            seg.location, e.path, e.mode
+                        ));
                         if e.path.ends_with("runtime.json") {
                             let name = e.path.replace('/', "_");
                             if let Kind::File(b) = &e.kind {

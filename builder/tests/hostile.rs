@@ -45,17 +45,29 @@ fn raw_tar(entries: &[Raw]) -> Vec<u8> {
 }
 
 fn file<'a>(name: &'a str, data: &'a [u8]) -> Raw<'a> {
-    Raw { name, kind: b'0', link: "", size: data.len() as u64, data }
+    Raw {
+        name,
+        kind: b'0',
+        link: "",
+        size: data.len() as u64,
+        data,
+    }
 }
 
 const LAYER: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
 fn reject(entries: &[Raw], limits: Limits) -> (String, String) {
     let tar = raw_tar(entries);
-    let err = Tree::new().apply_layer(LAYER, &tar[..], limits).unwrap_err();
+    let err = Tree::new()
+        .apply_layer(LAYER, &tar[..], limits)
+        .unwrap_err();
     let text = err.to_string();
     match err {
-        Error::HostileEntry { layer, entry, reason } => {
+        Error::HostileEntry {
+            layer,
+            entry,
+            reason,
+        } => {
             assert_eq!(layer, LAYER);
             assert!(text.contains(LAYER) && text.contains(&entry), "{text}");
             (entry, reason)
@@ -80,7 +92,16 @@ fn absolute_path_is_rejected() {
 
 #[test]
 fn escaping_symlink_is_rejected() {
-    let (entry, reason) = reject(&[Raw { name: "usr/lib/evil", kind: b'2', link: "../../../../root", size: 0, data: b"" }], Limits::default());
+    let (entry, reason) = reject(
+        &[Raw {
+            name: "usr/lib/evil",
+            kind: b'2',
+            link: "../../../../root",
+            size: 0,
+            data: b"",
+        }],
+        Limits::default(),
+    );
     assert_eq!(entry, "usr/lib/evil");
     assert!(reason.contains("escapes"), "{reason}");
 }
@@ -88,7 +109,16 @@ fn escaping_symlink_is_rejected() {
 #[test]
 fn writing_through_a_symlink_parent_is_rejected() {
     let (entry, reason) = reject(
-        &[Raw { name: "etc2", kind: b'2', link: "/etc", size: 0, data: b"" }, file("etc2/passwd", b"root::0:0::/:/bin/sh\n")],
+        &[
+            Raw {
+                name: "etc2",
+                kind: b'2',
+                link: "/etc",
+                size: 0,
+                data: b"",
+            },
+            file("etc2/passwd", b"root::0:0::/:/bin/sh\n"),
+        ],
         Limits::default(),
     );
     assert_eq!(entry, "etc2/passwd");
@@ -97,39 +127,86 @@ fn writing_through_a_symlink_parent_is_rejected() {
 
 #[test]
 fn escaping_hardlink_is_rejected() {
-    let (entry, reason) = reject(&[Raw { name: "x", kind: b'1', link: "../../etc/shadow", size: 0, data: b"" }], Limits::default());
+    let (entry, reason) = reject(
+        &[Raw {
+            name: "x",
+            kind: b'1',
+            link: "../../etc/shadow",
+            size: 0,
+            data: b"",
+        }],
+        Limits::default(),
+    );
     assert_eq!(entry, "x");
     assert!(reason.contains("hardlink"), "{reason}");
 }
 
 #[test]
 fn hardlink_to_a_missing_file_is_rejected() {
-    let (entry, reason) = reject(&[Raw { name: "x", kind: b'1', link: "etc/shadow", size: 0, data: b"" }], Limits::default());
+    let (entry, reason) = reject(
+        &[Raw {
+            name: "x",
+            kind: b'1',
+            link: "etc/shadow",
+            size: 0,
+            data: b"",
+        }],
+        Limits::default(),
+    );
     assert_eq!(entry, "x");
     assert!(reason.contains("does not exist"), "{reason}");
 }
 
 #[test]
 fn device_node_outside_dev_is_rejected() {
-    let (entry, reason) = reject(&[Raw { name: "tmp/sda", kind: b'4', link: "", size: 0, data: b"" }], Limits::default());
+    let (entry, reason) = reject(
+        &[Raw {
+            name: "tmp/sda",
+            kind: b'4',
+            link: "",
+            size: 0,
+            data: b"",
+        }],
+        Limits::default(),
+    );
     assert_eq!(entry, "tmp/sda");
     assert!(reason.contains("device node outside /dev"), "{reason}");
     // Inside /dev it is fine.
-    let tar = raw_tar(&[Raw { name: "dev/null", kind: b'3', link: "", size: 0, data: b"" }]);
-    Tree::new().apply_layer(LAYER, &tar[..], Limits::default()).unwrap();
+    let tar = raw_tar(&[Raw {
+        name: "dev/null",
+        kind: b'3',
+        link: "",
+        size: 0,
+        data: b"",
+    }]);
+    Tree::new()
+        .apply_layer(LAYER, &tar[..], Limits::default())
+        .unwrap();
 }
 
 #[test]
 fn absurd_entry_size_is_rejected_before_reading() {
     // The header claims 5 GiB; no data follows. The size check fires before any read.
-    let (entry, reason) = reject(&[Raw { name: "huge", kind: b'0', link: "", size: 5 << 30, data: b"" }], Limits::default());
+    let (entry, reason) = reject(
+        &[Raw {
+            name: "huge",
+            kind: b'0',
+            link: "",
+            size: 5 << 30,
+            data: b"",
+        }],
+        Limits::default(),
+    );
     assert_eq!(entry, "huge");
     assert!(reason.contains("exceeds the limit"), "{reason}");
 }
 
 #[test]
 fn absurd_total_size_is_rejected() {
-    let limits = Limits { max_total_size: 1000, ..Limits::default() };
+    let limits = Limits {
+        max_total_size: 1000,
+        ..Limits::default()
+    };
     let big = vec![b'a'; 600];
     let (entry, reason) = reject(&[file("a", &big), file("b", &big)], limits);
     assert_eq!(entry, "b");
@@ -138,8 +215,19 @@ fn absurd_total_size_is_rejected() {
 
 #[test]
 fn too_many_entries_are_rejected() {
-    let limits = Limits { max_entries: 3, ..Limits::default() };
-    let (entry, reason) = reject(&[file("a", b""), file("b", b""), file("c", b""), file("d", b"")], limits);
+    let limits = Limits {
+        max_entries: 3,
+        ..Limits::default()
+    };
+    let (entry, reason) = reject(
+        &[
+            file("a", b""),
+            file("b", b""),
+            file("c", b""),
+            file("d", b""),
+        ],
+        limits,
+    );
     assert_eq!(entry, "d");
     assert!(reason.contains("more than 3 entries"), "{reason}");
 }
@@ -147,8 +235,22 @@ fn too_many_entries_are_rejected() {
 #[test]
 fn whiteouts_apply_only_to_lower_layers() {
     let mut t = Tree::new();
-    t.apply_layer(LAYER, &raw_tar(&[file("etc/a", b"1"), file("etc/b", b"2"), file("keep", b"k")])[..], Limits::default()).unwrap();
-    t.apply_layer(LAYER, &raw_tar(&[file("etc/c", b"3"), file("etc/.wh..wh..opq", b""), file(".wh.keep", b"")])[..], Limits::default()).unwrap();
+    t.apply_layer(
+        LAYER,
+        &raw_tar(&[file("etc/a", b"1"), file("etc/b", b"2"), file("keep", b"k")])[..],
+        Limits::default(),
+    )
+    .unwrap();
+    t.apply_layer(
+        LAYER,
+        &raw_tar(&[
+            file("etc/c", b"3"),
+            file("etc/.wh..wh..opq", b""),
+            file(".wh.keep", b""),
+        ])[..],
+        Limits::default(),
+    )
+    .unwrap();
     let names: Vec<_> = t.entries().map(|e| e.path.clone()).collect();
     assert_eq!(names, vec!["etc", "etc/c"]);
 }
@@ -160,12 +262,22 @@ fn hostile_image_fails_the_build_without_writing_outside() {
     use kitfleet_builder::fixtures::ImageSpec;
     let work = tempfile::tempdir().unwrap();
     let victim = work.path().join("victim");
-    let tar = raw_tar(&[Raw { name: "../victim", kind: b'0', link: "", size: 4, data: b"pwnd" }]);
+    let tar = raw_tar(&[Raw {
+        name: "../victim",
+        kind: b'0',
+        link: "",
+        size: 4,
+        data: b"pwnd",
+    }]);
     let img = ImageSpec::default().build_raw(&[tar]);
     let layer = img.layers[0].0.clone();
     img.write_layout(&work.path().join("evil"), "v1").unwrap();
     let yml = work.path().join("evil.yml");
-    std::fs::write(&yml, format!("init:\n  - oci:{}:v1\n", work.path().join("evil").display())).unwrap();
+    std::fs::write(
+        &yml,
+        format!("init:\n  - oci:{}:v1\n", work.path().join("evil").display()),
+    )
+    .unwrap();
     let out = work.path().join("out");
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_kitfleet-build"))
         .arg("build")
@@ -179,9 +291,15 @@ fn hostile_image_fails_the_build_without_writing_outside() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{stderr}");
-    assert!(stderr.contains(&layer) && stderr.contains("../victim"), "{stderr}");
+    assert!(
+        stderr.contains(&layer) && stderr.contains("../victim"),
+        "{stderr}"
+    );
     assert!(!victim.exists());
-    let mut top: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut top: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     top.sort();
     assert_eq!(top, vec!["cache", "evil", "evil.yml", "out"]);
 }

@@ -34,15 +34,47 @@ impl Rng {
 }
 
 const WORDS: [&str; 32] = [
-    "kernel", "initrd", "container", "namespace", "overlay", "cgroup", "capability", "mount", "runtime", "service",
-    "onboot", "shutdown", "digest", "layer", "manifest", "registry", "node", "fleet", "rollout", "drain", "reboot",
-    "kexec", "sandbox", "landlock", "seccomp", "wireguard", "peer", "route", "policy", "profile", "build", "cache",
+    "kernel",
+    "initrd",
+    "container",
+    "namespace",
+    "overlay",
+    "cgroup",
+    "capability",
+    "mount",
+    "runtime",
+    "service",
+    "onboot",
+    "shutdown",
+    "digest",
+    "layer",
+    "manifest",
+    "registry",
+    "node",
+    "fleet",
+    "rollout",
+    "drain",
+    "reboot",
+    "kexec",
+    "sandbox",
+    "landlock",
+    "seccomp",
+    "wireguard",
+    "peer",
+    "route",
+    "policy",
+    "profile",
+    "build",
+    "cache",
 ];
 
 /// Deterministic content: `mib` MiB in files of 4 KiB – 2 MiB, about 60% text and 40% random.
 fn content(mib: u64) -> Vec<Entry> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut entries = vec![Entry::dir("opt", 0o755, 1_700_000_000), Entry::dir("opt/bench", 0o755, 1_700_000_000)];
+    let mut entries = vec![
+        Entry::dir("opt", 0o755, 1_700_000_000),
+        Entry::dir("opt/bench", 0o755, 1_700_000_000),
+    ];
     let target = mib << 20;
     let mut total = 0u64;
     let mut i = 0;
@@ -52,7 +84,11 @@ fn content(mib: u64) -> Vec<Entry> {
         if rng.next() % 10 < 6 {
             while (data.len() as u64) < size {
                 data.extend_from_slice(WORDS[(rng.next() % 32) as usize].as_bytes());
-                data.push(if rng.next() % 12 == 0 { b'\n' } else { b' ' });
+                data.push(if rng.next().is_multiple_of(12) {
+                    b'\n'
+                } else {
+                    b' '
+                });
             }
             data.truncate(size as usize);
         } else {
@@ -65,7 +101,12 @@ fn content(mib: u64) -> Vec<Entry> {
         if i < 16 {
             entries.push(Entry::dir(dir.clone(), 0o755, 1_700_000_000));
         }
-        entries.push(Entry::file(format!("{dir}/f{i:05}"), data, 0o644, 1_700_000_000));
+        entries.push(Entry::file(
+            format!("{dir}/f{i:05}"),
+            data,
+            0o644,
+            1_700_000_000,
+        ));
         total += size;
         i += 1;
     }
@@ -77,7 +118,10 @@ async fn build_once(yaml: &Config, cache: &Path, out: &Path) -> Result<(Duration
     let start = Instant::now();
     let sources = Sources::new(Cache::open(cache)?, SourceOptions::default());
     let (map, statuses) = build::resolve_all(&sources, yaml, true).await?;
-    let mtime = Mtime { generated: assemble::LINUXKIT_MTIME, clamp: None };
+    let mtime = Mtime {
+        generated: assemble::LINUXKIT_MTIME,
+        clamp: None,
+    };
     let formats = vec![OutputFormat::KernelInitrd];
     let key = build::build_key(yaml, &map, &formats, "amd64", mtime, Path::new("."))?;
     let plan = assemble::plan(yaml, &map, mtime, Path::new("."))?;
@@ -100,7 +144,10 @@ fn tar_gzip(dir: &Path) -> Result<Duration> {
     let start = Instant::now();
     let st = Command::new("sh")
         .arg("-c")
-        .arg(format!("tar -C {} -cf - . | gzip -6 > /dev/null", dir.display()))
+        .arg(format!(
+            "tar -C {} -cf - . | gzip -6 > /dev/null",
+            dir.display()
+        ))
         .status()
         .context("tar | gzip")?;
     if !st.success() {
@@ -110,11 +157,19 @@ fn tar_gzip(dir: &Path) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
-    let mib: u64 = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(100);
+    let mib: u64 = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100);
     let work = tempfile::tempdir()?;
     let entries = content(mib);
     let bytes: u64 = entries.iter().map(|e| e.size()).sum();
-    eprintln!("generated {} files, {:.1} MiB", entries.len(), bytes as f64 / (1 << 20) as f64);
+    eprintln!(
+        "generated {} files, {:.1} MiB",
+        entries.len(),
+        bytes as f64 / (1 << 20) as f64
+    );
 
     // The same files on disk for tar | gzip.
     let plain = work.path().join("plain");
@@ -125,34 +180,75 @@ fn main() -> Result<()> {
             None => std::fs::create_dir_all(&p)?,
         }
     }
-    let init = ImageSpec { layers: vec![entries], ..Default::default() }.build()?;
+    let init = ImageSpec {
+        layers: vec![entries],
+        ..Default::default()
+    }
+    .build()?;
     init.write_layout(&work.path().join("init"), "bench")?;
-    fixtures::kernel_image()?.build()?.write_layout(&work.path().join("kernel"), "bench")?;
+    fixtures::kernel_image()?
+        .build()?
+        .write_layout(&work.path().join("kernel"), "bench")?;
     let yaml = Config::from_yaml(&format!(
         "kernel:\n  image: oci:{}:bench\n  cmdline: console=ttyS0\ninit:\n  - oci:{}:bench\n",
         work.path().join("kernel").display(),
         work.path().join("init").display()
     ))?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let cache = work.path().join("cache");
-    let (cold, built_cold) = rt.block_on(build_once(&yaml, &cache, &work.path().join("out-cold")))?;
-    let (warm, built_warm) = rt.block_on(build_once(&yaml, &cache, &work.path().join("out-warm")))?;
-    let same = std::fs::read(work.path().join("out-cold/bench-initrd.img"))? == std::fs::read(work.path().join("out-warm/bench-initrd.img"))?;
+    let (cold, built_cold) =
+        rt.block_on(build_once(&yaml, &cache, &work.path().join("out-cold")))?;
+    let (warm, built_warm) =
+        rt.block_on(build_once(&yaml, &cache, &work.path().join("out-warm")))?;
+    let same = std::fs::read(work.path().join("out-cold/bench-initrd.img"))?
+        == std::fs::read(work.path().join("out-warm/bench-initrd.img"))?;
     let tg = tar_gzip(&plain)?;
 
     let s = |d: Duration| d.as_secs_f64();
-    println!("| measurement ({mib} MiB init image, {} cores) | seconds | ratio |", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "| measurement ({mib} MiB init image, {} cores) | seconds | ratio |",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
     println!("|---|---|---|");
-    println!("| `tar -c \\| gzip -6` of the same files | {:.2} | 1.00 |", s(tg));
-    println!("| kitfleet-build cold (empty cache, {built_cold} segments built) | {:.2} | {:.2}× tar\\|gzip |", s(cold), s(cold) / s(tg));
-    println!("| kitfleet-build warm (same cache, {built_warm} segments built) | {:.2} | {:.1}% of cold |", s(warm), 100.0 * s(warm) / s(cold));
+    println!(
+        "| `tar -c \\| gzip -6` of the same files | {:.2} | 1.00 |",
+        s(tg)
+    );
+    println!(
+        "| kitfleet-build cold (empty cache, {built_cold} segments built) | {:.2} | {:.2}× tar\\|gzip |",
+        s(cold),
+        s(cold) / s(tg)
+    );
+    println!(
+        "| kitfleet-build warm (same cache, {built_warm} segments built) | {:.2} | {:.1}% of cold |",
+        s(warm),
+        100.0 * s(warm) / s(cold)
+    );
     println!();
     let warm_ok = s(warm) <= 0.10 * s(cold);
     let cold_ok = s(cold) <= 1.3 * s(tg);
-    println!("floor warm <= 10% of cold: {}", if warm_ok { "met" } else { "NOT met" });
-    println!("floor cold <= 1.3x tar|gzip: {}", if cold_ok { "met" } else { "NOT met" });
-    println!("goal  cold <= 1.0x tar|gzip: {}; goal warm <= 5% of cold: {}", if s(cold) <= s(tg) { "met" } else { "not met" }, if s(warm) <= 0.05 * s(cold) { "met" } else { "not met" });
+    println!(
+        "floor warm <= 10% of cold: {}",
+        if warm_ok { "met" } else { "NOT met" }
+    );
+    println!(
+        "floor cold <= 1.3x tar|gzip: {}",
+        if cold_ok { "met" } else { "NOT met" }
+    );
+    println!(
+        "goal  cold <= 1.0x tar|gzip: {}; goal warm <= 5% of cold: {}",
+        if s(cold) <= s(tg) { "met" } else { "not met" },
+        if s(warm) <= 0.05 * s(cold) {
+            "met"
+        } else {
+            "not met"
+        }
+    );
     println!("initrd identical between cold and warm builds: {same}");
     Ok(())
 }
