@@ -116,15 +116,29 @@ struct Raw {
     value: String,
 }
 
-fn pick(flag: Option<&String>, flag_name: &str, var: &str, env: &dyn Fn(&str) -> Option<String>) -> Option<Raw> {
+fn pick(
+    flag: Option<&String>,
+    flag_name: &str,
+    var: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Raw> {
     match flag {
-        Some(v) => Some(Raw { field: format!("--{flag_name}"), value: v.clone() }),
-        None => env(var).filter(|v| !v.is_empty()).map(|value| Raw { field: var.to_string(), value }),
+        Some(v) => Some(Raw {
+            field: format!("--{flag_name}"),
+            value: v.clone(),
+        }),
+        None => env(var).filter(|v| !v.is_empty()).map(|value| Raw {
+            field: var.to_string(),
+            value,
+        }),
     }
 }
 
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { field: field.to_string(), reason: reason.into() }
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// A DNS-1123 label (namespace, PVC and Lease names).
@@ -132,10 +146,18 @@ fn dns_label(r: &Raw) -> Result<String, ConfigError> {
     let v = &r.value;
     let ok = !v.is_empty()
         && v.len() <= 63
-        && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && v.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !v.starts_with('-')
         && !v.ends_with('-');
-    if ok { Ok(v.clone()) } else { Err(err(&r.field, format!("{v:?} is not a DNS label ([a-z0-9-], at most 63)"))) }
+    if ok {
+        Ok(v.clone())
+    } else {
+        Err(err(
+            &r.field,
+            format!("{v:?} is not a DNS label ([a-z0-9-], at most 63)"),
+        ))
+    }
 }
 
 /// `HOST:PORT` with a non-empty host and a numeric port.
@@ -153,47 +175,100 @@ fn seconds(r: Option<Raw>, default: Duration) -> Result<Duration, ConfigError> {
         None => Ok(default),
         Some(r) => match r.value.parse::<u64>() {
             Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
-            _ => Err(err(&r.field, format!("{:?} must be a positive number of seconds", r.value))),
+            _ => Err(err(
+                &r.field,
+                format!("{:?} must be a positive number of seconds", r.value),
+            )),
         },
     }
 }
 
 /// A resource quantity such as `500m`, `2`, `1Gi`.
 fn quantity(r: Option<Raw>, default: &Quantity) -> Result<Quantity, ConfigError> {
-    let Some(r) = r else { return Ok(default.clone()) };
+    let Some(r) = r else {
+        return Ok(default.clone());
+    };
     let v = r.value.as_str();
-    let num_end = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let num_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
     let (num, suffix) = v.split_at(num_end);
-    const SUFFIXES: [&str; 14] = ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    const SUFFIXES: [&str; 14] = [
+        "", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei",
+    ];
     if num.is_empty() || num.parse::<f64>().is_err() || !SUFFIXES.contains(&suffix) {
-        return Err(err(&r.field, format!("{v:?} is not a resource quantity (e.g. 500m, 2, 1Gi)")));
+        return Err(err(
+            &r.field,
+            format!("{v:?} is not a resource quantity (e.g. 500m, 2, 1Gi)"),
+        ));
     }
     Ok(Quantity(v.to_string()))
 }
 
 impl Config {
     /// Resolves the flags of `kitfleet-operator run` against `env` (a lookup of environment variables).
-    pub fn parse(args: &RunArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let builder_image = pick(args.builder_image.as_ref(), "builder-image", "KITFLEET_BUILDER_IMAGE", env)
-            .ok_or_else(|| err("--builder-image", "required (or set KITFLEET_BUILDER_IMAGE)"))?;
-        if builder_image.value.trim() != builder_image.value || builder_image.value.contains(char::is_whitespace) {
-            return Err(err(&builder_image.field, "must be an image reference without whitespace"));
+    pub fn parse(
+        args: &RunArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let builder_image = pick(
+            args.builder_image.as_ref(),
+            "builder-image",
+            "KITFLEET_BUILDER_IMAGE",
+            env,
+        )
+        .ok_or_else(|| {
+            err(
+                "--builder-image",
+                "required (or set KITFLEET_BUILDER_IMAGE)",
+            )
+        })?;
+        if builder_image.value.trim() != builder_image.value
+            || builder_image.value.contains(char::is_whitespace)
+        {
+            return Err(err(
+                &builder_image.field,
+                "must be an image reference without whitespace",
+            ));
         }
-        let namespace = match pick(args.namespace.as_ref(), "namespace", "KITFLEET_NAMESPACE", env) {
+        let namespace = match pick(
+            args.namespace.as_ref(),
+            "namespace",
+            "KITFLEET_NAMESPACE",
+            env,
+        ) {
             Some(r) => dns_label(&r)?,
             None => SYSTEM_NAMESPACE.to_string(),
         };
-        let cache_pvc = pick(args.cache_pvc.as_ref(), "cache-pvc", "KITFLEET_CACHE_PVC", env).map(|r| dns_label(&r)).transpose()?;
+        let cache_pvc = pick(
+            args.cache_pvc.as_ref(),
+            "cache-pvc",
+            "KITFLEET_CACHE_PVC",
+            env,
+        )
+        .map(|r| dns_label(&r))
+        .transpose()?;
         let insecure_registries = if args.insecure_registries.is_empty() {
             let list = env("KITFLEET_INSECURE_REGISTRIES").unwrap_or_default();
-            list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| host_port("KITFLEET_INSECURE_REGISTRIES", s)).collect::<Result<_, _>>()?
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| host_port("KITFLEET_INSECURE_REGISTRIES", s))
+                .collect::<Result<_, _>>()?
         } else {
-            args.insecure_registries.iter().map(|s| host_port("--insecure-registry", s.trim())).collect::<Result<_, _>>()?
+            args.insecure_registries
+                .iter()
+                .map(|s| host_port("--insecure-registry", s.trim()))
+                .collect::<Result<_, _>>()?
         };
-        let arch = pick(args.arch.as_ref(), "arch", "KITFLEET_ARCH", env).map_or_else(|| "amd64".to_string(), |r| r.value);
+        let arch = pick(args.arch.as_ref(), "arch", "KITFLEET_ARCH", env)
+            .map_or_else(|| "amd64".to_string(), |r| r.value);
         let listen = match pick(args.listen.as_ref(), "listen", "KITFLEET_LISTEN", env) {
             None => SocketAddr::from(([0, 0, 0, 0], 8080)),
-            Some(r) => r.value.parse().map_err(|_| err(&r.field, format!("{:?} must be IP:PORT", r.value)))?,
+            Some(r) => r
+                .value
+                .parse()
+                .map_err(|_| err(&r.field, format!("{:?} must be IP:PORT", r.value)))?,
         };
         let leader_election = if args.no_leader_election {
             false
@@ -201,10 +276,20 @@ impl Config {
             match env("KITFLEET_LEADER_ELECTION").as_deref() {
                 None | Some("") | Some("true") => true,
                 Some("false") => false,
-                Some(v) => return Err(err("KITFLEET_LEADER_ELECTION", format!("{v:?} must be true or false"))),
+                Some(v) => {
+                    return Err(err(
+                        "KITFLEET_LEADER_ELECTION",
+                        format!("{v:?} must be true or false"),
+                    ));
+                }
             }
         };
-        let lease_name = match pick(args.lease_name.as_ref(), "lease-name", "KITFLEET_LEASE_NAME", env) {
+        let lease_name = match pick(
+            args.lease_name.as_ref(),
+            "lease-name",
+            "KITFLEET_LEASE_NAME",
+            env,
+        ) {
             Some(r) => dns_label(&r)?,
             None => "kitfleet-operator".to_string(),
         };
@@ -213,26 +298,85 @@ impl Config {
             .clone()
             .or_else(|| env("POD_NAME").filter(|v| !v.is_empty()))
             .or_else(|| env("HOSTNAME").filter(|v| !v.is_empty()))
-            .ok_or_else(|| err("--identity", "unset, and neither POD_NAME nor HOSTNAME is set"))?;
+            .ok_or_else(|| {
+                err(
+                    "--identity",
+                    "unset, and neither POD_NAME nor HOSTNAME is set",
+                )
+            })?;
         let defaults = BuildSettings::default();
         let build = BuildSettings {
-            cpu: quantity(pick(args.build_cpu.as_ref(), "build-cpu", "KITFLEET_BUILD_CPU", env), &defaults.cpu)?,
-            memory: quantity(pick(args.build_memory.as_ref(), "build-memory", "KITFLEET_BUILD_MEMORY", env), &defaults.memory)?,
-            timeout: seconds(pick(args.build_timeout.as_ref(), "build-timeout", "KITFLEET_BUILD_TIMEOUT", env), defaults.timeout)?,
-            retry_base: seconds(pick(args.retry_base.as_ref(), "retry-base", "KITFLEET_RETRY_BASE", env), defaults.retry_base)?,
-            retry_max: seconds(pick(args.retry_max.as_ref(), "retry-max", "KITFLEET_RETRY_MAX", env), defaults.retry_max)?,
+            cpu: quantity(
+                pick(
+                    args.build_cpu.as_ref(),
+                    "build-cpu",
+                    "KITFLEET_BUILD_CPU",
+                    env,
+                ),
+                &defaults.cpu,
+            )?,
+            memory: quantity(
+                pick(
+                    args.build_memory.as_ref(),
+                    "build-memory",
+                    "KITFLEET_BUILD_MEMORY",
+                    env,
+                ),
+                &defaults.memory,
+            )?,
+            timeout: seconds(
+                pick(
+                    args.build_timeout.as_ref(),
+                    "build-timeout",
+                    "KITFLEET_BUILD_TIMEOUT",
+                    env,
+                ),
+                defaults.timeout,
+            )?,
+            retry_base: seconds(
+                pick(
+                    args.retry_base.as_ref(),
+                    "retry-base",
+                    "KITFLEET_RETRY_BASE",
+                    env,
+                ),
+                defaults.retry_base,
+            )?,
+            retry_max: seconds(
+                pick(
+                    args.retry_max.as_ref(),
+                    "retry-max",
+                    "KITFLEET_RETRY_MAX",
+                    env,
+                ),
+                defaults.retry_max,
+            )?,
         };
         if build.retry_max < build.retry_base {
             return Err(err("--retry-max", "must not be shorter than --retry-base"));
         }
-        let cache_dir = pick(args.cache_dir.as_ref(), "cache-dir", "KITFLEET_CACHE_DIR", env).map_or_else(
+        let cache_dir = pick(
+            args.cache_dir.as_ref(),
+            "cache-dir",
+            "KITFLEET_CACHE_DIR",
+            env,
+        )
+        .map_or_else(
             || {
-                let tmp = env("TMPDIR").filter(|v| !v.is_empty()).unwrap_or_else(|| "/tmp".into());
+                let tmp = env("TMPDIR")
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| "/tmp".into());
                 format!("{}/kitfleet-operator", tmp.trim_end_matches('/'))
             },
             |r| r.value,
         );
-        let docker_config = pick(args.docker_config.as_ref(), "docker-config", "KITFLEET_DOCKER_CONFIG", env).map(|r| r.value);
+        let docker_config = pick(
+            args.docker_config.as_ref(),
+            "docker-config",
+            "KITFLEET_DOCKER_CONFIG",
+            env,
+        )
+        .map(|r| r.value);
         Ok(Config {
             builder_image: builder_image.value,
             namespace,
@@ -257,12 +401,19 @@ mod tests {
     use super::*;
 
     fn parse(argv: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let args = RunArgs::try_parse_from(std::iter::once("run").chain(argv.iter().copied())).expect("flags parse");
-        let vars: BTreeMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let args = RunArgs::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))
+            .expect("flags parse");
+        let vars: BTreeMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::parse(&args, &|k| vars.get(k).cloned())
     }
 
-    const BASE: &[(&str, &str)] = &[("KITFLEET_BUILDER_IMAGE", "reg/kitfleet-build:1"), ("HOSTNAME", "op-0")];
+    const BASE: &[(&str, &str)] = &[
+        ("KITFLEET_BUILDER_IMAGE", "reg/kitfleet-build:1"),
+        ("HOSTNAME", "op-0"),
+    ];
 
     #[test]
     fn defaults() {
@@ -286,23 +437,47 @@ mod tests {
             ("KITFLEET_BUILDER_IMAGE", "env/image:1"),
             ("KITFLEET_NAMESPACE", "from-env"),
             ("KITFLEET_CACHE_PVC", "cache"),
-            ("KITFLEET_INSECURE_REGISTRIES", "127.0.0.1:5000, reg.local:80"),
+            (
+                "KITFLEET_INSECURE_REGISTRIES",
+                "127.0.0.1:5000, reg.local:80",
+            ),
             ("POD_NAME", "pod-a"),
             ("HOSTNAME", "host-a"),
             ("KITFLEET_BUILD_MEMORY", "2Gi"),
         ];
         let c = parse(&[], &env).unwrap();
-        assert_eq!((c.builder_image.as_str(), c.namespace.as_str()), ("env/image:1", "from-env"));
+        assert_eq!(
+            (c.builder_image.as_str(), c.namespace.as_str()),
+            ("env/image:1", "from-env")
+        );
         assert_eq!(c.cache_pvc.as_deref(), Some("cache"));
-        assert_eq!(c.insecure_registries, vec!["127.0.0.1:5000", "reg.local:80"]);
+        assert_eq!(
+            c.insecure_registries,
+            vec!["127.0.0.1:5000", "reg.local:80"]
+        );
         assert_eq!(c.identity, "pod-a");
         assert_eq!(c.build.memory, Quantity("2Gi".into()));
         let c = parse(
-            &["--builder-image", "flag/image:2", "--namespace", "flagns", "--insecure-registry", "10.0.0.1:5000", "--no-leader-election", "--identity", "me", "--build-timeout", "60"],
+            &[
+                "--builder-image",
+                "flag/image:2",
+                "--namespace",
+                "flagns",
+                "--insecure-registry",
+                "10.0.0.1:5000",
+                "--no-leader-election",
+                "--identity",
+                "me",
+                "--build-timeout",
+                "60",
+            ],
             &env,
         )
         .unwrap();
-        assert_eq!((c.builder_image.as_str(), c.namespace.as_str()), ("flag/image:2", "flagns"));
+        assert_eq!(
+            (c.builder_image.as_str(), c.namespace.as_str()),
+            ("flag/image:2", "flagns")
+        );
         assert_eq!(c.insecure_registries, vec!["10.0.0.1:5000"]);
         assert!(!c.leader_election);
         assert_eq!(c.identity, "me");
@@ -314,23 +489,86 @@ mod tests {
         type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
         let cases: &[Case] = &[
             (&[], &[("HOSTNAME", "h")], "--builder-image: required"),
-            (&["--namespace", "Bad_NS"], BASE, "--namespace: \"Bad_NS\" is not a DNS label"),
-            (&[], &[("KITFLEET_BUILDER_IMAGE", "i"), ("HOSTNAME", "h"), ("KITFLEET_NAMESPACE", "-x")], "KITFLEET_NAMESPACE: \"-x\" is not a DNS label"),
-            (&["--cache-pvc", "a/b"], BASE, "--cache-pvc: \"a/b\" is not a DNS label"),
-            (&["--insecure-registry", "127.0.0.1"], BASE, "--insecure-registry: \"127.0.0.1\" must be HOST:PORT"),
-            (&[], &[("KITFLEET_BUILDER_IMAGE", "i"), ("HOSTNAME", "h"), ("KITFLEET_INSECURE_REGISTRIES", "h:x")], "KITFLEET_INSECURE_REGISTRIES: \"h:x\" must be HOST:PORT"),
-            (&["--listen", "8080"], BASE, "--listen: \"8080\" must be IP:PORT"),
-            (&["--build-timeout", "0"], BASE, "--build-timeout: \"0\" must be a positive number of seconds"),
-            (&["--build-cpu", "lots"], BASE, "--build-cpu: \"lots\" is not a resource quantity"),
-            (&["--build-memory", "1GB"], BASE, "--build-memory: \"1GB\" is not a resource quantity"),
-            (&["--retry-base", "60", "--retry-max", "30"], BASE, "--retry-max: must not be shorter"),
+            (
+                &["--namespace", "Bad_NS"],
+                BASE,
+                "--namespace: \"Bad_NS\" is not a DNS label",
+            ),
+            (
+                &[],
+                &[
+                    ("KITFLEET_BUILDER_IMAGE", "i"),
+                    ("HOSTNAME", "h"),
+                    ("KITFLEET_NAMESPACE", "-x"),
+                ],
+                "KITFLEET_NAMESPACE: \"-x\" is not a DNS label",
+            ),
+            (
+                &["--cache-pvc", "a/b"],
+                BASE,
+                "--cache-pvc: \"a/b\" is not a DNS label",
+            ),
+            (
+                &["--insecure-registry", "127.0.0.1"],
+                BASE,
+                "--insecure-registry: \"127.0.0.1\" must be HOST:PORT",
+            ),
+            (
+                &[],
+                &[
+                    ("KITFLEET_BUILDER_IMAGE", "i"),
+                    ("HOSTNAME", "h"),
+                    ("KITFLEET_INSECURE_REGISTRIES", "h:x"),
+                ],
+                "KITFLEET_INSECURE_REGISTRIES: \"h:x\" must be HOST:PORT",
+            ),
+            (
+                &["--listen", "8080"],
+                BASE,
+                "--listen: \"8080\" must be IP:PORT",
+            ),
+            (
+                &["--build-timeout", "0"],
+                BASE,
+                "--build-timeout: \"0\" must be a positive number of seconds",
+            ),
+            (
+                &["--build-cpu", "lots"],
+                BASE,
+                "--build-cpu: \"lots\" is not a resource quantity",
+            ),
+            (
+                &["--build-memory", "1GB"],
+                BASE,
+                "--build-memory: \"1GB\" is not a resource quantity",
+            ),
+            (
+                &["--retry-base", "60", "--retry-max", "30"],
+                BASE,
+                "--retry-max: must not be shorter",
+            ),
             (&[], &[("KITFLEET_BUILDER_IMAGE", "i")], "--identity: unset"),
-            (&[], &[("KITFLEET_BUILDER_IMAGE", "i"), ("HOSTNAME", "h"), ("KITFLEET_LEADER_ELECTION", "maybe")], "KITFLEET_LEADER_ELECTION: \"maybe\""),
-            (&["--builder-image", "a b"], BASE, "--builder-image: must be an image reference"),
+            (
+                &[],
+                &[
+                    ("KITFLEET_BUILDER_IMAGE", "i"),
+                    ("HOSTNAME", "h"),
+                    ("KITFLEET_LEADER_ELECTION", "maybe"),
+                ],
+                "KITFLEET_LEADER_ELECTION: \"maybe\"",
+            ),
+            (
+                &["--builder-image", "a b"],
+                BASE,
+                "--builder-image: must be an image reference",
+            ),
         ];
         for (argv, env, want) in cases {
             let e = parse(argv, env).expect_err(want).to_string();
-            assert!(e.starts_with(want), "{argv:?} {env:?}: got {e:?}, want {want:?}");
+            assert!(
+                e.starts_with(want),
+                "{argv:?} {env:?}: got {e:?}, want {want:?}"
+            );
         }
     }
 

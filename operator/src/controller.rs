@@ -70,15 +70,29 @@ pub struct Context<R> {
 
 impl<R> std::fmt::Debug for Context<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl<R: ArtifactRegistry> Context<R> {
     /// A context publishing Events as `kitfleet-operator` (instance `identity`).
-    pub fn new(client: Client, registry: R, settings: JobSettings, metrics: Arc<Metrics>, identity: &str) -> Self {
-        let reporter = Reporter { controller: OPERATOR_FIELD_MANAGER.into(), instance: Some(identity.to_string()) };
-        let policy = Policy { retry_base: settings.build.retry_base, retry_max: settings.build.retry_max };
+    pub fn new(
+        client: Client,
+        registry: R,
+        settings: JobSettings,
+        metrics: Arc<Metrics>,
+        identity: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: OPERATOR_FIELD_MANAGER.into(),
+            instance: Some(identity.to_string()),
+        };
+        let policy = Policy {
+            retry_base: settings.build.retry_base,
+            retry_max: settings.build.retry_max,
+        };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -102,7 +116,10 @@ impl<R: ArtifactRegistry> Context<R> {
 
 /// Reconciles one NodeImage: the finalizer first, then [`apply`] or [`cleanup`].
 #[instrument(skip(ni, ctx), fields(name = %ni.name_any()))]
-pub async fn reconcile<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: Arc<Context<R>>) -> Result<Requeue> {
+pub async fn reconcile<R: ArtifactRegistry>(
+    ni: Arc<NodeImage>,
+    ctx: Arc<Context<R>>,
+) -> Result<Requeue> {
     ctx.metrics.reconciles.inc();
     let api: Api<NodeImage> = Api::all(ctx.client.clone());
     let name = ni.name_any();
@@ -121,35 +138,53 @@ pub async fn reconcile<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: Arc<Context
 }
 
 /// Requeues a failed reconciliation with a per-object exponential backoff (5 s, 10 s, … 5 min) and counts the error.
-pub fn error_policy<R: ArtifactRegistry>(ni: Arc<NodeImage>, err: &Error, ctx: Arc<Context<R>>) -> Requeue {
+pub fn error_policy<R: ArtifactRegistry>(
+    ni: Arc<NodeImage>,
+    err: &Error,
+    ctx: Arc<Context<R>>,
+) -> Requeue {
     ctx.metrics.error(err.reason());
     let mut failures = ctx.failures();
     let n = failures.entry(ni.name_any()).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6))).min(Duration::from_secs(300));
+    let delay = Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6)))
+        .min(Duration::from_secs(300));
     warn!(name = %ni.name_any(), error = %err, retry_in = ?delay, "reconcile failed");
     Requeue::requeue(delay)
 }
 
 /// The NodeImage's own Jobs (labelled for it and owned by its uid).
 async fn list_jobs<R: ArtifactRegistry>(ni: &NodeImage, ctx: &Context<R>) -> Result<Vec<Job>> {
-    let list = ctx.jobs().list(&ListParams::default().labels(&job::selector(&ni.name_any()))).await?;
+    let list = ctx
+        .jobs()
+        .list(&ListParams::default().labels(&job::selector(&ni.name_any())))
+        .await?;
     let uid = ni.uid();
     Ok(list
         .items
         .into_iter()
-        .filter(|j| j.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .filter(|j| {
+            j.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
         .collect())
 }
 
 /// Reads the Jobs back; fetches the termination message of failed Jobs building `key`.
-async fn views<R: ArtifactRegistry>(jobs: &[Job], key: Option<&str>, ctx: &Context<R>) -> Result<Vec<JobView>> {
+async fn views<R: ArtifactRegistry>(
+    jobs: &[Job],
+    key: Option<&str>,
+    ctx: &Context<R>,
+) -> Result<Vec<JobView>> {
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let mut out = Vec::new();
     for j in jobs {
         let wanted = key.is_some_and(|k| job::job_view(j, None).is_some_and(|v| v.build_key == k));
         let message = if job::is_failed(j) && wanted {
-            let list = pods.list(&ListParams::default().labels(&format!("job-name={}", j.name_any()))).await?;
+            let list = pods
+                .list(&ListParams::default().labels(&format!("job-name={}", j.name_any())))
+                .await?;
             job::termination_message(&list.items)
         } else {
             None
@@ -183,7 +218,13 @@ pub async fn apply<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) ->
     };
     let jobs = list_jobs(&ni, ctx).await?;
     let views = views(&jobs, key.as_deref(), ctx).await?;
-    let obs = Observed { ni: &ni, resolution: resolution.as_ref(), jobs: &views, lookup: &lookup, now };
+    let obs = Observed {
+        ni: &ni,
+        resolution: resolution.as_ref(),
+        jobs: &views,
+        lookup: &lookup,
+        now,
+    };
     let decision = decide::decide(&obs, &ctx.policy);
     execute(&ni, &jobs, decision, ctx).await
 }
@@ -193,14 +234,25 @@ fn job_seconds(jobs: &[Job], name: &str) -> Option<f64> {
     let st = j.status.as_ref()?;
     let start = st.start_time.as_ref()?.0;
     let end = st.completion_time.as_ref().map(|t| t.0).or_else(|| {
-        st.conditions.as_ref()?.iter().find(|c| c.type_ == "Failed")?.last_transition_time.as_ref().map(|t| t.0)
+        st.conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Failed")?
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
     })?;
     Some(end.duration_since(start).as_secs_f64().max(0.0))
 }
 
 /// Applies a decision: annotations, Job deletions, the new Job, the status, the Event — in that order, so a crash
 /// in between leaves a state the next reconcile decides on correctly.
-async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision, ctx: &Context<R>) -> Result<Requeue> {
+async fn execute<R: ArtifactRegistry>(
+    ni: &NodeImage,
+    jobs: &[Job],
+    d: Decision,
+    ctx: &Context<R>,
+) -> Result<Requeue> {
     let name = ni.name_any();
     let ssa = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
     let api: Api<NodeImage> = Api::all(ctx.client.clone());
@@ -227,7 +279,9 @@ async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision,
         }
         let job = job::build_job(&with_status, build_key, *attempt, &ctx.settings)?;
         let job_name = job.name_any();
-        ctx.jobs().patch(&job_name, &ssa, &Patch::Apply(&job)).await?;
+        ctx.jobs()
+            .patch(&job_name, &ssa, &Patch::Apply(&job))
+            .await?;
         info!(job = %job_name, %build_key, attempt, "created build Job");
     }
     if let Some(status) = &d.status {
@@ -235,17 +289,26 @@ async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision,
     }
     match &d.action {
         Action::Built { job, .. } if d.status.is_some() => {
-            ctx.metrics.build_finished(true, job_seconds(jobs, job).unwrap_or(0.0));
+            ctx.metrics
+                .build_finished(true, job_seconds(jobs, job).unwrap_or(0.0));
         }
         Action::Failed { job, .. } if d.status.is_some() => {
-            ctx.metrics.build_finished(false, job_seconds(jobs, job).unwrap_or(0.0));
+            ctx.metrics
+                .build_finished(false, job_seconds(jobs, job).unwrap_or(0.0));
         }
         _ => {}
     }
-    ctx.metrics.set_building(&name, matches!(d.action, Action::Build { .. } | Action::Building { .. }));
+    ctx.metrics.set_building(
+        &name,
+        matches!(d.action, Action::Build { .. } | Action::Building { .. }),
+    );
     if let Some(ev) = &d.event {
         let event = KubeEvent {
-            type_: if ev.warning { EventType::Warning } else { EventType::Normal },
+            type_: if ev.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: ev.reason.clone(),
             note: Some(ev.note.chars().take(1000).collect()),
             action: "Reconcile".into(),
@@ -256,7 +319,11 @@ async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision,
         }
     }
     if let Action::RegistryUnavailable(message) = d.action {
-        return Err(RegistryError::Request { reference: ni.spec.output.repository.clone(), message }.into());
+        return Err(RegistryError::Request {
+            reference: ni.spec.output.repository.clone(),
+            message,
+        }
+        .into());
     }
     Ok(match d.requeue {
         Some(after) => Requeue::requeue(after),
@@ -264,7 +331,12 @@ async fn execute<R: ArtifactRegistry>(ni: &NodeImage, jobs: &[Job], d: Decision,
     })
 }
 
-async fn patch_status(api: &Api<NodeImage>, name: &str, status: &NodeImageStatus, ssa: &PatchParams) -> Result<()> {
+async fn patch_status(
+    api: &Api<NodeImage>,
+    name: &str,
+    status: &NodeImageStatus,
+    ssa: &PatchParams,
+) -> Result<()> {
     let patch = serde_json::json!({
         "apiVersion": "kitfleet.dev/v1alpha1",
         "kind": "NodeImage",
@@ -305,7 +377,8 @@ pub async fn run<R: ArtifactRegistry>(
 ) {
     let nodeimages: Api<NodeImage> = Api::all(ctx.client.clone());
     let jobs = ctx.jobs();
-    let jobs_cfg = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={OPERATOR_FIELD_MANAGER}"));
+    let jobs_cfg =
+        watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={OPERATOR_FIELD_MANAGER}"));
     Controller::new(nodeimages, watcher::Config::default())
         .watches(jobs, jobs_cfg, owner_of)
         .graceful_shutdown_on(shutdown)

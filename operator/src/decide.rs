@@ -37,7 +37,12 @@ pub enum ResolveReason {
 pub fn resolve_reason(ni: &NodeImage, now: Timestamp) -> Option<ResolveReason> {
     let status = ni.status.as_ref();
     let annotations = &ni.metadata.annotations;
-    let get = |k: &str| annotations.as_ref().and_then(|a| a.get(k)).map(String::as_str);
+    let get = |k: &str| {
+        annotations
+            .as_ref()
+            .and_then(|a| a.get(k))
+            .map(String::as_str)
+    };
     if status.and_then(|s| s.build_key.as_ref()).is_none()
         || status.and_then(|s| s.observed_generation) != ni.metadata.generation
     {
@@ -49,7 +54,9 @@ pub fn resolve_reason(ni: &NodeImage, now: Timestamp) -> Option<ResolveReason> {
         return Some(ResolveReason::RefreshRequested);
     }
     if let Some(interval) = ni.spec.refresh_interval {
-        let due = get(ANNOTATION_RESOLVED_AT).and_then(|t| t.parse::<Timestamp>().ok()).map(|at| elapsed(at, now));
+        let due = get(ANNOTATION_RESOLVED_AT)
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .map(|at| elapsed(at, now));
         match due {
             Some(e) if e < Duration::from(interval) => {}
             _ => return Some(ResolveReason::IntervalElapsed),
@@ -76,7 +83,11 @@ pub fn validate(spec: &NodeImageSpec) -> Result<(), FieldErrors> {
             ));
         }
     }
-    if errs.is_empty() { Ok(()) } else { Err(FieldErrors(errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(FieldErrors(errs))
+    }
 }
 
 /// A build Job as the decision sees it.
@@ -98,7 +109,10 @@ pub enum JobState {
     Running,
     Succeeded,
     /// `reason` from the Job's Failed condition, `message` the tail of the build container's termination message.
-    Failed { reason: String, message: String },
+    Failed {
+        reason: String,
+        message: String,
+    },
 }
 
 /// What the registry said about the artifact of the current build key.
@@ -115,7 +129,9 @@ pub enum Lookup {
 pub fn needs_lookup(status: Option<&NodeImageStatus>, build_key: Option<&str>) -> bool {
     match build_key {
         None => false,
-        Some(k) => !status.and_then(|s| s.artifact.as_ref()).is_some_and(|a| artifact_is_for(a, k)),
+        Some(k) => !status
+            .and_then(|s| s.artifact.as_ref())
+            .is_some_and(|a| artifact_is_for(a, k)),
     }
 }
 
@@ -141,8 +157,12 @@ pub struct Policy {
 impl Policy {
     /// How long to wait after attempt `attempt` failed: base, 2·base, 4·base… capped.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.retry_base.checked_mul(factor).map_or(self.retry_max, |d| d.min(self.retry_max))
+        let factor = 1u32
+            .checked_shl(attempt.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.retry_base
+            .checked_mul(factor)
+            .map_or(self.retry_max, |d| d.min(self.retry_max))
     }
 }
 
@@ -176,9 +196,17 @@ pub enum Action {
     /// The current key's Job is running.
     Building { job: String },
     /// The current key's Job succeeded and its artifact is published.
-    Built { job: String, artifact: ArtifactStatus },
+    Built {
+        job: String,
+        artifact: ArtifactStatus,
+    },
     /// The current key's Job failed; it is retried once `retry_in` has passed.
-    Failed { job: String, reason: String, message: String, retry_in: Duration },
+    Failed {
+        job: String,
+        reason: String,
+        message: String,
+        retry_in: Duration,
+    },
 }
 
 /// An Event to publish about the NodeImage.
@@ -241,7 +269,15 @@ struct Draft<'a> {
 impl Draft<'_> {
     fn cond(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         let generation = self.obs.ni.metadata.generation;
-        set_condition(&mut self.status.conditions, type_, status, reason, message, generation, self.obs.now);
+        set_condition(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            self.obs.now,
+        );
     }
 
     /// Marks every running Job not building `keep` for deletion.
@@ -253,7 +289,12 @@ impl Draft<'_> {
         }
     }
 
-    fn finish(self, action: Action, event: Option<EventNote>, requeue: Option<Duration>) -> Decision {
+    fn finish(
+        self,
+        action: Action,
+        event: Option<EventNote>,
+        requeue: Option<Duration>,
+    ) -> Decision {
         let current = self.obs.ni.status.clone().unwrap_or_default();
         let changed = self.status != current;
         Decision {
@@ -269,30 +310,58 @@ impl Draft<'_> {
 }
 
 fn note(warning: bool, reason: &str, note: String) -> Option<EventNote> {
-    Some(EventNote { warning, reason: reason.to_string(), note })
+    Some(EventNote {
+        warning,
+        reason: reason.to_string(),
+        note,
+    })
 }
 
 /// Decides what to do with one NodeImage (not being deleted; see [`cleanup`]).
 pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
     let ni = obs.ni;
-    let mut d = Draft { obs, status: ni.status.clone().unwrap_or_default(), delete_jobs: Vec::new(), annotations: None };
+    let mut d = Draft {
+        obs,
+        status: ni.status.clone().unwrap_or_default(),
+        delete_jobs: Vec::new(),
+        annotations: None,
+    };
     if let Err(errors) = validate(&ni.spec) {
         d.status.observed_generation = ni.metadata.generation;
         d.cond(COND_DEGRADED, true, "InvalidSpec", &errors.to_string());
-        d.cond(COND_BUILT, false, "InvalidSpec", "the spec is invalid (see Degraded)");
-        d.cond(COND_PROGRESSING, false, "InvalidSpec", "no build while the spec is invalid");
+        d.cond(
+            COND_BUILT,
+            false,
+            "InvalidSpec",
+            "the spec is invalid (see Degraded)",
+        );
+        d.cond(
+            COND_PROGRESSING,
+            false,
+            "InvalidSpec",
+            "no build while the spec is invalid",
+        );
         d.supersede_running(None);
         let ev = note(true, "InvalidSpec", errors.to_string());
         return d.finish(Action::Invalid(errors), ev, None);
     }
     if let Some(res) = obs.resolution {
-        let spec_changed = ni.status.as_ref().and_then(|s| s.observed_generation) != ni.metadata.generation;
+        let spec_changed =
+            ni.status.as_ref().and_then(|s| s.observed_generation) != ni.metadata.generation;
         d.status.observed_generation = ni.metadata.generation;
         d.status.resolved = res.resolved.clone();
-        let refresh = ni.metadata.annotations.as_ref().and_then(|a| a.get(ANNOTATION_REFRESH)).cloned();
+        let refresh = ni
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_REFRESH))
+            .cloned();
         d.annotations = Some(BTreeMap::from([
             (ANNOTATION_RESOLVED_AT.to_string(), obs.now.to_string()),
-            (ANNOTATION_RESOLVED_REFRESH.to_string(), refresh.unwrap_or_default()),
+            (
+                ANNOTATION_RESOLVED_REFRESH.to_string(),
+                refresh.unwrap_or_default(),
+            ),
         ]));
         match &res.build_key {
             Some(k) => d.status.build_key = Some(k.clone()),
@@ -309,7 +378,12 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
                 }
                 d.cond(COND_DEGRADED, true, "Unresolved", &message);
                 if spec_changed {
-                    d.cond(COND_BUILT, false, "Unresolved", "references of the current spec did not resolve");
+                    d.cond(
+                        COND_BUILT,
+                        false,
+                        "Unresolved",
+                        "references of the current spec did not resolve",
+                    );
                 }
                 let ev = note(true, "Unresolved", message.clone());
                 return d.finish(Action::Unresolved(message), ev, Some(policy.retry_base));
@@ -318,16 +392,33 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
     }
     let Some(key) = d.status.build_key.clone() else {
         // Only reachable when the caller skipped a resolution that resolve_reason asked for.
-        return d.finish(Action::Unresolved("no build key yet".into()), None, Some(policy.retry_base));
+        return d.finish(
+            Action::Unresolved("no build key yet".into()),
+            None,
+            Some(policy.retry_base),
+        );
     };
     d.cond(COND_DEGRADED, false, "AsExpected", "");
     d.supersede_running(Some(&key));
-    if d.status.artifact.as_ref().is_some_and(|a| artifact_is_for(a, &key)) {
-        d.cond(COND_BUILT, true, built_reason(&d.status), &built_message(&d.status));
+    if d.status
+        .artifact
+        .as_ref()
+        .is_some_and(|a| artifact_is_for(a, &key))
+    {
+        d.cond(
+            COND_BUILT,
+            true,
+            built_reason(&d.status),
+            &built_message(&d.status),
+        );
         d.cond(COND_PROGRESSING, false, "UpToDate", "");
         return d.finish(Action::UpToDate, None, refresh_requeue(ni, obs.now));
     }
-    let latest = obs.jobs.iter().filter(|j| j.build_key == key).max_by_key(|j| j.attempt);
+    let latest = obs
+        .jobs
+        .iter()
+        .filter(|j| j.build_key == key)
+        .max_by_key(|j| j.attempt);
     match (latest, obs.lookup) {
         (_, Lookup::Error(e)) => {
             // Nothing is written: the error policy retries with backoff.
@@ -341,17 +432,49 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
             }
         }
         (Some(j), _) if j.state == JobState::Running => {
-            d.cond(COND_BUILT, false, "Building", &format!("build Job {} (attempt {}) is running", j.name, j.attempt));
-            d.cond(COND_PROGRESSING, true, "Building", &format!("building {key}"));
-            d.finish(Action::Building { job: j.name.clone() }, None, None)
+            d.cond(
+                COND_BUILT,
+                false,
+                "Building",
+                &format!("build Job {} (attempt {}) is running", j.name, j.attempt),
+            );
+            d.cond(
+                COND_PROGRESSING,
+                true,
+                "Building",
+                &format!("building {key}"),
+            );
+            d.finish(
+                Action::Building {
+                    job: j.name.clone(),
+                },
+                None,
+                None,
+            )
         }
         (Some(j), Lookup::Found(a)) if j.state == JobState::Succeeded => {
             let a = a.clone();
             d.status.artifact = Some(a.clone());
-            d.cond(COND_BUILT, true, "Built", &format!("published {}", a.reference));
+            d.cond(
+                COND_BUILT,
+                true,
+                "Built",
+                &format!("published {}", a.reference),
+            );
             d.cond(COND_PROGRESSING, false, "UpToDate", "");
-            let ev = note(false, "Built", format!("build Job {} published {}", j.name, a.reference));
-            d.finish(Action::Built { job: j.name.clone(), artifact: a }, ev, refresh_requeue(ni, obs.now))
+            let ev = note(
+                false,
+                "Built",
+                format!("build Job {} published {}", j.name, a.reference),
+            );
+            d.finish(
+                Action::Built {
+                    job: j.name.clone(),
+                    artifact: a,
+                },
+                ev,
+                refresh_requeue(ni, obs.now),
+            )
         }
         (Some(j), Lookup::Absent) if j.state == JobState::Succeeded => {
             let message = format!(
@@ -364,45 +487,99 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
         (_, Lookup::Found(a)) => {
             let a = a.clone();
             d.status.artifact = Some(a.clone());
-            d.cond(COND_BUILT, true, "Adopted", &format!("adopted {} (already published)", a.reference));
+            d.cond(
+                COND_BUILT,
+                true,
+                "Adopted",
+                &format!("adopted {} (already published)", a.reference),
+            );
             d.cond(COND_PROGRESSING, false, "UpToDate", "");
-            let ev = note(false, "Adopted", format!("artifact {} was already published; no build", a.reference));
+            let ev = note(
+                false,
+                "Adopted",
+                format!("artifact {} was already published; no build", a.reference),
+            );
             d.finish(Action::Adopt(a), ev, refresh_requeue(ni, obs.now))
         }
         (Some(j), _) if matches!(j.state, JobState::Failed { .. }) => {
-            let JobState::Failed { reason, message } = j.state.clone() else { unreachable!("matched Failed") };
+            let JobState::Failed { reason, message } = j.state.clone() else {
+                unreachable!("matched Failed")
+            };
             failed(d, j, &key, reason, message, policy)
         }
-        (_, Lookup::Skipped) => d.finish(Action::Unresolved("artifact lookup skipped".into()), None, Some(Duration::from_secs(1))),
+        (_, Lookup::Skipped) => d.finish(
+            Action::Unresolved("artifact lookup skipped".into()),
+            None,
+            Some(Duration::from_secs(1)),
+        ),
         (_, Lookup::Absent) => start_build(d, &key, 1, "BuildStarted"),
     }
 }
 
 fn built_reason(s: &NodeImageStatus) -> &'static str {
-    match s.conditions.iter().find(|c| c.type_ == COND_BUILT && c.status == "True") {
+    match s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == COND_BUILT && c.status == "True")
+    {
         Some(c) if c.reason == "Adopted" => "Adopted",
         _ => "Built",
     }
 }
 
 fn built_message(s: &NodeImageStatus) -> String {
-    match s.conditions.iter().find(|c| c.type_ == COND_BUILT && c.status == "True") {
+    match s
+        .conditions
+        .iter()
+        .find(|c| c.type_ == COND_BUILT && c.status == "True")
+    {
         Some(c) => c.message.clone(),
-        None => format!("published {}", s.artifact.as_ref().map_or("", |a| a.reference.as_str())),
+        None => format!(
+            "published {}",
+            s.artifact.as_ref().map_or("", |a| a.reference.as_str())
+        ),
     }
 }
 
 fn start_build(mut d: Draft<'_>, key: &str, attempt: u32, reason: &str) -> Decision {
     let job = crate::job::job_name(d.obs.ni, key, attempt);
-    d.cond(COND_BUILT, false, "Building", &format!("build Job {job} (attempt {attempt}) created"));
-    d.cond(COND_PROGRESSING, true, "Building", &format!("building {key}"));
-    let event = Some(EventNote { warning: false, reason: reason.to_string(), note: format!("created build Job {job} for {key} (attempt {attempt})") });
-    let mut dec = d.finish(Action::Build { build_key: key.to_string(), attempt }, None, None);
+    d.cond(
+        COND_BUILT,
+        false,
+        "Building",
+        &format!("build Job {job} (attempt {attempt}) is running"),
+    );
+    d.cond(
+        COND_PROGRESSING,
+        true,
+        "Building",
+        &format!("building {key}"),
+    );
+    let event = Some(EventNote {
+        warning: false,
+        reason: reason.to_string(),
+        note: format!("created build Job {job} for {key} (attempt {attempt})"),
+    });
+    let mut dec = d.finish(
+        Action::Build {
+            build_key: key.to_string(),
+            attempt,
+        },
+        None,
+        None,
+    );
     dec.event = event;
     dec
 }
 
-fn failed(mut d: Draft<'_>, j: &JobView, key: &str, reason: String, message: String, policy: &Policy) -> Decision {
+fn failed(
+    mut d: Draft<'_>,
+    j: &JobView,
+    key: &str,
+    reason: String,
+    message: String,
+    policy: &Policy,
+) -> Decision {
     let wait = policy.backoff(j.attempt);
     let since = j.finished.map_or(wait, |f| elapsed(f, d.obs.now));
     if since >= wait {
@@ -412,22 +589,44 @@ fn failed(mut d: Draft<'_>, j: &JobView, key: &str, reason: String, message: Str
     let retry_in = wait - since;
     let text = format!("attempt {} failed ({reason}): {message}", j.attempt);
     d.cond(COND_BUILT, false, "BuildFailed", &text);
-    d.cond(COND_PROGRESSING, false, "BuildFailed", &format!("retrying in {}s", wait.as_secs()));
+    d.cond(
+        COND_PROGRESSING,
+        false,
+        "BuildFailed",
+        &format!("retrying in {}s", wait.as_secs()),
+    );
     let ev = note(true, "BuildFailed", format!("build Job {}: {text}", j.name));
-    let action = Action::Failed { job: j.name.clone(), reason, message, retry_in };
+    let action = Action::Failed {
+        job: j.name.clone(),
+        reason,
+        message,
+        retry_in,
+    };
     d.finish(action, ev, Some(retry_in))
 }
 
 /// When a `spec.refreshInterval` asks for the next resolution.
 fn refresh_requeue(ni: &NodeImage, now: Timestamp) -> Option<Duration> {
     let interval = Duration::from(ni.spec.refresh_interval?);
-    let at = ni.metadata.annotations.as_ref()?.get(ANNOTATION_RESOLVED_AT)?.parse::<Timestamp>().ok();
-    Some(at.map_or(interval, |at| interval.saturating_sub(elapsed(at, now))).max(Duration::from_secs(1)))
+    let at = ni
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_RESOLVED_AT)?
+        .parse::<Timestamp>()
+        .ok();
+    Some(
+        at.map_or(interval, |at| interval.saturating_sub(elapsed(at, now)))
+            .max(Duration::from_secs(1)),
+    )
 }
 
 /// On deletion: the Jobs to delete (every Job still running; finished Jobs and published artifacts stay).
 pub fn cleanup(jobs: &[JobView]) -> Vec<String> {
-    jobs.iter().filter(|j| j.state == JobState::Running).map(|j| j.name.clone()).collect()
+    jobs.iter()
+        .filter(|j| j.state == JobState::Running)
+        .map(|j| j.name.clone())
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,13 +8,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar,
-    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    EnvVar, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::core::v1::{KeyToPath, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kitfleet_api::constants::{ANNOTATION_BUILD_KEY, LABEL_BUILD_KEY, LABEL_MANAGED_BY, LABEL_NODEIMAGE, OPERATOR_FIELD_MANAGER};
+use kitfleet_api::constants::{
+    ANNOTATION_BUILD_KEY, LABEL_BUILD_KEY, LABEL_MANAGED_BY, LABEL_NODEIMAGE,
+    OPERATOR_FIELD_MANAGER,
+};
 use kitfleet_api::{NodeImage, NodeImageSpec};
 use kitfleet_builder::reference::ImageRef;
 use kube::{Resource, ResourceExt};
@@ -68,7 +72,10 @@ fn short_hash(s: &str) -> String {
 
 /// `name` shortened to `max` characters (a hash of the full name keeps shortened names apart), DNS-label safe.
 fn stem(name: &str, max: usize) -> String {
-    let clean: String = name.chars().map(|c| if c == '.' { '-' } else { c }).collect();
+    let clean: String = name
+        .chars()
+        .map(|c| if c == '.' { '-' } else { c })
+        .collect();
     if clean.len() <= max {
         return clean;
     }
@@ -83,12 +90,20 @@ fn key_hex(build_key: &str) -> &str {
 /// The Job of attempt `attempt` at building `build_key` for `ni`: `<name>-<12 hex of the key>-<attempt>`.
 pub fn job_name(ni: &NodeImage, build_key: &str, attempt: u32) -> String {
     let hex = key_hex(build_key);
-    format!("{}-{}-{attempt}", stem(&ni.name_any(), 40), &hex[..hex.len().min(12)])
+    format!(
+        "{}-{}-{attempt}",
+        stem(&ni.name_any(), 40),
+        &hex[..hex.len().min(12)]
+    )
 }
 
 /// The `kitfleet.dev/nodeimage` label value of a NodeImage (label values hold at most 63 characters).
 pub fn nodeimage_label(name: &str) -> String {
-    if name.len() <= 63 { name.to_string() } else { stem(name, 63) }
+    if name.len() <= 63 {
+        name.to_string()
+    } else {
+        stem(name, 63)
+    }
 }
 
 /// The label selector of a NodeImage's Jobs.
@@ -98,15 +113,23 @@ pub fn selector(name: &str) -> String {
 
 /// The spec with every reference replaced by `registry/repository@digest` from `status.resolved`.
 pub fn pinned_spec(ni: &NodeImage) -> Result<NodeImageSpec, JobError> {
-    let resolved = ni.status.as_ref().map(|s| s.resolved.as_slice()).unwrap_or_default();
+    let resolved = ni
+        .status
+        .as_ref()
+        .map(|s| s.resolved.as_slice())
+        .unwrap_or_default();
     let pin = |r: &mut String| -> Result<(), JobError> {
         let digest = resolved
             .iter()
             .find(|x| &x.reference == r)
             .and_then(|x| x.digest.clone())
-            .ok_or_else(|| JobError::Unpinned { reference: r.clone() })?;
-        let parsed = ImageRef::parse(r, "")
-            .map_err(|e| JobError::BadReference { reference: r.clone(), reason: e.to_string() })?;
+            .ok_or_else(|| JobError::Unpinned {
+                reference: r.clone(),
+            })?;
+        let parsed = ImageRef::parse(r, "").map_err(|e| JobError::BadReference {
+            reference: r.clone(),
+            reason: e.to_string(),
+        })?;
         *r = parsed.with_digest(&digest);
         Ok(())
     };
@@ -118,7 +141,12 @@ pub fn pinned_spec(ni: &NodeImage) -> Result<NodeImageSpec, JobError> {
     for r in &mut c.init {
         pin(r)?;
     }
-    for img in c.onboot.iter_mut().chain(c.onshutdown.iter_mut()).chain(c.services.iter_mut()) {
+    for img in c
+        .onboot
+        .iter_mut()
+        .chain(c.onshutdown.iter_mut())
+        .chain(c.services.iter_mut())
+    {
         pin(&mut img.image)?;
     }
     for v in &mut c.volumes {
@@ -137,12 +165,24 @@ pub fn pinned_manifest(ni: &NodeImage) -> Result<String, JobError> {
 /// The build container's command line.
 pub fn build_command(ni: &NodeImage, s: &JobSettings) -> Vec<String> {
     let formats: Vec<&str> = ni.spec.formats.iter().map(|f| f.as_str()).collect();
-    let mut argv: Vec<String> = ["kitfleet-build", "build", MANIFEST_PATH, "-o", OUT_DIR, "--format"]
-        .map(String::from)
-        .into();
+    let mut argv: Vec<String> = [
+        "kitfleet-build",
+        "build",
+        MANIFEST_PATH,
+        "-o",
+        OUT_DIR,
+        "--format",
+    ]
+    .map(String::from)
+    .into();
     argv.push(formats.join(","));
     argv.extend(["--push".into(), ni.spec.output.repository.clone()]);
-    argv.extend(["--cache".into(), CACHE_DIR.into(), "--arch".into(), s.arch.clone()]);
+    argv.extend([
+        "--cache".into(),
+        CACHE_DIR.into(),
+        "--arch".into(),
+        s.arch.clone(),
+    ]);
     argv.extend(["--json".into(), "--no-progress".into()]);
     for r in &s.insecure_registries {
         argv.extend(["--insecure-registry".into(), r.clone()]);
@@ -157,13 +197,24 @@ fn labels(ni: &NodeImage, build_key: &str) -> BTreeMap<String, String> {
     let hex = key_hex(build_key);
     BTreeMap::from([
         (LABEL_NODEIMAGE.to_string(), nodeimage_label(&ni.name_any())),
-        (LABEL_BUILD_KEY.to_string(), hex[..hex.len().min(63)].to_string()),
-        (LABEL_MANAGED_BY.to_string(), OPERATOR_FIELD_MANAGER.to_string()),
+        (
+            LABEL_BUILD_KEY.to_string(),
+            hex[..hex.len().min(63)].to_string(),
+        ),
+        (
+            LABEL_MANAGED_BY.to_string(),
+            OPERATOR_FIELD_MANAGER.to_string(),
+        ),
     ])
 }
 
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
-    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(read_only), ..Default::default() }
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    }
 }
 
 fn volumes(ni: &NodeImage, s: &JobSettings) -> (Vec<Volume>, Vec<VolumeMount>) {
@@ -182,23 +233,42 @@ fn volumes(ni: &NodeImage, s: &JobSettings) -> (Vec<Volume>, Vec<VolumeMount>) {
         }),
         ..Default::default()
     };
-    let work = Volume { name: "work".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() };
+    let work = Volume {
+        name: "work".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
     let cache = match &s.cache_pvc {
         Some(claim) => Volume {
             name: "cache".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim.clone(), read_only: Some(false) }),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
             ..Default::default()
         },
-        None => Volume { name: "cache".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() },
+        None => Volume {
+            name: "cache".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
     };
     let mut vols = vec![manifest, work, cache];
-    let mut mounts = vec![mount("manifest", "/etc/kitfleet/build", true), mount("work", "/work", false), mount("cache", CACHE_DIR, false)];
+    let mut mounts = vec![
+        mount("manifest", "/etc/kitfleet/build", true),
+        mount("work", "/work", false),
+        mount("cache", CACHE_DIR, false),
+    ];
     if let Some(secret) = &ni.spec.output.push_secret_name {
         vols.push(Volume {
             name: "push-secret".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(secret.clone()),
-                items: Some(vec![KeyToPath { key: ".dockerconfigjson".into(), path: ".dockerconfigjson".into(), mode: None }]),
+                items: Some(vec![KeyToPath {
+                    key: ".dockerconfigjson".into(),
+                    path: ".dockerconfigjson".into(),
+                    mode: None,
+                }]),
                 default_mode: Some(0o440),
                 optional: Some(false),
             }),
@@ -210,14 +280,25 @@ fn volumes(ni: &NodeImage, s: &JobSettings) -> (Vec<Volume>, Vec<VolumeMount>) {
 }
 
 fn container(ni: &NodeImage, s: &JobSettings, mounts: Vec<VolumeMount>) -> Container {
-    let env = |name: &str, value: &str| EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() };
+    let env = |name: &str, value: &str| EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    };
     Container {
         name: CONTAINER.into(),
         image: Some(s.builder_image.clone()),
         command: Some(build_command(ni, s)),
-        env: Some(vec![env("HOME", "/work"), env("TMPDIR", "/work"), env("RUST_LOG", "info")]),
+        env: Some(vec![
+            env("HOME", "/work"),
+            env("TMPDIR", "/work"),
+            env("RUST_LOG", "info"),
+        ]),
         resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([("cpu".into(), s.build.cpu.clone()), ("memory".into(), s.build.memory.clone())])),
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), s.build.cpu.clone()),
+                ("memory".into(), s.build.memory.clone()),
+            ])),
             limits: Some(BTreeMap::from([("memory".into(), s.build.memory.clone())])),
             ..Default::default()
         }),
@@ -226,7 +307,10 @@ fn container(ni: &NodeImage, s: &JobSettings, mounts: Vec<VolumeMount>) -> Conta
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
             ..Default::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
@@ -236,7 +320,12 @@ fn container(ni: &NodeImage, s: &JobSettings, mounts: Vec<VolumeMount>) -> Conta
 }
 
 /// The build Job of attempt `attempt` at `build_key` for `ni`.
-pub fn build_job(ni: &NodeImage, build_key: &str, attempt: u32, s: &JobSettings) -> Result<Job, JobError> {
+pub fn build_job(
+    ni: &NodeImage,
+    build_key: &str,
+    attempt: u32,
+    s: &JobSettings,
+) -> Result<Job, JobError> {
     let owner = ni.controller_owner_ref(&()).ok_or(JobError::NoUid)?;
     let manifest = pinned_manifest(ni)?;
     let labels = labels(ni, build_key);
@@ -250,7 +339,10 @@ pub fn build_job(ni: &NodeImage, build_key: &str, attempt: u32, s: &JobSettings)
             run_as_user: Some(BUILD_UID),
             run_as_group: Some(BUILD_UID),
             fs_group: Some(BUILD_UID),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
             ..Default::default()
         }),
         containers: vec![container(ni, s, mounts)],
@@ -271,12 +363,17 @@ pub fn build_job(ni: &NodeImage, build_key: &str, attempt: u32, s: &JobSettings)
         },
         spec: Some(JobSpec {
             backoff_limit: Some(0),
-            active_deadline_seconds: Some(i64::try_from(s.build.timeout.as_secs()).unwrap_or(i64::MAX)),
+            active_deadline_seconds: Some(
+                i64::try_from(s.build.timeout.as_secs()).unwrap_or(i64::MAX),
+            ),
             ttl_seconds_after_finished: Some(86_400),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
-                    annotations: Some(BTreeMap::from([(ANNOTATION_MANIFEST.to_string(), manifest)])),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_MANIFEST.to_string(),
+                        manifest,
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -305,9 +402,18 @@ pub fn tail(message: &str) -> String {
 pub fn termination_message(pods: &[Pod]) -> Option<String> {
     pods.iter()
         .filter_map(|p| {
-            let cs = p.status.as_ref()?.container_statuses.as_ref()?.iter().find(|c| c.name == CONTAINER)?;
+            let cs = p
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .find(|c| c.name == CONTAINER)?;
             let t = cs.state.as_ref()?.terminated.as_ref()?;
-            Some((t.finished_at.clone(), t.message.clone().or_else(|| t.reason.clone())?))
+            Some((
+                t.finished_at.clone(),
+                t.message.clone().or_else(|| t.reason.clone())?,
+            ))
         })
         .max_by(|a, b| a.0.as_ref().map(|t| t.0).cmp(&b.0.as_ref().map(|t| t.0)))
         .map(|(_, m)| m)
@@ -318,21 +424,42 @@ pub fn termination_message(pods: &[Pod]) -> Option<String> {
 pub fn job_view(job: &Job, message: Option<&str>) -> Option<JobView> {
     let annotations = job.metadata.annotations.as_ref()?;
     let build_key = annotations.get(ANNOTATION_BUILD_KEY)?.clone();
-    let attempt = annotations.get(ANNOTATION_ATTEMPT).and_then(|a| a.parse().ok()).unwrap_or(1);
+    let attempt = annotations
+        .get(ANNOTATION_ATTEMPT)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let status = job.status.as_ref();
-    let conds = status.and_then(|s| s.conditions.as_deref()).unwrap_or_default();
+    let conds = status
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
     let is = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
     let (state, finished) = if let Some(c) = is("Complete") {
-        let at = status.and_then(|s| s.completion_time.clone()).or_else(|| c.last_transition_time.clone());
+        let at = status
+            .and_then(|s| s.completion_time.clone())
+            .or_else(|| c.last_transition_time.clone());
         (JobState::Succeeded, at.map(|t| t.0))
     } else if let Some(c) = is("Failed") {
         let reason = c.reason.clone().unwrap_or_else(|| "Failed".into());
-        let text = message.or(c.message.as_deref()).unwrap_or("no termination message");
-        (JobState::Failed { reason, message: tail(text) }, c.last_transition_time.clone().map(|t| t.0))
+        let text = message
+            .or(c.message.as_deref())
+            .unwrap_or("no termination message");
+        (
+            JobState::Failed {
+                reason,
+                message: tail(text),
+            },
+            c.last_transition_time.clone().map(|t| t.0),
+        )
     } else {
         (JobState::Running, None)
     };
-    Some(JobView { name: job.name_any(), build_key, attempt, state, finished })
+    Some(JobView {
+        name: job.name_any(),
+        build_key,
+        attempt,
+        state,
+        finished,
+    })
 }
 
 /// Whether a Job needs its Pods read for a termination message (it failed).

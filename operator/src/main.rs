@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use kitfleet_operator::config::{Config, RunArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "kitfleet-operator", version, about = "Kitfleet operator: builds NodeImages in Jobs")]
+#[command(
+    name = "kitfleet-operator",
+    version,
+    about = "Kitfleet operator: builds NodeImages in Jobs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,16 +30,22 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
     let json = std::env::var("KITFLEET_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         fmt.json().init();
     } else {
         fmt.init();
     }
     kitfleet_builder::source::install_crypto_provider();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kitfleet-operator: cannot start the async runtime: {e}");

@@ -46,20 +46,48 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let builds_in_progress = Gauge::default();
-        let build_duration =
-            Family::<OutcomeLabels, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
-        registry.register("reconciles", "NodeImage reconciliations", reconciles.clone());
-        registry.register("reconcile_errors", "Failed reconciliations by reason", errors.clone());
-        registry.register("builds_in_progress", "Build Jobs running", builds_in_progress.clone());
-        registry.register("build_duration_seconds", "Duration of finished build Jobs", build_duration.clone());
-        Metrics { registry, reconciles, errors, builds_in_progress, build_duration, building: Mutex::default() }
+        let build_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "reconciles",
+            "NodeImage reconciliations",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by reason",
+            errors.clone(),
+        );
+        registry.register(
+            "builds_in_progress",
+            "Build Jobs running",
+            builds_in_progress.clone(),
+        );
+        registry.register(
+            "build_duration_seconds",
+            "Duration of finished build Jobs",
+            build_duration.clone(),
+        );
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            builds_in_progress,
+            build_duration,
+            building: Mutex::default(),
+        }
     }
 }
 
 impl Metrics {
     /// Counts a failed reconciliation.
     pub fn error(&self, reason: &str) {
-        self.errors.get_or_create(&ErrorLabels { reason: reason.to_string() }).inc();
+        self.errors
+            .get_or_create(&ErrorLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Records whether the NodeImage `name` has a build running.
@@ -70,19 +98,25 @@ impl Metrics {
         } else {
             set.remove(name);
         }
-        self.builds_in_progress.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        self.builds_in_progress
+            .set(i64::try_from(set.len()).unwrap_or(i64::MAX));
     }
 
     /// Records a finished build.
     pub fn build_finished(&self, succeeded: bool, seconds: f64) {
         let outcome = if succeeded { "succeeded" } else { "failed" };
-        self.build_duration.get_or_create(&OutcomeLabels { outcome: outcome.into() }).observe(seconds);
+        self.build_duration
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.into(),
+            })
+            .observe(seconds);
     }
 
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

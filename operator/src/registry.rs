@@ -11,7 +11,9 @@ use kitfleet_api::nodeimage::{ArtifactStatus, FormatArtifact, ResolvedImage};
 use kitfleet_builder::assemble::{LINUXKIT_MTIME, Mtime};
 use kitfleet_builder::auth::Credentials;
 use kitfleet_builder::cache::Cache;
-use kitfleet_builder::push::{ARTIFACT_TYPE, BUILD_KEY_ANNOTATION, CONFIG_MEDIA_TYPE, FORMAT_ANNOTATION, layer_media_type};
+use kitfleet_builder::push::{
+    ARTIFACT_TYPE, BUILD_KEY_ANNOTATION, CONFIG_MEDIA_TYPE, FORMAT_ANNOTATION, layer_media_type,
+};
 use kitfleet_builder::source::{SourceOptions, Sources};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use serde::Deserialize;
@@ -39,13 +41,19 @@ pub struct Resolution {
 
 /// The tag an artifact is published under (`bk-<hex build key>`).
 pub fn artifact_tag(build_key: &str) -> String {
-    format!("bk-{}", build_key.strip_prefix("sha256:").unwrap_or(build_key))
+    format!(
+        "bk-{}",
+        build_key.strip_prefix("sha256:").unwrap_or(build_key)
+    )
 }
 
 /// Resolution and artifact lookup.
 pub trait ArtifactRegistry: Send + Sync + 'static {
     /// Resolves every reference of `spec` to a digest and computes the build key.
-    fn resolve(&self, spec: &NodeImageSpec) -> impl Future<Output = Result<Resolution, RegistryError>> + Send;
+    fn resolve(
+        &self,
+        spec: &NodeImageSpec,
+    ) -> impl Future<Output = Result<Resolution, RegistryError>> + Send;
     /// The artifact tagged for `build_key` in `repository`, if one is published.
     fn lookup(
         &self,
@@ -72,17 +80,28 @@ impl BuilderRegistry {
             Some(p) => Credentials::from_file(p)?,
             None => Credentials::anonymous(),
         };
-        let opts = SourceOptions { arch: arch.to_string(), insecure_registries, credentials, offline: false };
-        Ok(BuilderRegistry { sources: Sources::new(Cache::open(cache_dir.to_path_buf())?, opts) })
+        let opts = SourceOptions {
+            arch: arch.to_string(),
+            insecure_registries,
+            credentials,
+            offline: false,
+        };
+        Ok(BuilderRegistry {
+            sources: Sources::new(Cache::open(cache_dir.to_path_buf())?, opts),
+        })
     }
 }
 
 /// The mtime policy of in-cluster builds: the Job sets no `SOURCE_DATE_EPOCH`, so LinuxKit's constant.
-pub const JOB_MTIME: Mtime = Mtime { generated: LINUXKIT_MTIME, clamp: None };
+pub const JOB_MTIME: Mtime = Mtime {
+    generated: LINUXKIT_MTIME,
+    clamp: None,
+};
 
 impl ArtifactRegistry for BuilderRegistry {
     async fn resolve(&self, spec: &NodeImageSpec) -> Result<Resolution, RegistryError> {
-        let (map, statuses) = kitfleet_builder::build::resolve_all(&self.sources, &spec.image, false).await?;
+        let (map, statuses) =
+            kitfleet_builder::build::resolve_all(&self.sources, &spec.image, false).await?;
         let mut resolved: Vec<ResolvedImage> = Vec::new();
         for s in &statuses {
             if resolved.iter().any(|r| r.reference == s.reference) {
@@ -109,19 +128,41 @@ impl ArtifactRegistry for BuilderRegistry {
         } else {
             None
         };
-        Ok(Resolution { resolved, build_key })
+        Ok(Resolution {
+            resolved,
+            build_key,
+        })
     }
 
-    async fn lookup(&self, repository: &str, build_key: &str) -> Result<Option<ArtifactStatus>, RegistryError> {
+    async fn lookup(
+        &self,
+        repository: &str,
+        build_key: &str,
+    ) -> Result<Option<ArtifactStatus>, RegistryError> {
         let whole = format!("{repository}:{}", artifact_tag(build_key));
-        let reference = oci_client::Reference::from_str(&whole)
-            .map_err(|e| RegistryError::Request { reference: whole.clone(), message: e.to_string() })?;
-        let auth = self.sources.options().credentials.for_host(reference.resolve_registry());
+        let reference =
+            oci_client::Reference::from_str(&whole).map_err(|e| RegistryError::Request {
+                reference: whole.clone(),
+                message: e.to_string(),
+            })?;
+        let auth = self
+            .sources
+            .options()
+            .credentials
+            .for_host(reference.resolve_registry());
         let accepted = [kitfleet_builder::oci::MT_OCI_MANIFEST];
-        match self.sources.client().pull_manifest_raw(&reference, &auth, &accepted).await {
+        match self
+            .sources
+            .client()
+            .pull_manifest_raw(&reference, &auth, &accepted)
+            .await
+        {
             Ok((bytes, _)) => artifact_from_manifest(repository, build_key, &bytes).map(Some),
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(RegistryError::Request { reference: whole, message: e.to_string() }),
+            Err(e) => Err(RegistryError::Request {
+                reference: whole,
+                message: e.to_string(),
+            }),
         }
     }
 }
@@ -130,10 +171,12 @@ fn is_not_found(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::ImageManifestNotFoundError(_) => true,
         OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => envelope
-            .errors
-            .iter()
-            .any(|e| matches!(e.code, OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown)),
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
+            )
+        }),
         _ => false,
     }
 }
@@ -168,27 +211,48 @@ pub fn artifact_from_manifest(
 ) -> Result<ArtifactStatus, RegistryError> {
     let tag = artifact_tag(build_key);
     let whole = format!("{repository}:{tag}");
-    let foreign = |reason: String| RegistryError::Foreign { reference: whole.clone(), reason };
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| foreign(format!("unreadable manifest: {e}")))?;
+    let foreign = |reason: String| RegistryError::Foreign {
+        reference: whole.clone(),
+        reason,
+    };
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| foreign(format!("unreadable manifest: {e}")))?;
     if m.artifact_type.as_deref() != Some(ARTIFACT_TYPE) {
-        return Err(foreign(format!("artifactType is {:?}, not {ARTIFACT_TYPE}", m.artifact_type)));
+        return Err(foreign(format!(
+            "artifactType is {:?}, not {ARTIFACT_TYPE}",
+            m.artifact_type
+        )));
     }
     if m.config.media_type != CONFIG_MEDIA_TYPE {
-        return Err(foreign(format!("config media type is {:?}", m.config.media_type)));
+        return Err(foreign(format!(
+            "config media type is {:?}",
+            m.config.media_type
+        )));
     }
     let hex_key = build_key.strip_prefix("sha256:").unwrap_or(build_key);
     match m.annotations.get(BUILD_KEY_ANNOTATION) {
         Some(k) if k == hex_key => {}
-        other => return Err(foreign(format!("annotation {BUILD_KEY_ANNOTATION} is {other:?}"))),
+        other => {
+            return Err(foreign(format!(
+                "annotation {BUILD_KEY_ANNOTATION} is {other:?}"
+            )));
+        }
     }
     let mut formats: Vec<FormatArtifact> = Vec::new();
     for l in &m.layers {
         let Some(format) = l.annotations.get(FORMAT_ANNOTATION) else {
-            return Err(foreign(format!("layer {} has no {FORMAT_ANNOTATION} annotation", l.digest)));
+            return Err(foreign(format!(
+                "layer {} has no {FORMAT_ANNOTATION} annotation",
+                l.digest
+            )));
         };
         let main = format != "kernel+initrd" || l.media_type == layer_media_type(format, "initrd");
         if main && !formats.iter().any(|f| &f.format == format) {
-            formats.push(FormatArtifact { format: format.clone(), digest: l.digest.clone(), size: l.size });
+            formats.push(FormatArtifact {
+                format: format.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+            });
         }
     }
     if formats.is_empty() {
@@ -233,9 +297,24 @@ mod tests {
             ARTIFACT_TYPE,
             hex_key,
             serde_json::json!([
-                layer(&layer_media_type("kernel+initrd", "kernel"), "sha256:k", 5, "kernel+initrd"),
-                layer(&layer_media_type("kernel+initrd", "initrd"), "sha256:i", 7, "kernel+initrd"),
-                layer(&layer_media_type("kernel+initrd", "cmdline"), "sha256:c", 1, "kernel+initrd"),
+                layer(
+                    &layer_media_type("kernel+initrd", "kernel"),
+                    "sha256:k",
+                    5,
+                    "kernel+initrd"
+                ),
+                layer(
+                    &layer_media_type("kernel+initrd", "initrd"),
+                    "sha256:i",
+                    7,
+                    "kernel+initrd"
+                ),
+                layer(
+                    &layer_media_type("kernel+initrd", "cmdline"),
+                    "sha256:c",
+                    1,
+                    "kernel+initrd"
+                ),
                 layer(&layer_media_type("tar", "tar"), "sha256:t", 9, "tar"),
             ]),
         );
@@ -243,23 +322,52 @@ mod tests {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&body)));
         assert_eq!(a.digest, digest);
         assert_eq!(a.short_digest, digest[7..19]);
-        assert_eq!(a.reference, format!("127.0.0.1:5000/k/demo:bk-{hex_key}@{digest}"));
-        let f: Vec<_> = a.formats.iter().map(|f| (f.format.as_str(), f.digest.as_str(), f.size)).collect();
-        assert_eq!(f, vec![("kernel+initrd", "sha256:i", 7), ("tar", "sha256:t", 9)]);
+        assert_eq!(
+            a.reference,
+            format!("127.0.0.1:5000/k/demo:bk-{hex_key}@{digest}")
+        );
+        let f: Vec<_> = a
+            .formats
+            .iter()
+            .map(|f| (f.format.as_str(), f.digest.as_str(), f.size))
+            .collect();
+        assert_eq!(
+            f,
+            vec![("kernel+initrd", "sha256:i", 7), ("tar", "sha256:t", 9)]
+        );
     }
 
     #[test]
     fn refuses_foreign_manifests() {
-        let l = serde_json::json!([layer("application/vnd.kitfleet.nodeimage.tar.v1", "sha256:t", 9, "tar")]);
+        let l = serde_json::json!([layer(
+            "application/vnd.kitfleet.nodeimage.tar.v1",
+            "sha256:t",
+            9,
+            "tar"
+        )]);
         let cases = [
-            (manifest("application/vnd.other", &KEY[7..], l.clone()), "artifactType"),
-            (manifest(ARTIFACT_TYPE, "ffff", l.clone()), "dev.kitfleet.build-key"),
-            (manifest(ARTIFACT_TYPE, &KEY[7..], serde_json::json!([])), "no layers"),
+            (
+                manifest("application/vnd.other", &KEY[7..], l.clone()),
+                "artifactType",
+            ),
+            (
+                manifest(ARTIFACT_TYPE, "ffff", l.clone()),
+                "dev.kitfleet.build-key",
+            ),
+            (
+                manifest(ARTIFACT_TYPE, &KEY[7..], serde_json::json!([])),
+                "no layers",
+            ),
             (b"not json".to_vec(), "unreadable manifest"),
         ];
         for (body, want) in cases {
-            let e = artifact_from_manifest("r/x", KEY, &body).unwrap_err().to_string();
-            assert!(e.contains(want) && e.starts_with(&format!("r/x:bk-{}", &KEY[7..])), "{e}");
+            let e = artifact_from_manifest("r/x", KEY, &body)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(want) && e.starts_with(&format!("r/x:bk-{}", &KEY[7..])),
+                "{e}"
+            );
         }
     }
 }

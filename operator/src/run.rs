@@ -59,20 +59,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let health = Arc::new(Health::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let listener = server::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = server::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     info!(addr = %config.listen, "serving /healthz, /readyz, /metrics");
-    let http = tokio::spawn(server::serve(listener, health.clone(), metrics.clone(), stop_rx.clone()));
+    let http = tokio::spawn(server::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
 
-    let client = Client::try_default().await.context("connecting to the API server")?;
-    client.apiserver_version().await.context("asking the API server for its version")?;
-    std::fs::create_dir_all(&config.cache_dir).with_context(|| format!("creating {}", config.cache_dir))?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the API server")?;
+    client
+        .apiserver_version()
+        .await
+        .context("asking the API server for its version")?;
+    std::fs::create_dir_all(&config.cache_dir)
+        .with_context(|| format!("creating {}", config.cache_dir))?;
     let registry = BuilderRegistry::new(
         Path::new(&config.cache_dir),
         &config.arch,
         config.insecure_registries.clone(),
         config.docker_config.as_deref().map(Path::new),
     )?;
-    let ctx = Arc::new(Context::new(client.clone(), registry, job_settings(&config), metrics, &config.identity));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        registry,
+        job_settings(&config),
+        metrics,
+        &config.identity,
+    ));
 
     let signal = tokio::spawn(async move {
         signalled().await;

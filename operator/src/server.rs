@@ -24,14 +24,21 @@ pub struct Health {
 }
 
 /// The answer to one request (pure, so the routes are tested without a socket).
-pub fn respond(method: &Method, path: &str, health: &Health, metrics: &Metrics) -> (StatusCode, &'static str, String) {
+pub fn respond(
+    method: &Method,
+    path: &str,
+    health: &Health,
+    metrics: &Metrics,
+) -> (StatusCode, &'static str, String) {
     const TEXT: &str = "text/plain; charset=utf-8";
     if method != Method::GET && method != Method::HEAD {
         return (StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n".into());
     }
     match path {
         "/healthz" | "/livez" => (StatusCode::OK, TEXT, "ok\n".into()),
-        "/readyz" if health.ready.load(Ordering::Acquire) => (StatusCode::OK, TEXT, "ready\n".into()),
+        "/readyz" if health.ready.load(Ordering::Acquire) => {
+            (StatusCode::OK, TEXT, "ready\n".into())
+        }
         "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into()),
         "/metrics" => (
             StatusCode::OK,
@@ -58,10 +65,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let (code, ct, body) = respond(req.method(), req.uri().path(), &health, &metrics);
-                let resp = Response::builder().status(code).header("content-type", ct).body(Full::new(Bytes::from(body)));
+                let resp = Response::builder()
+                    .status(code)
+                    .header("content-type", ct)
+                    .body(Full::new(Bytes::from(body)));
                 async move { Ok::<_, Infallible>(resp.expect("static headers are valid")) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
                 tracing::debug!(error = %e, "health connection ended");
             }
         });
@@ -82,14 +95,26 @@ mod tests {
         let h = Health::default();
         let m = Metrics::default();
         assert_eq!(respond(&Method::GET, "/healthz", &h, &m).0, StatusCode::OK);
-        assert_eq!(respond(&Method::GET, "/readyz", &h, &m).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            respond(&Method::GET, "/readyz", &h, &m).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         h.ready.store(true, Ordering::Release);
         assert_eq!(respond(&Method::GET, "/readyz", &h, &m).0, StatusCode::OK);
         let (code, _, body) = respond(&Method::GET, "/metrics", &h, &m);
         assert_eq!(code, StatusCode::OK);
-        assert!(body.contains("kitfleet_operator_reconciles_total"), "{body}");
-        assert_eq!(respond(&Method::GET, "/nope", &h, &m).0, StatusCode::NOT_FOUND);
-        assert_eq!(respond(&Method::POST, "/healthz", &h, &m).0, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(
+            body.contains("kitfleet_operator_reconciles_total"),
+            "{body}"
+        );
+        assert_eq!(
+            respond(&Method::GET, "/nope", &h, &m).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            respond(&Method::POST, "/healthz", &h, &m).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[tokio::test]
@@ -101,14 +126,18 @@ mod tests {
         let body = tokio::task::spawn_blocking(move || {
             use std::io::{Read, Write};
             let mut s = std::net::TcpStream::connect(addr).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).unwrap();
             out
         })
         .await
         .unwrap();
-        assert!(body.starts_with("HTTP/1.1 200 OK") && body.ends_with("ok\n"), "{body}");
+        assert!(
+            body.starts_with("HTTP/1.1 200 OK") && body.ends_with("ok\n"),
+            "{body}"
+        );
         tx.send(true).unwrap();
         task.await.unwrap().unwrap();
     }
