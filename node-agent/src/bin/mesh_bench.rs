@@ -1,1 +1,330 @@
-fn main() {}
+//! `kitfleet-mesh-bench`: pod-to-pod TCP throughput (iperf3) and ping latency across two namespace
+//! "nodes", side by side for: plain routing (no encryption), the Kitfleet data plane (the
+//! `kitfleet-node-agent mesh` binary next to this one), and Debian's wireguard-go configured with `wg`.
+//! Prints a table. Needs root, iperf3, ping, wireguard-go and wg.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use kitfleet_cni_wg::dataplane::PrivateKey;
+use kitfleet_node_agent::testbed::{Proc, Testbed, in_ns, ip, ns_output, privileged};
+
+#[derive(Debug, Parser)]
+#[command(name = "kitfleet-mesh-bench")]
+struct Args {
+    /// iperf3 seconds per data plane.
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    /// Rounds (each data plane once per round; the table shows the median).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pings per data plane and round.
+    #[arg(long, default_value_t = 200)]
+    pings: u32,
+    /// The agent binary (default: kitfleet-node-agent next to this binary).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Only these data planes (plain, kitfleet, wireguard-go); default all.
+    #[arg(long = "only")]
+    only: Vec<String>,
+}
+
+const POD_MTU: u32 = 1420;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    Plain,
+    Kitfleet,
+    WireguardGo,
+}
+
+impl Plane {
+    fn name(self) -> &'static str {
+        match self {
+            Plane::Plain => "plain",
+            Plane::Kitfleet => "kitfleet",
+            Plane::WireguardGo => "wireguard-go",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Plane::Plain => "plain routing (no encryption)",
+            Plane::Kitfleet => "kitfleet (noise::Tunn + own I/O loop)",
+            Plane::WireguardGo => "wireguard-go (Debian) + wg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    gbits: f64,
+    rtt_avg_ms: f64,
+    rtt_max_ms: f64,
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("timed out waiting for {what}")
+}
+
+/// Sets up `plane` on the testbed; returns the processes to keep alive.
+fn setup(plane: Plane, tb: &Testbed, work: &Path, agent: &Path) -> Result<Vec<Proc>> {
+    let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
+    let mut procs = Vec::new();
+    match plane {
+        Plane::Plain => {
+            ip(&[
+                "-n",
+                &a.netns,
+                "route",
+                "add",
+                &b.pod_cidr,
+                "via",
+                &b.ip.to_string(),
+            ])?;
+            ip(&[
+                "-n",
+                &b.netns,
+                "route",
+                "add",
+                &a.pod_cidr,
+                "via",
+                &a.ip.to_string(),
+            ])?;
+        }
+        Plane::Kitfleet => {
+            let dir = work.join("nodes");
+            std::fs::create_dir_all(&dir)?;
+            tb.write_manifests(&dir)?;
+            for n in &tb.nodes {
+                let w = work.join(&n.name);
+                std::fs::create_dir_all(&w)?;
+                let log = std::fs::File::create(w.join("agent.log"))?;
+                let (key, state) = (w.join("wg.key"), w.join("node.json"));
+                let args = [
+                    "mesh",
+                    "--node-name",
+                    &n.name,
+                    "--nodes-dir",
+                    dir.to_str().unwrap_or_default(),
+                    "--key-file",
+                    key.to_str().unwrap_or_default(),
+                    "--state-file",
+                    state.to_str().unwrap_or_default(),
+                ];
+                let agent = agent.to_str().unwrap_or_default();
+                procs.push(Proc(
+                    in_ns(&n.netns, agent, &args)
+                        .stdout(Stdio::null())
+                        .stderr(log)
+                        .spawn()?,
+                ));
+            }
+        }
+        Plane::WireguardGo => {
+            let keys = [PrivateKey::generate()?, PrivateKey::generate()?];
+            for (i, n) in tb.nodes.iter().enumerate() {
+                let dev = format!("wgb{}{}", std::process::id() % 1000, i);
+                let log = std::fs::File::create(work.join(format!("{dev}.log")))?;
+                let child = in_ns(&n.netns, "wireguard-go", &["-f", &dev])
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()?;
+                procs.push(Proc(child));
+                let sock = PathBuf::from(format!("/var/run/wireguard/{dev}.sock"));
+                wait_for("the wireguard-go socket", Duration::from_secs(10), || {
+                    sock.exists()
+                })?;
+                let key_file = work.join(format!("{dev}.key"));
+                std::fs::write(&key_file, keys[i].to_base64())?;
+                let other = &tb.nodes[1 - i];
+                let peer = keys[1 - i].public_key().to_string();
+                let endpoint = format!("{}:51820", other.ip);
+                let kf = key_file.to_str().unwrap_or_default();
+                let wg_args = [
+                    "set",
+                    &dev,
+                    "private-key",
+                    kf,
+                    "listen-port",
+                    "51820",
+                    "peer",
+                    &peer,
+                    "endpoint",
+                    &endpoint,
+                    "allowed-ips",
+                    &other.pod_cidr,
+                ];
+                ns_output(&n.netns, "wg", &wg_args)?;
+                ip(&[
+                    "-n",
+                    &n.netns,
+                    "link",
+                    "set",
+                    &dev,
+                    "mtu",
+                    &POD_MTU.to_string(),
+                    "up",
+                ])?;
+                ip(&["-n", &n.netns, "route", "add", &other.pod_cidr, "dev", &dev])?;
+            }
+        }
+    }
+    tb.set_pod_mtu(POD_MTU)?;
+    let (p1, p2) = (&a.pods[0], &b.pods[0]);
+    wait_for(
+        &format!("{} pod-to-pod connectivity", plane.name()),
+        Duration::from_secs(20),
+        || tb.ping(p1, p2, 1, "0.2").is_ok(),
+    )?;
+    Ok(procs)
+}
+
+fn parse_rtt(out: &str) -> Result<(f64, f64)> {
+    let line = out
+        .lines()
+        .find(|l| l.contains("min/avg/max"))
+        .context("ping printed no rtt summary")?;
+    let nums: Vec<f64> = line
+        .split('=')
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .trim_end_matches(" ms")
+        .split('/')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if nums.len() < 3 {
+        bail!("cannot parse ping summary {line:?}");
+    }
+    Ok((nums[1], nums[2]))
+}
+
+fn measure(plane: Plane, args: &Args, agent: &Path, round: usize) -> Result<Sample> {
+    let prefix = format!("b{}{}", std::process::id() % 1000, round);
+    let tb = Testbed::new(&prefix, 2, 1)?;
+    let work = tempfile::tempdir()?;
+    let _procs = setup(plane, &tb, work.path(), agent)?;
+    let (p1, p2) = (&tb.nodes[0].pods[0], &tb.nodes[1].pods[0]);
+    let ping = tb.ping(p1, p2, args.pings, "0.005")?;
+    let (rtt_avg_ms, rtt_max_ms) = parse_rtt(&ping)?;
+    let server = Proc(
+        in_ns(&p2.netns, "iperf3", &["-s", "-1", "-B", &p2.ip.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = ns_output(
+        &p1.netns,
+        "iperf3",
+        &[
+            "-c",
+            &p2.ip.to_string(),
+            "-t",
+            &args.seconds.to_string(),
+            "-O",
+            "1",
+            "-J",
+        ],
+    )?;
+    drop(server);
+    let v: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 JSON has no end.sum_received")?;
+    Ok(Sample {
+        gbits: bps / 1e9,
+        rtt_avg_ms,
+        rtt_max_ms,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if !privileged() {
+        bail!("needs root, /dev/net/tun and network namespaces");
+    }
+    for tool in ["iperf3", "ping", "wireguard-go", "wg"] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()?
+            .code()
+            != Some(0)
+        {
+            bail!(
+                "{tool} not found (apt-get install iperf3 iputils-ping wireguard-go wireguard-tools)"
+            );
+        }
+    }
+    let agent = match &args.agent {
+        Some(a) => a.clone(),
+        None => std::env::current_exe()?.with_file_name("kitfleet-node-agent"),
+    };
+    if !agent.exists() {
+        bail!(
+            "agent binary {} not found (build it: cargo build --release -p kitfleet-node-agent)",
+            agent.display()
+        );
+    }
+    let planes: Vec<Plane> = [Plane::Plain, Plane::Kitfleet, Plane::WireguardGo]
+        .into_iter()
+        .filter(|p| args.only.is_empty() || args.only.iter().any(|o| o == p.name()))
+        .collect();
+    let mut samples: Vec<(Plane, Vec<Sample>)> = planes.iter().map(|p| (*p, Vec::new())).collect();
+    for round in 0..args.rounds.max(1) {
+        for (plane, s) in samples.iter_mut() {
+            let m = measure(*plane, &args, &agent, round)
+                .with_context(|| format!("measuring {}", plane.name()))?;
+            eprintln!(
+                "round {round}: {:<14} {:>6.2} Gbit/s  rtt avg {:.3} ms",
+                plane.name(),
+                m.gbits,
+                m.rtt_avg_ms
+            );
+            s.push(m);
+        }
+    }
+    let gbits = |p: Plane| {
+        samples
+            .iter()
+            .find(|(q, _)| *q == p)
+            .map(|(_, s)| median(s.iter().map(|x| x.gbits).collect()))
+    };
+    let wg_go = gbits(Plane::WireguardGo);
+    println!(
+        "\npod-to-pod across two namespace nodes, pod MTU {POD_MTU}, iperf3 -t {} (median of {} rounds), ping -i 0.005 x{}",
+        args.seconds,
+        args.rounds.max(1),
+        args.pings
+    );
+    println!("| data plane | TCP Gbit/s | vs wireguard-go | ping avg ms | ping max ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (plane, s) in &samples {
+        let g = median(s.iter().map(|x| x.gbits).collect());
+        let ratio = wg_go.map_or("-".to_string(), |w| format!("{:.2}x", g / w));
+        let avg = median(s.iter().map(|x| x.rtt_avg_ms).collect());
+        let max = median(s.iter().map(|x| x.rtt_max_ms).collect());
+        println!(
+            "| {} | {g:.2} | {ratio} | {avg:.3} | {max:.3} |",
+            plane.label()
+        );
+    }
+    Ok(())
+}
