@@ -4,17 +4,15 @@
 //! pre-order, then the files in pre-order), names sorted bytewise, every timestamp the
 //! same: the same files always give the same bytes.
 
-use std::collections::{BTreeMap, HashSet};
-
 use super::content::{Parts, Sink, write_zeros};
 use super::error::{Error, Result};
 use super::fat_geometry::{self, FAT16_ROOT_ENTRIES, FatType, Geometry, SECTOR, Sizing};
+use super::fat_names::push_lfn;
+use super::fat_tree::{ChildKind, Dir, File, build_tree, dir_entries};
 use super::time::fat_datetime;
 
 const ATTR_DIRECTORY: u8 = 0x10;
 const ATTR_ARCHIVE: u8 = 0x20;
-const ATTR_LFN: u8 = 0x0f;
-const LFN_CHARS: usize = 13;
 
 /// What to build: type choices, sizing and the fixed fields.
 #[derive(Debug, Clone)]
@@ -28,33 +26,6 @@ pub(crate) struct FatOptions {
     pub(crate) volume_id: u32,
     /// Timestamp of every entry, seconds since the Unix epoch.
     pub(crate) mtime: u64,
-}
-
-#[derive(Debug)]
-enum ChildKind {
-    Dir(usize),
-    File(usize),
-}
-
-#[derive(Debug)]
-struct Child {
-    long: String,
-    short: [u8; 11],
-    lfn: bool,
-    kind: ChildKind,
-}
-
-#[derive(Debug, Default)]
-struct Dir {
-    parent: Option<usize>,
-    children: Vec<Child>,
-    first_cluster: u32,
-}
-
-#[derive(Debug)]
-struct File<'a> {
-    content: &'a Parts<'a>,
-    first_cluster: u32,
 }
 
 /// A FAT volume ready to be streamed.
@@ -73,85 +44,6 @@ fn fat_err(reason: impl Into<String>) -> Error {
     Error::Fat {
         reason: reason.into(),
     }
-}
-
-/// Characters allowed in a short (8.3) name besides A-Z and 0-9.
-fn short_char_ok(c: u8) -> bool {
-    c.is_ascii_uppercase() || c.is_ascii_digit() || b"!#$%&'()-@^_`{}~".contains(&c)
-}
-
-fn check_component(path: &str, name: &str) -> Result<()> {
-    let bad = name.is_empty()
-        || name == "."
-        || name == ".."
-        || name.encode_utf16().count() > 255
-        || name.ends_with('.')
-        || name.ends_with(' ')
-        || name.chars().any(|c| c < ' ' || "\"*/:<>?\\|".contains(c));
-    if bad {
-        return Err(fat_err(format!(
-            "{path:?}: {name:?} is not a valid FAT long name"
-        )));
-    }
-    Ok(())
-}
-
-/// The 8.3 form of `name` if its upper-case form is one already.
-fn plain_short(name: &str) -> Option<[u8; 11]> {
-    let upper = name.to_ascii_uppercase();
-    let (base, ext) = match upper.rsplit_once('.') {
-        Some((b, e)) => (b, e),
-        None => (upper.as_str(), ""),
-    };
-    let ok = !base.is_empty()
-        && base.len() <= 8
-        && ext.len() <= 3
-        && base.bytes().chain(ext.bytes()).all(short_char_ok);
-    ok.then(|| {
-        let mut out = [b' '; 11];
-        out[..base.len()].copy_from_slice(base.as_bytes());
-        out[8..8 + ext.len()].copy_from_slice(ext.as_bytes());
-        out
-    })
-}
-
-/// Generates a unique short name (`BASE~N.EXT`) for a long name that is not plain 8.3.
-fn tailed_short(name: &str, taken: &HashSet<[u8; 11]>) -> Result<[u8; 11]> {
-    let clean = |s: &str| -> Vec<u8> {
-        s.to_ascii_uppercase()
-            .bytes()
-            .filter(|&c| c != b' ' && c != b'.')
-            .map(|c| if short_char_ok(c) { c } else { b'_' })
-            .collect()
-    };
-    let (base, ext) = match name.trim_start_matches('.').rsplit_once('.') {
-        Some((b, e)) => (clean(b), clean(e)),
-        None => (clean(name), Vec::new()),
-    };
-    let base = if base.is_empty() { b"_".to_vec() } else { base };
-    for n in 1..1_000_000u32 {
-        let tail = format!("~{n}");
-        let keep = base.len().min(8 - tail.len());
-        let mut out = [b' '; 11];
-        out[..keep].copy_from_slice(&base[..keep]);
-        out[keep..keep + tail.len()].copy_from_slice(tail.as_bytes());
-        let e = ext.len().min(3);
-        out[8..8 + e].copy_from_slice(&ext[..e]);
-        if !taken.contains(&out) {
-            return Ok(out);
-        }
-    }
-    Err(fat_err(format!("no free short name for {name:?}")))
-}
-
-fn lfn_checksum(short: &[u8; 11]) -> u8 {
-    short.iter().fold(0u8, |sum, &c| {
-        (sum >> 1).wrapping_add(sum << 7).wrapping_add(c)
-    })
-}
-
-fn lfn_entries(long: &str) -> usize {
-    long.encode_utf16().count().div_ceil(LFN_CHARS)
 }
 
 impl<'a> FatImage<'a> {
@@ -434,178 +326,9 @@ impl<'a> FatImage<'a> {
     }
 }
 
-fn push_lfn(out: &mut Vec<u8>, long: &str, short: &[u8; 11]) {
-    let mut units: Vec<u16> = long.encode_utf16().collect();
-    let count = units.len().div_ceil(LFN_CHARS);
-    if !units.len().is_multiple_of(LFN_CHARS) {
-        units.push(0);
-    }
-    units.resize(count * LFN_CHARS, 0xffff);
-    let sum = lfn_checksum(short);
-    for seq in (1..=count).rev() {
-        let chunk = &units[(seq - 1) * LFN_CHARS..seq * LFN_CHARS];
-        let mut e = [0u8; 32];
-        e[0] = seq as u8 | if seq == count { 0x40 } else { 0 };
-        e[11] = ATTR_LFN;
-        e[13] = sum;
-        let slots = (1..11)
-            .step_by(2)
-            .chain((14..26).step_by(2))
-            .chain((28..32).step_by(2));
-        for (slot, unit) in slots.zip(chunk) {
-            e[slot..slot + 2].copy_from_slice(&unit.to_le_bytes());
-        }
-        out.extend(e);
-    }
-}
-
-fn dir_entries(dir: &Dir, root: bool) -> u64 {
-    let own = if root { 0 } else { 2 };
-    own + dir
-        .children
-        .iter()
-        .map(|c| {
-            1 + if c.lfn {
-                lfn_entries(&c.long) as u64
-            } else {
-                0
-            }
-        })
-        .sum::<u64>()
-}
-
-/// Builds the directory arena (root = 0, pre-order) and the file list (pre-order).
-fn build_tree<'a>(files: &[(&str, &'a Parts<'a>)]) -> Result<(Vec<Dir>, Vec<File<'a>>)> {
-    #[derive(Default)]
-    struct Node<'a> {
-        dirs: BTreeMap<String, Node<'a>>,
-        files: BTreeMap<String, &'a Parts<'a>>,
-    }
-    let mut root = Node::default();
-    for &(path, content) in files {
-        let parts: Vec<&str> = path.split('/').collect();
-        let (name, dirs) = parts.split_last().expect("split yields one item");
-        let mut node = &mut root;
-        for dir in dirs {
-            check_component(path, dir)?;
-            if node.files.contains_key(*dir) {
-                return Err(fat_err(format!("{path:?}: {dir:?} is a file")));
-            }
-            node = node.dirs.entry((*dir).to_string()).or_default();
-        }
-        check_component(path, name)?;
-        if node.dirs.contains_key(*name)
-            || node.files.insert((*name).to_string(), content).is_some()
-        {
-            return Err(fat_err(format!("{path:?} is given twice")));
-        }
-    }
-    fn flatten<'a>(
-        node: Node<'a>,
-        parent: Option<usize>,
-        dirs: &mut Vec<Dir>,
-        files: &mut Vec<File<'a>>,
-    ) -> Result<()> {
-        let index = dirs.len();
-        dirs.push(Dir {
-            parent,
-            ..Dir::default()
-        });
-        let mut names: Vec<(String, Option<Node<'a>>, Option<&'a Parts<'a>>)> = Vec::new();
-        for (n, d) in node.dirs {
-            names.push((n, Some(d), None));
-        }
-        for (n, f) in node.files {
-            names.push((n, None, Some(f)));
-        }
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut taken = HashSet::new();
-        let mut children = Vec::new();
-        let mut subdirs = Vec::new();
-        for (long, dir, file) in names {
-            let plain = plain_short(&long).filter(|s| !taken.contains(s));
-            let short = match plain {
-                Some(s) => s,
-                None => tailed_short(&long, &taken)?,
-            };
-            taken.insert(short);
-            let lfn = plain.is_none() || long != long.to_ascii_uppercase();
-            let kind = match (dir, file) {
-                (Some(d), _) => {
-                    subdirs.push((children.len(), d));
-                    ChildKind::Dir(0)
-                }
-                (None, Some(content)) => {
-                    files.push(File {
-                        content,
-                        first_cluster: 0,
-                    });
-                    ChildKind::File(files.len() - 1)
-                }
-                (None, None) => unreachable!("each name is a dir or a file"),
-            };
-            children.push(Child {
-                long,
-                short,
-                lfn,
-                kind,
-            });
-        }
-        for (slot, d) in subdirs {
-            children[slot].kind = ChildKind::Dir(dirs.len());
-            flatten(d, Some(index), dirs, files)?;
-        }
-        dirs[index].children = children;
-        Ok(())
-    }
-    let mut dirs = Vec::new();
-    let mut out_files = Vec::new();
-    flatten(root, None, &mut dirs, &mut out_files)?;
-    Ok((dirs, out_files))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn short_names() {
-        assert_eq!(&plain_short("BOOTX64.EFI").unwrap(), b"BOOTX64 EFI");
-        assert_eq!(&plain_short("kitfleet").unwrap(), b"KITFLEET   ");
-        assert!(plain_short("0123456789abcdef.efi").is_none());
-        let taken = HashSet::new();
-        assert_eq!(
-            &tailed_short("0123456789abcdef.efi", &taken).unwrap(),
-            b"012345~1EFI"
-        );
-        let taken: HashSet<_> = [*b"012345~1EFI"].into();
-        assert_eq!(
-            &tailed_short("0123456789abcdef.efi", &taken).unwrap(),
-            b"012345~2EFI"
-        );
-    }
-
-    #[test]
-    fn lfn_checksum_matches_the_specification_example() {
-        // Sum over "BOOTX64 EFI" computed by hand with the rotate-right-and-add rule.
-        let mut sum = 0u8;
-        for &c in b"BOOTX64 EFI" {
-            sum = (if sum & 1 != 0 { 0x80u8 } else { 0 })
-                .wrapping_add(sum >> 1)
-                .wrapping_add(c);
-        }
-        assert_eq!(lfn_checksum(b"BOOTX64 EFI"), sum);
-    }
-
-    #[test]
-    fn rejects_bad_paths() {
-        let parts = Parts::new();
-        for bad in ["a//b", "a/../b", "a/b:c", "x/"] {
-            assert!(build_tree(&[(bad, &parts)]).is_err(), "{bad}");
-        }
-        assert!(build_tree(&[("a/b", &parts), ("a/b", &parts)]).is_err());
-        assert!(build_tree(&[("a", &parts), ("a/b", &parts)]).is_err());
-    }
 
     fn tool(name: &str) -> bool {
         let found = std::process::Command::new(name)

@@ -15,6 +15,8 @@ mod content;
 mod error;
 mod fat;
 mod fat_geometry;
+mod fat_names;
+mod fat_tree;
 mod gpt;
 mod iso;
 mod pe;
