@@ -286,14 +286,17 @@ impl PeChecksum {
     }
 }
 
-/// Assembles a UKI from the stub and the four sections (in [`UKI_SECTIONS`] order).
+/// Assembles a UKI from the stub and the four sections (in [`UKI_SECTIONS`] order). An
+/// empty section (no initrd, no command line) is left out, as ukify does.
 pub(crate) fn assemble<'a>(stub: &'a [u8], contents: [&'a [u8]; 4]) -> Result<Parts<'a>> {
     let info = parse_stub(stub)?;
-    let sizes: Vec<(&str, u64)> = UKI_SECTIONS
+    let present: Vec<(&str, &[u8])> = UKI_SECTIONS
         .iter()
         .zip(contents)
-        .map(|(n, c)| (*n, c.len() as u64))
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(n, c)| (*n, c))
         .collect();
+    let sizes: Vec<(&str, u64)> = present.iter().map(|(n, c)| (*n, c.len() as u64)).collect();
     let layout = plan_layout(&info, &sizes)?;
 
     let mut head = stub[..info.raw_end as usize].to_vec();
@@ -304,7 +307,7 @@ pub(crate) fn assemble<'a>(stub: &'a [u8], contents: [&'a [u8]; 4]) -> Result<Pa
     // so an odd-length section only needs its last byte paired with a zero.
     let mut sum = PeChecksum::default();
     sum.update(&head);
-    for content in contents {
+    for (_, content) in &present {
         sum.update(content);
         if content.len() % 2 == 1 {
             sum.update(&[0]);
@@ -318,7 +321,7 @@ pub(crate) fn assemble<'a>(stub: &'a [u8], contents: [&'a [u8]; 4]) -> Result<Pa
 
     let mut parts = Parts::new();
     parts.push_owned(head);
-    for (plan, content) in layout.sections.iter().zip(contents) {
+    for (plan, (_, content)) in layout.sections.iter().zip(present) {
         debug_assert_eq!(parts.len(), plan.raw_pointer);
         parts.push_borrowed(content);
         parts.push_zeros(plan.raw_size - plan.virtual_size);
@@ -436,6 +439,27 @@ mod tests {
             assert_eq!(&out[ptr..ptr + vsize], expected);
         }
         assert_eq!(size_of_image % info.section_alignment, 0);
+    }
+
+    #[test]
+    fn empty_sections_are_left_out() {
+        let Some(stub) = stub() else { return };
+        let info = parse_stub(&stub).unwrap();
+        let linux = vec![7u8; 4096];
+        let parts = assemble(&stub, [b"ID=x\n", b"", &linux, b""]).unwrap();
+        let mut out = Vec::new();
+        parts.write_to(&mut out).unwrap();
+        assert_eq!(u16_at(&out, info.coff + 2), Some(info.sections + 2));
+        let name = |i: usize| {
+            let h = info.section_table + (info.sections as usize + i) * SECTION_HEADER_LEN;
+            out[h..h + 8].to_vec()
+        };
+        assert_eq!(name(0), section_name(".osrel"));
+        assert_eq!(name(1), section_name(".linux"));
+        assert_eq!(
+            checksum_of(&out, info.opt),
+            u32_at(&out, info.opt + OPT_CHECKSUM).unwrap()
+        );
     }
 
     #[test]
