@@ -1,0 +1,212 @@
+//! The data-plane library on real TUN devices in two network namespaces: live peer-table changes
+//! (endpoint, removal, key rotation), counters, and re-attaching the persistent TUN after a stop.
+//! Needs root, TUN and netns: fails under CI=true without them, skips with a message otherwise.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use kitfleet_cni_wg::dataplane::{Config, DataPlane, PeerConfig, PrivateKey};
+use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
+
+struct Ns(String);
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn netns(name: &str) -> Ns {
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", name])
+        .stderr(std::process::Stdio::null())
+        .status();
+    ip(&["netns", "add", name]).unwrap();
+    ip(&["-n", name, "link", "set", "lo", "up"]).unwrap();
+    Ns(name.into())
+}
+
+fn start(ns: &str, name: &str, key: &PrivateKey) -> DataPlane {
+    let cfg = Config {
+        interface: name.into(),
+        listen_port: 51820,
+        private_key: key.clone(),
+        mtu: 1420,
+    };
+    with_netns(ns, move || DataPlane::start(cfg))
+        .join()
+        .unwrap()
+        .unwrap()
+        .unwrap()
+}
+
+fn peer(key: &PrivateKey, endpoint: &str, cidr: &str) -> PeerConfig {
+    PeerConfig {
+        public_key: key.public_key(),
+        endpoint: Some(endpoint.parse().unwrap()),
+        allowed_ips: vec![cidr.parse().unwrap()],
+        persistent_keepalive: None,
+    }
+}
+
+fn socket(ns: &str, addr: &str) -> UdpSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let s = with_netns(ns, move || UdpSocket::bind(addr).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+/// Sends from `tx` to `dst` until `rx` receives the message (up to ~3 s).
+fn delivered(tx: &UdpSocket, rx: &UdpSocket, dst: &str, msg: &[u8]) -> bool {
+    let mut buf = [0u8; 2048];
+    for _ in 0..10 {
+        tx.send_to(msg, dst).unwrap();
+        while let Ok((n, _)) = rx.recv_from(&mut buf) {
+            if &buf[..n] == msg {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn live_peer_changes_counters_and_tun_reattach() {
+    if !privileged() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "needs root, TUN and netns (CI=true: failing)"
+        );
+        eprintln!("skipping: needs root, TUN and network namespaces");
+        return;
+    }
+    let id = std::process::id() % 10000;
+    let (a, b) = (netns(&format!("dpa{id}")), netns(&format!("dpb{id}")));
+    ip(&[
+        "link", "add", "dpva", "netns", &a.0, "type", "veth", "peer", "name", "dpvb", "netns", &b.0,
+    ])
+    .unwrap();
+    for (ns, dev, addr) in [
+        (&a.0, "dpva", "192.168.210.1/24"),
+        (&b.0, "dpvb", "192.168.210.2/24"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]).unwrap();
+        ip(&["-n", ns, "link", "set", dev, "up"]).unwrap();
+    }
+    let (ka, kb) = (
+        PrivateKey::generate().unwrap(),
+        PrivateKey::generate().unwrap(),
+    );
+    let dpa = start(&a.0, "wga", &ka);
+    let dpb = start(&b.0, "wgb", &kb);
+    for (ns, dev, addr, route) in [
+        (&a.0, "wga", "10.50.1.1/32", "10.50.2.0/24"),
+        (&b.0, "wgb", "10.50.2.1/32", "10.50.1.0/24"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev]).unwrap();
+        ip(&["-n", ns, "route", "add", route, "dev", dev]).unwrap();
+    }
+    dpa.set_peers(vec![peer(&kb, "192.168.210.2:51820", "10.50.2.0/24")])
+        .unwrap();
+    dpb.set_peers(vec![peer(&ka, "192.168.210.1:51820", "10.50.1.0/24")])
+        .unwrap();
+    let (sa, sb) = (
+        socket(&a.0, "10.50.1.1:9000"),
+        socket(&b.0, "10.50.2.1:9000"),
+    );
+    assert!(
+        delivered(&sa, &sb, "10.50.2.1:9000", b"hello"),
+        "A → B over the tunnel"
+    );
+    assert!(
+        delivered(&sb, &sa, "10.50.1.1:9000", b"back"),
+        "B → A over the tunnel"
+    );
+
+    let st = dpa.stats().unwrap();
+    assert_eq!(st.interface, "wga");
+    assert_eq!(st.public_key, ka.public_key());
+    assert_eq!(st.peers.len(), 1);
+    assert!(
+        st.peers[0].last_handshake.is_some()
+            && st.peers[0].tx_bytes > 0
+            && st.peers[0].rx_bytes > 0,
+        "{st:?}"
+    );
+    assert!(st.counters.gro && st.counters.gso, "{:?}", st.counters);
+
+    // Endpoint change applies live: a wrong endpoint loses traffic, the right one restores it.
+    dpa.set_peers(vec![peer(&kb, "192.168.210.99:51820", "10.50.2.0/24")])
+        .unwrap();
+    assert_eq!(
+        dpa.stats().unwrap().peers[0].endpoint,
+        Some("192.168.210.99:51820".parse().unwrap())
+    );
+    assert!(
+        !delivered(&sa, &sb, "10.50.2.1:9000", b"lost"),
+        "traffic still reached B via the old endpoint"
+    );
+    dpa.set_peers(vec![peer(&kb, "192.168.210.2:51820", "10.50.2.0/24")])
+        .unwrap();
+    assert!(
+        delivered(&sa, &sb, "10.50.2.1:9000", b"moved"),
+        "endpoint change back"
+    );
+
+    // Removing the peer stops traffic; invalid sets are refused without changes.
+    let dropped_before = dpa.stats().unwrap().counters.dropped_no_peer;
+    dpa.set_peers(vec![]).unwrap();
+    assert!(!delivered(&sa, &sb, "10.50.2.1:9000", b"nopeer"));
+    assert!(dpa.stats().unwrap().counters.dropped_no_peer > dropped_before);
+    let e = dpa
+        .set_peers(vec![peer(&ka, "192.168.210.2:51820", "10.50.2.0/24")])
+        .unwrap_err();
+    assert!(e.to_string().contains("own public key"), "{e}");
+
+    // Key rotation on A: B learns the new key, traffic resumes.
+    let ka2 = PrivateKey::generate().unwrap();
+    dpa.set_peers(vec![peer(&kb, "192.168.210.2:51820", "10.50.2.0/24")])
+        .unwrap();
+    dpa.set_private_key(ka2.clone()).unwrap();
+    dpb.set_peers(vec![peer(&ka2, "192.168.210.1:51820", "10.50.1.0/24")])
+        .unwrap();
+    assert!(
+        delivered(&sa, &sb, "10.50.2.1:9000", b"rotated"),
+        "after key rotation"
+    );
+    assert_eq!(dpa.stats().unwrap().public_key, ka2.public_key());
+
+    // Stop: the TUN, its address and route stay; a new start re-attaches to it.
+    dpa.stop();
+    let link = ns_output(&a.0, "ip", &["-o", "addr", "show", "dev", "wga"]).unwrap();
+    assert!(
+        link.contains("10.50.1.1/32"),
+        "persistent TUN lost its address: {link}"
+    );
+    let dpa = start(&a.0, "wga", &ka2);
+    dpa.set_peers(vec![peer(&kb, "192.168.210.2:51820", "10.50.2.0/24")])
+        .unwrap();
+    assert!(
+        delivered(&sa, &sb, "10.50.2.1:9000", b"reattached"),
+        "after re-attach"
+    );
+    assert!(
+        delivered(&sb, &sa, "10.50.1.1:9000", b"reattached-back"),
+        "B → A after A's restart"
+    );
+    dpa.stop();
+    dpb.stop();
+    // Clean up the persistent interfaces explicitly (the namespaces go too, on drop).
+    let del = with_netns(&a.0, || kitfleet_cni_wg::dataplane::delete_interface("wga"))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert!(del.is_ok(), "{del:?}");
+}
