@@ -18,6 +18,14 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+    /// A prebuilt UKI is not a PE32+ x86-64 image with a `.linux` section.
+    #[error("UKI: {field}: {reason}")]
+    Uki {
+        /// The PE field or structure at fault.
+        field: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
     /// The kernel is not an x86 bzImage that the stub can start.
     #[error("kernel: {field}: {reason}")]
     Kernel {

@@ -267,10 +267,34 @@ fn write_atomically(
     })
 }
 
-/// An assembled UKI with its digest.
+/// A unified kernel image built elsewhere, to place on the disks instead of assembling one:
+/// for example the output of [`write_uki`] signed for Secure Boot with `sbsign`.
+#[derive(Clone, Copy)]
+pub struct PrebuiltUki<'a> {
+    /// The UKI (a PE32+ x86-64 image with a `.linux` section).
+    pub uki: &'a [u8],
+    /// The build key; GPT and FAT identifiers derive from it.
+    pub build_key: [u8; 32],
+    /// Timestamp of every file-system entry, seconds since the Unix epoch.
+    pub mtime: u64,
+}
+
+impl fmt::Debug for PrebuiltUki<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrebuiltUki")
+            .field("uki", &format_args!("{} bytes", self.uki.len()))
+            .field("build_key", &hex::encode(self.build_key))
+            .field("mtime", &self.mtime)
+            .finish()
+    }
+}
+
+/// A UKI ready to be placed on disks, with its digest and the disk-wide fields.
 struct Uki<'a> {
     parts: Parts<'a>,
     digest: FileDigest,
+    build_key: [u8; 32],
+    mtime: u64,
 }
 
 impl<'a> Uki<'a> {
@@ -282,11 +306,27 @@ impl<'a> Uki<'a> {
             inputs.cmdline,
             inputs.os_release,
         )?;
+        Ok(Self::with_parts(parts, inputs.build_key, inputs.mtime))
+    }
+
+    fn prebuilt(prebuilt: &PrebuiltUki<'a>) -> Result<Self> {
+        pe::check_uki(prebuilt.uki)?;
+        let mut parts = Parts::new();
+        parts.push_borrowed(prebuilt.uki);
+        Ok(Self::with_parts(parts, prebuilt.build_key, prebuilt.mtime))
+    }
+
+    fn with_parts(parts: Parts<'a>, build_key: [u8; 32], mtime: u64) -> Self {
         let digest = FileDigest {
             size: parts.len(),
             sha256: hex::encode(parts.sha256()),
         };
-        Ok(Uki { parts, digest })
+        Uki {
+            parts,
+            digest,
+            build_key,
+            mtime,
+        }
     }
 
     fn esp_path(&self) -> String {
@@ -294,7 +334,8 @@ impl<'a> Uki<'a> {
     }
 }
 
-/// Writes the unified kernel image alone (what the upgrade path copies onto an ESP).
+/// Writes the unified kernel image alone (what the upgrade path copies onto an ESP, and
+/// what is signed for Secure Boot before [`write_disks_from_uki`]).
 pub fn write_uki(inputs: &DiskInputs<'_>, path: &Path) -> Result<FileDigest> {
     let uki = Uki::build(inputs)?;
     write_atomically(path, |w| uki.parts.write_to(w))
@@ -303,7 +344,6 @@ pub fn write_uki(inputs: &DiskInputs<'_>, path: &Path) -> Result<FileDigest> {
 fn esp_image<'a>(
     uki: &'a Uki<'a>,
     esp_path: &'a str,
-    inputs: &DiskInputs<'_>,
     options: &DiskOptions,
 ) -> Result<FatImage<'a>> {
     let sizing = match options.esp_size {
@@ -315,8 +355,8 @@ fn esp_image<'a>(
         sizing,
         headroom: options.esp_free.unwrap_or(uki.digest.size),
         hidden_sectors: ESP_START_LBA as u32,
-        volume_id: volume_id(&inputs.build_key, "esp-volume-id"),
-        mtime: inputs.mtime,
+        volume_id: volume_id(&uki.build_key, "esp-volume-id"),
+        mtime: uki.mtime,
     };
     FatImage::new(
         &[(FALLBACK_PATH, &uki.parts), (esp_path, &uki.parts)],
@@ -324,15 +364,10 @@ fn esp_image<'a>(
     )
 }
 
-fn write_raw(
-    uki: &Uki<'_>,
-    inputs: &DiskInputs<'_>,
-    options: &DiskOptions,
-    path: &Path,
-) -> Result<OutputInfo> {
+fn write_raw(uki: &Uki<'_>, options: &DiskOptions, path: &Path) -> Result<OutputInfo> {
     let esp_path = uki.esp_path();
-    let esp = esp_image(uki, &esp_path, inputs, options)?;
-    let (disk_guid, esp_guid) = disk_guids(&inputs.build_key);
+    let esp = esp_image(uki, &esp_path, options)?;
+    let (disk_guid, esp_guid) = disk_guids(&uki.build_key);
     let gpt = GptLayout {
         disk_guid,
         esp_guid,
@@ -354,17 +389,17 @@ fn write_raw(
     })
 }
 
-fn write_iso(uki: &Uki<'_>, inputs: &DiskInputs<'_>, path: &Path) -> Result<OutputInfo> {
+fn write_iso(uki: &Uki<'_>, path: &Path) -> Result<OutputInfo> {
     let fat_options = FatOptions {
         types: vec![FatType::Fat16, FatType::Fat32],
         sizing: Sizing::Smallest { align: iso::BLOCK },
         headroom: 0,
         hidden_sectors: 0,
-        volume_id: volume_id(&inputs.build_key, "iso-efi-volume-id"),
-        mtime: inputs.mtime,
+        volume_id: volume_id(&uki.build_key, "iso-efi-volume-id"),
+        mtime: uki.mtime,
     };
     let image = FatImage::new(&[(FALLBACK_PATH, &uki.parts)], fat_options)?;
-    let layout = IsoLayout::new(image.len(), inputs.mtime)?;
+    let layout = IsoLayout::new(image.len(), uki.mtime)?;
     let digest = write_atomically(path, |w| {
         layout.write_head(w)?;
         image.write_to(w)?;
@@ -382,27 +417,15 @@ fn write_iso(uki: &Uki<'_>, inputs: &DiskInputs<'_>, path: &Path) -> Result<Outp
     })
 }
 
-/// Writes one disk format to `path`.
-pub fn write_disk(
-    format: DiskFormat,
-    inputs: &DiskInputs<'_>,
-    options: &DiskOptions,
-    path: &Path,
-) -> Result<OutputInfo> {
-    let uki = Uki::build(inputs)?;
-    write_with(format, &uki, inputs, options, path)
-}
-
 fn write_with(
     format: DiskFormat,
     uki: &Uki<'_>,
-    inputs: &DiskInputs<'_>,
     options: &DiskOptions,
     path: &Path,
 ) -> Result<OutputInfo> {
     match format {
-        DiskFormat::IsoEfiInitrd => write_iso(uki, inputs, path),
-        DiskFormat::RawEfi => write_raw(uki, inputs, options, path),
+        DiskFormat::IsoEfiInitrd => write_iso(uki, path),
+        DiskFormat::RawEfi => write_raw(uki, options, path),
         DiskFormat::Qcow2Efi => {
             let dir = path
                 .parent()
@@ -413,7 +436,7 @@ fn write_with(
                 .tempdir_in(dir)
                 .map_err(Error::io(dir))?;
             let raw = scratch.path().join("disk.raw");
-            let info = write_raw(uki, inputs, options, &raw)?;
+            let info = write_raw(uki, options, &raw)?;
             let digest = qcow2::convert(&options.qemu_img, &raw, path)?;
             Ok(OutputInfo {
                 format: DiskFormat::Qcow2Efi,
@@ -425,17 +448,13 @@ fn write_with(
     }
 }
 
-/// Writes several formats into `dir` (file names from [`DiskFormat::file_name`] with
-/// `stem`), assembling the UKI once and converting `qcow2-efi` from the `raw-efi` output
-/// when both are asked for. Returns one [`OutputInfo`] per format, in the order given.
-pub fn write_disks(
+fn write_all(
     formats: &[DiskFormat],
-    inputs: &DiskInputs<'_>,
+    uki: &Uki<'_>,
     options: &DiskOptions,
     dir: &Path,
     stem: &str,
 ) -> Result<Vec<OutputInfo>> {
-    let uki = Uki::build(inputs)?;
     let mut out: Vec<OutputInfo> = Vec::with_capacity(formats.len());
     for &format in formats {
         let path = dir.join(format.file_name(stem));
@@ -450,9 +469,53 @@ pub fn write_disks(
                     ..raw
                 }
             }
-            _ => write_with(format, &uki, inputs, options, &path)?,
+            _ => write_with(format, uki, options, &path)?,
         };
         out.push(info);
     }
     Ok(out)
+}
+
+/// Writes one disk format to `path`.
+pub fn write_disk(
+    format: DiskFormat,
+    inputs: &DiskInputs<'_>,
+    options: &DiskOptions,
+    path: &Path,
+) -> Result<OutputInfo> {
+    write_with(format, &Uki::build(inputs)?, options, path)
+}
+
+/// Writes several formats into `dir` (file names from [`DiskFormat::file_name`] with
+/// `stem`), assembling the UKI once and converting `qcow2-efi` from the `raw-efi` output
+/// when both are asked for. Returns one [`OutputInfo`] per format, in the order given.
+pub fn write_disks(
+    formats: &[DiskFormat],
+    inputs: &DiskInputs<'_>,
+    options: &DiskOptions,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<OutputInfo>> {
+    write_all(formats, &Uki::build(inputs)?, options, dir, stem)
+}
+
+/// [`write_disk`] with a prebuilt (for example signed) UKI.
+pub fn write_disk_from_uki(
+    format: DiskFormat,
+    prebuilt: &PrebuiltUki<'_>,
+    options: &DiskOptions,
+    path: &Path,
+) -> Result<OutputInfo> {
+    write_with(format, &Uki::prebuilt(prebuilt)?, options, path)
+}
+
+/// [`write_disks`] with a prebuilt (for example signed) UKI.
+pub fn write_disks_from_uki(
+    formats: &[DiskFormat],
+    prebuilt: &PrebuiltUki<'_>,
+    options: &DiskOptions,
+    dir: &Path,
+    stem: &str,
+) -> Result<Vec<OutputInfo>> {
+    write_all(formats, &Uki::prebuilt(prebuilt)?, options, dir, stem)
 }

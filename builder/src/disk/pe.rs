@@ -91,6 +91,35 @@ fn section_name(name: &str) -> [u8; 8] {
 
 /// Parses and checks the headers of a PE32+ x86-64 EFI stub.
 pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
+    let (info, names) = parse_pe(stub)?;
+    for wanted in UKI_SECTIONS {
+        if names.contains(&section_name(wanted)) {
+            return Err(stub_err(
+                "section table",
+                format!("the stub already has a {wanted} section"),
+            ));
+        }
+    }
+    Ok(info)
+}
+
+/// Checks that prebuilt bytes are a PE32+ x86-64 image with a `.linux` section (a UKI).
+pub(crate) fn check_uki(uki: &[u8]) -> Result<()> {
+    let uki_err = |e: Error| match e {
+        Error::Stub { field, reason } => Error::Uki { field, reason },
+        other => other,
+    };
+    let (_, names) = parse_pe(uki).map_err(uki_err)?;
+    if !names.contains(&section_name(".linux")) {
+        return Err(Error::Uki {
+            field: "section table",
+            reason: "no .linux section: not a unified kernel image".into(),
+        });
+    }
+    Ok(())
+}
+
+fn parse_pe(stub: &[u8]) -> Result<(StubInfo, Vec<[u8; 8]>)> {
     let truncated = |field| stub_err(field, format!("file is truncated ({} bytes)", stub.len()));
     if stub.get(..2) != Some(b"MZ") {
         return Err(stub_err("e_magic", "no MZ signature: not a PE image"));
@@ -168,15 +197,7 @@ pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
     if raw_end > stub.len() as u64 {
         return Err(truncated("section data"));
     }
-    for wanted in UKI_SECTIONS {
-        if names.contains(&section_name(wanted)) {
-            return Err(stub_err(
-                "section table",
-                format!("the stub already has a {wanted} section"),
-            ));
-        }
-    }
-    Ok(StubInfo {
+    let info = StubInfo {
         coff,
         opt,
         section_table,
@@ -186,7 +207,8 @@ pub(crate) fn parse_stub(stub: &[u8]) -> Result<StubInfo> {
         size_of_headers,
         raw_end,
         va_end,
-    })
+    };
+    Ok((info, names))
 }
 
 /// Places sections of the given sizes after the stub's own. Pure: only sizes go in, so

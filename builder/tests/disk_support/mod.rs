@@ -200,45 +200,70 @@ pub struct Boot {
     pub serial: String,
     pub exited: bool,
     pub success: bool,
+    /// qemu was stopped because the serial console showed the `stop_on` text.
+    pub stopped: bool,
     pub elapsed: Duration,
 }
 
 /// Boots a disk under `qemu-system-x86_64 -accel tcg -machine q35` with OVMF and returns
 /// the serial console once qemu exits (or after `timeout`, killing it).
 pub fn boot(drive_args: &[&str], work: &Path, timeout: Duration) -> Boot {
+    boot_with(
+        &["-machine", "q35", "-bios", OVMF],
+        drive_args,
+        work,
+        timeout,
+        None,
+    )
+}
+
+/// Boots with the given machine/firmware arguments; stops qemu early once the serial
+/// console contains `stop_on`.
+pub fn boot_with(
+    firmware_args: &[&str],
+    drive_args: &[&str],
+    work: &Path,
+    timeout: Duration,
+    stop_on: Option<&str>,
+) -> Boot {
     let _guard = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let log = work.join("serial.log");
     let _ = std::fs::remove_file(&log);
+    let stderr = std::fs::File::create(work.join("qemu.stderr")).expect("qemu stderr file");
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel", "tcg", "-machine", "q35", "-m", "512", "-bios", OVMF,
-        ])
+        .args(["-accel", "tcg", "-m", "512"])
+        .args(firmware_args)
         .args(["-nodefaults", "-display", "none", "-no-reboot"])
         .arg("-serial")
         .arg(format!("file:{}", log.display()))
         .args(drive_args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .expect("run qemu-system-x86_64");
     let start = Instant::now();
+    let read_log =
+        || String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let mut stopped = false;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for qemu") {
             break Some(status);
         }
-        if start.elapsed() > timeout {
+        let stop_now = stop_on.is_some_and(|text| read_log().contains(text));
+        if stop_now || start.elapsed() > timeout {
+            stopped = stop_now;
             let _ = child.kill();
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(200));
     };
-    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
     Boot {
-        serial,
+        serial: read_log(),
         exited: status.is_some(),
         success: status.is_some_and(|s| s.success()),
+        stopped,
         elapsed: start.elapsed(),
     }
 }
