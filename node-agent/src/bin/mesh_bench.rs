@@ -62,6 +62,7 @@ impl Plane {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     gbits: f64,
+    retransmits: f64,
     rtt_avg_ms: f64,
     rtt_max_ms: f64,
 }
@@ -314,8 +315,10 @@ fn main() -> Result<()> {
         args.rounds.max(1),
         args.pings
     );
-    println!("| data plane | TCP Gbit/s | vs wireguard-go | ping avg ms | ping max ms |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| data plane | TCP Gbit/s | vs wireguard-go | TCP retransmits | ping avg ms | ping max ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (plane, s) in &samples {
         let g = median(s.iter().map(|x| x.gbits).collect());
         let ratio = wg_go.map_or("-".to_string(), |w| format!("{:.2}x", g / w));
