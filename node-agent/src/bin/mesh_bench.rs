@@ -244,8 +244,10 @@ fn measure(plane: Plane, args: &Args, agent: &Path, round: usize) -> Result<Samp
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("iperf3 JSON has no end.sum_received")?;
+    let retransmits = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
     Ok(Sample {
         gbits: bps / 1e9,
+        retransmits,
         rtt_avg_ms,
         rtt_max_ms,
     })
