@@ -326,8 +326,9 @@ fn main() -> Result<()> {
         let ratio = wg_go.map_or("-".to_string(), |w| format!("{:.2}x", g / w));
         let avg = median(s.iter().map(|x| x.rtt_avg_ms).collect());
         let max = median(s.iter().map(|x| x.rtt_max_ms).collect());
+        let retr = median(s.iter().map(|x| x.retransmits).collect());
         println!(
-            "| {} | {g:.2} | {ratio} | {avg:.3} | {max:.3} |",
+            "| {} | {g:.2} | {ratio} | {retr:.0} | {avg:.3} | {max:.3} |",
             plane.label()
         );
     }
