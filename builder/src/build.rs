@@ -594,6 +594,16 @@ fn describe(format: &str, role: &str, path: &Path) -> Result<OutputFile> {
     })
 }
 
+fn describe_bytes(format: &str, role: &str, path: &Path, data: &[u8]) -> OutputFile {
+    OutputFile {
+        format: format.into(),
+        role: role.into(),
+        path: path.to_path_buf(),
+        size: data.len() as u64,
+        digest: sha256(data),
+    }
+}
+
 fn write_initrd_outputs(
     opts: &BuildOptions,
     kernel: &[u8],
@@ -616,7 +626,7 @@ fn write_initrd_outputs(
                 ] {
                     let p = dir.join(format!("{name}-{suffix}"));
                     write_file(&p, data)?;
-                    outputs.push(describe(f.as_str(), role, &p)?);
+                    outputs.push(describe_bytes(f.as_str(), role, &p, data));
                 }
             }
             OutputFormat::TarKernelInitrd => {
@@ -635,7 +645,7 @@ fn write_initrd_outputs(
                 }
                 let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&p, e))?;
                 write_file(&p, &tar)?;
-                outputs.push(describe(f.as_str(), "initrd-tar", &p)?);
+                outputs.push(describe_bytes(f.as_str(), "initrd-tar", &p, &tar));
             }
             OutputFormat::Tar => {}
             other => disks.push(
