@@ -258,6 +258,14 @@ pub fn artifact_from_manifest(
     if formats.is_empty() {
         return Err(foreign("no layers".into()));
     }
+    // Canonical order (that of `OutputFormat::ALL`), whatever order the layers were pushed in.
+    let rank = |f: &str| {
+        kitfleet_api::OutputFormat::ALL
+            .iter()
+            .position(|o| o.as_str() == f)
+            .unwrap_or(usize::MAX)
+    };
+    formats.sort_by_key(|f| rank(&f.format));
     let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
     Ok(ArtifactStatus {
         reference: format!("{whole}@{digest}"),
