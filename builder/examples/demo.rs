@@ -112,6 +112,7 @@ fn main() -> Result<()> {
             &ni.spec.formats,
             "amd64",
             mtime,
+            6,
             &work,
         )?;
         let plan = assemble::plan(&ni.spec.image, &map, mtime, &work)?;

@@ -79,13 +79,15 @@ pub async fn resolve_all(
 }
 
 /// The build key: sha256 of the spec with every reference replaced by its digest, the contents of
-/// local `files[].source`, the formats, the architecture, the mtime policy and the builder version.
+/// local `files[].source`, the formats, the architecture, the mtime policy, the gzip level and the
+/// builder version.
 pub fn build_key(
     cfg: &Config,
     map: &ResolvedMap,
     formats: &[OutputFormat],
     arch: &str,
     mtime: Mtime,
+    level: u32,
     base_dir: &Path,
 ) -> Result<[u8; 32]> {
     let mut pinned = cfg.clone();
@@ -137,6 +139,7 @@ pub fn build_key(
         "formats": formats,
         "mtime": mtime.generated,
         "clamp": mtime.clamp,
+        "gzipLevel": level,
         "spec": pinned,
         "fileSources": sources,
     });
@@ -144,6 +147,9 @@ pub fn build_key(
     h.update(&serde_json::to_vec(&doc).expect("JSON values serialise"));
     Ok(h.finish_bytes())
 }
+
+/// The gzip level used unless told otherwise.
+pub const DEFAULT_LEVEL: u32 = 6;
 
 /// The tag an artifact is published under for a build key.
 pub fn artifact_tag(build_key: &[u8; 32]) -> String {
@@ -394,7 +400,8 @@ pub async fn build(
     let t = plan.mtime.generated;
 
     // Kernel: cached kernel bytes + modules member, unless a tar output needs the entries.
-    let kcache = |ext: &str| sources.cache().member_path(&plan.kernel_key, ext);
+    let kernel_key = format!("{}-l{}", plan.kernel_key, opts.level);
+    let kcache = |ext: &str| sources.cache().member_path(&kernel_key, ext);
     let mut kernel_bytes = None;
     let mut kernel_entries: Vec<Entry> = Vec::new();
     let mut members: Vec<Vec<u8>> = Vec::new();
@@ -470,8 +477,9 @@ pub async fn build(
     };
 
     for seg in &plan.segments {
-        let mpath = sources.cache().member_path(&seg.key, "cpio.gz");
-        let spath = sources.cache().member_path(&seg.key, "size");
+        let member_key = format!("{}-l{}", seg.key, opts.level);
+        let mpath = sources.cache().member_path(&member_key, "cpio.gz");
+        let spath = sources.cache().member_path(&member_key, "size");
         let cached = if need_initrd {
             match (
                 sources.cache().get_file(&mpath)?,

@@ -252,7 +252,15 @@ async fn run(cli: Cli) -> Result<i32> {
             task.done(&format!("{} references", statuses.len()));
             let mtime = Mtime::from_env()?;
             let base_dir = input.base_dir();
-            let key = build::build_key(&input.config, &map, &formats, &src.arch, mtime, &base_dir)?;
+            let key = build::build_key(
+                &input.config,
+                &map,
+                &formats,
+                &src.arch,
+                mtime,
+                level,
+                &base_dir,
+            )?;
             let plan = assemble::plan(&input.config, &map, mtime, &base_dir)?;
             let opts = BuildOptions {
                 formats,
@@ -301,6 +309,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     &formats,
                     &src.arch,
                     Mtime::from_env()?,
+                    build::DEFAULT_LEVEL,
                     &input.base_dir(),
                 )?)
             } else {

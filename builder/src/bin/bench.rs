@@ -123,7 +123,7 @@ async fn build_once(yaml: &Config, cache: &Path, out: &Path) -> Result<(Duration
         clamp: None,
     };
     let formats = vec![OutputFormat::KernelInitrd];
-    let key = build::build_key(yaml, &map, &formats, "amd64", mtime, Path::new("."))?;
+    let key = build::build_key(yaml, &map, &formats, "amd64", mtime, 6, Path::new("."))?;
     let plan = assemble::plan(yaml, &map, mtime, Path::new("."))?;
     let opts = BuildOptions {
         formats,
