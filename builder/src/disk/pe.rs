@@ -21,6 +21,8 @@ const SECTION_HEADER_LEN: usize = 40;
 const DATA_SECTION_FLAGS: u32 = 0x0000_0040 | 0x4000_0000;
 /// Offset of `CheckSum` inside the optional header.
 const OPT_CHECKSUM: usize = 64;
+/// Largest SectionAlignment accepted.
+const MAX_ALIGNMENT: u64 = 1 << 20;
 /// Names of the sections this module adds, in file order.
 pub(crate) const UKI_SECTIONS: [&str; 4] = [".osrel", ".cmdline", ".linux", ".initrd"];
 
@@ -163,12 +165,20 @@ fn parse_pe(stub: &[u8]) -> Result<(StubInfo, Vec<[u8; 8]>)> {
         ("SectionAlignment", section_alignment),
         ("FileAlignment", file_alignment),
     ] {
-        if !value.is_power_of_two() || value < 16 {
+        // The PE format allows FileAlignment up to 64 KiB; larger section alignments than
+        // 1 MiB only waste memory and would make a corrupt stub allocate without bound.
+        if !value.is_power_of_two() || !(16..=MAX_ALIGNMENT).contains(&value) {
             return Err(stub_err(
                 field,
-                format!("{value:#x} is not a power of two of at least 16"),
+                format!("{value:#x} is not a power of two from 16 to {MAX_ALIGNMENT:#x}"),
             ));
         }
+    }
+    if file_alignment > 0x10000 {
+        return Err(stub_err(
+            "FileAlignment",
+            format!("{file_alignment:#x} exceeds the PE maximum of 0x10000"),
+        ));
     }
     let size_of_image = u64::from(u32_at(stub, opt + 56).ok_or_else(|| truncated("SizeOfImage"))?);
     let size_of_headers =
@@ -482,6 +492,23 @@ mod tests {
             checksum_of(&out, info.opt),
             u32_at(&out, info.opt + OPT_CHECKSUM).unwrap()
         );
+    }
+
+    /// Corrupting any header byte or truncating the stub gives an error or a UKI, never a panic.
+    #[test]
+    fn corrupt_or_truncated_stubs_never_panic() {
+        let Some(stub) = stub() else { return };
+        let linux = vec![1u8; 100];
+        for offset in 0..0x400 {
+            for value in [0x00u8, 0xff] {
+                let mut bad = stub.clone();
+                bad[offset] = value;
+                let _ = assemble(&bad, [b"ID=x", b"", &linux, b""]);
+            }
+        }
+        for len in (0..stub.len()).step_by(97) {
+            let _ = assemble(&stub[..len], [b"ID=x", b"", &linux, b""]);
+        }
     }
 
     #[test]
