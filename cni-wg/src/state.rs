@@ -147,15 +147,18 @@ impl NodeState {
         })
     }
 
-    /// Checks every field; returns `(field, reason)` for the first bad one.
+    /// Checks every field; returns `(field, reason)` for the first bad one. IPv6 CIDRs are
+    /// accepted (dual-stack nodes) and ignored by the plugin, which is IPv4-only for now.
     pub fn validate(&self) -> Result<(), (String, String)> {
         for (list, name) in [
             (&self.pod_cidrs, "podCIDRs"),
             (&self.cluster_cidrs, "clusterCIDRs"),
         ] {
             for (i, c) in list.iter().enumerate() {
-                c.parse::<Ipv4Cidr>()
-                    .map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
+                if !is_ipv6_cidr(c) {
+                    c.parse::<Ipv4Cidr>()
+                        .map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
+                }
             }
         }
         if !(576..=65535).contains(&self.mtu) {
@@ -164,10 +167,24 @@ impl NodeState {
         Ok(())
     }
 
-    /// The first pod CIDR, parsed (`None` when the node has none yet).
+    /// The first IPv4 pod CIDR, parsed (`None` when the node has none yet).
     pub fn pod_cidr(&self) -> Option<Ipv4Cidr> {
-        self.pod_cidrs.first().and_then(|c| c.parse().ok())
+        self.pod_cidrs.iter().find_map(|c| c.parse().ok())
     }
+
+    /// The IPv4 cluster CIDRs, parsed.
+    pub fn cluster_cidrs_v4(&self) -> Vec<Ipv4Cidr> {
+        self.cluster_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+}
+
+fn is_ipv6_cidr(s: &str) -> bool {
+    s.split_once('/').is_some_and(|(a, p)| {
+        a.parse::<std::net::Ipv6Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 128)
+    })
 }
 
 #[cfg(test)]
@@ -205,6 +222,18 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_nodes_use_the_first_ipv4_cidr() {
+        let mut s = sample();
+        s.pod_cidrs = vec!["fd00:10:244:1::/64".into(), "10.244.1.0/24".into()];
+        s.cluster_cidrs = vec!["fd00:10:244::/56".into(), "10.244.0.0/16".into()];
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.pod_cidr().unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(s.cluster_cidrs_v4().len(), 1);
+        s.pod_cidrs.truncate(1);
+        assert_eq!(s.pod_cidr(), None);
+    }
+
+    #[test]
     fn load_reports_missing_and_bad_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.json");
@@ -220,6 +249,7 @@ mod tests {
                 "clusterCIDRs[0]",
             ),
             (r#"{"podCIDRs":[]}"#, "mtu"),
+            (r#"{"podCIDRs":["fd00::/129"],"mtu":1400}"#, "podCIDRs[0]"),
         ];
         for (json, field) in cases {
             fs::write(&path, json).unwrap();

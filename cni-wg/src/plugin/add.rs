@@ -28,7 +28,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         )
     })?;
     if conf.masquerade {
-        masquerade(conf, cidr, &state.cluster_cidrs)?;
+        masquerade(conf, cidr, &state.cluster_cidrs_v4())?;
     }
     let ns = netns::open(env.netns.as_ref()).map_err(|e| {
         CniError::new(
@@ -104,9 +104,8 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     ))
 }
 
-fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[String]) -> Result<(), CniError> {
-    let cluster: Vec<Ipv4Cidr> = cluster.iter().filter_map(|c| c.parse().ok()).collect();
-    let script = nft::script(&conf.name, cidr, &cluster);
+fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<(), CniError> {
+    let script = nft::script(&conf.name, cidr, cluster);
     let dir = conf.data_dir.join(&conf.name);
     std::fs::create_dir_all(&dir).map_err(|e| {
         CniError::new(

@@ -3,7 +3,6 @@
 use std::collections::HashSet;
 
 use super::{ipam, kernel, load_state};
-use crate::cidr::Ipv4Cidr;
 use crate::cni::config::{Attachment, NetConf};
 use crate::cni::{CniError, code};
 use crate::ipam::store::Store;
@@ -16,6 +15,12 @@ pub(super) fn status(conf: &NetConf) -> Result<(), CniError> {
         return Err(CniError::new(
             code::NOT_AVAILABLE,
             "the node has no pod CIDR yet (node state podCIDRs is empty)",
+        ));
+    }
+    if conf.masquerade && nft::nft_binary().is_none() {
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "masquerade is on but nft is not installed",
         ));
     }
     if !state.mesh_healthy {
@@ -79,11 +84,7 @@ fn reapply_masquerade(conf: &NetConf) {
     let Some(cidr) = conf.pod_cidr.or_else(|| state.pod_cidr()) else {
         return;
     };
-    let cluster: Vec<Ipv4Cidr> = state
-        .cluster_cidrs
-        .iter()
-        .filter_map(|c| c.parse().ok())
-        .collect();
+    let cluster = state.cluster_cidrs_v4();
     let marker = conf.data_dir.join(&conf.name).join("masquerade.applied");
     if let Err(e) = nft::ensure(&nft::script(&conf.name, cidr, &cluster), &marker, true) {
         tracing::warn!(error = %e, "gc: masquerade re-apply failed");
