@@ -183,6 +183,10 @@ pub fn build_command(ni: &NodeImage, s: &JobSettings) -> Vec<String> {
         "--arch".into(),
         s.arch.clone(),
     ]);
+    argv.extend([
+        "--level".into(),
+        crate::registry::JOB_GZIP_LEVEL.to_string(),
+    ]);
     argv.extend(["--json".into(), "--no-progress".into()]);
     for r in &s.insecure_registries {
         argv.extend(["--insecure-registry".into(), r.clone()]);

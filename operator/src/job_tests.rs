@@ -136,7 +136,7 @@ fn the_build_job() {
     assert_eq!(
         c.command.as_ref().unwrap().join(" "),
         "kitfleet-build build /etc/kitfleet/build/nodeimage.yaml -o /work/out --format kernel+initrd,raw-efi \
-         --push 127.0.0.1:5000/kitfleet/demo --cache /cache --arch amd64 --json --no-progress \
+         --push 127.0.0.1:5000/kitfleet/demo --cache /cache --arch amd64 --level 6 --json --no-progress \
          --insecure-registry 127.0.0.1:5000"
     );
     let vols: Vec<&str> = pod

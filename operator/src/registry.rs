@@ -98,6 +98,9 @@ pub const JOB_MTIME: Mtime = Mtime {
     clamp: None,
 };
 
+/// The initrd's gzip level in build Jobs (part of the build key; the Job passes it as `--level`).
+pub const JOB_GZIP_LEVEL: u32 = 6;
+
 impl ArtifactRegistry for BuilderRegistry {
     async fn resolve(&self, spec: &NodeImageSpec) -> Result<Resolution, RegistryError> {
         let (map, statuses) =
@@ -122,6 +125,7 @@ impl ArtifactRegistry for BuilderRegistry {
                 &spec.formats,
                 &self.sources.options().arch,
                 JOB_MTIME,
+                JOB_GZIP_LEVEL,
                 Path::new("/nonexistent/kitfleet"),
             )?;
             Some(format!("sha256:{}", hex::encode(key)))

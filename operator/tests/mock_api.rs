@@ -570,3 +570,57 @@ async fn deletion_removes_in_flight_jobs_then_the_finalizer() {
     r.unwrap();
     assert!(calls.is_empty(), "{calls:?}");
 }
+
+#[tokio::test]
+async fn spec_change_during_a_build_supersedes_the_old_job() {
+    const OLD: &str = "sha256:9999999999999999999999999999999999999999999999999999999999999999";
+    let mut ni = nodeimage(MANIFEST, true);
+    resolved(&mut ni);
+    ni.status.as_mut().unwrap().build_key = Some(OLD.into());
+    let mut old = job::build_job(&ni, OLD, 1, &settings()).unwrap();
+    old.status = Some(JobStatus {
+        active: Some(1),
+        ..Default::default()
+    });
+    ni.metadata.generation = Some(2); // the spec changed while `old` runs
+    let old_name = old.name_any();
+    let new_name = job::job_name(&ni, KEY, 1);
+    let reply = serde_json::to_value(&ni).unwrap();
+    let (r, calls) = run(ni, FakeRegistry::default(), move |mut api| async move {
+        api.expect(Method::GET, JOBS_PATH, job_list(vec![old.clone()]))
+            .await;
+        api.expect(Method::PATCH, NI_PATH, reply).await;
+        api.expect(
+            Method::DELETE,
+            &format!("{JOBS_PATH}/{old_name}"),
+            serde_json::to_value(&old).unwrap(),
+        )
+        .await;
+        let (_, job) = api
+            .expect(
+                Method::PATCH,
+                &format!("{JOBS_PATH}/{new_name}"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(
+            job["metadata"]["annotations"]["kitfleet.dev/build-key"],
+            KEY
+        );
+        let (_, st) = api
+            .expect(Method::PATCH, &format!("{NI_PATH}/status"), status_reply())
+            .await;
+        assert_eq!(
+            (
+                st["status"]["buildKey"].as_str(),
+                st["status"]["observedGeneration"].as_i64()
+            ),
+            (Some(KEY), Some(2))
+        );
+        api.expect(Method::POST, EVENTS_PATH, Value::Null).await;
+        api.done().await;
+    })
+    .await;
+    r.unwrap();
+    assert_eq!(calls[0], "resolve");
+}
