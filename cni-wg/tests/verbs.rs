@@ -250,6 +250,56 @@ fn add_rolls_back_when_a_later_step_fails() {
 }
 
 #[test]
+fn add_rolls_back_a_failure_at_every_step() {
+    if !privileged() {
+        return;
+    }
+    let node = Node::new("10.244.6.0/24");
+    let points = [
+        "after-reserve",
+        "after-veth",
+        "after-pod-addr",
+        "after-pod-routes",
+        "after-host-up",
+        "after-host-route",
+    ];
+    for point in points {
+        let pod = Netns::new("pod");
+        let mut inv = Invocation::new("ADD", node.conf("1.1.0")).attach("fp", "");
+        let path = pod.path();
+        inv.netns = &path;
+        inv.extra_env
+            .push(("KITFLEET_WG_TEST_FAIL".into(), point.into()));
+        let out = node.cni(&inv);
+        out.expect_code(103);
+        assert!(
+            out.stdout["msg"].as_str().unwrap().contains(point),
+            "{}",
+            out.stdout
+        );
+        assert!(!pod.has_link("eth0"), "{point}: pod end left behind");
+        assert!(
+            node.host_veths().is_empty(),
+            "{point}: host end left behind"
+        );
+        assert!(node.reserved().is_empty(), "{point}: address left reserved");
+        assert_eq!(
+            node.ns.ip_json(&["route", "show", "root", "10.244.6.0/24"]),
+            json!([]),
+            "{point}: host route left behind"
+        );
+        // And the same attachment then goes through.
+        inv.extra_env.clear();
+        node.cni(&inv).expect_ok();
+        let routes = node.ns.ip_json(&["route", "show", "root", "10.244.6.0/24"]);
+        assert_eq!(routes.as_array().unwrap().len(), 1, "{routes}");
+        node.cni(&Invocation::new("DEL", node.conf("1.1.0")).attach("fp", &path))
+            .expect_ok();
+        eventually("host veth gone", || node.host_veths().is_empty());
+    }
+}
+
+#[test]
 fn chaining_runtime_config_and_args() {
     if !privileged() {
         return;
