@@ -268,3 +268,99 @@ fn bundle_layout_and_runtime_mounts() {
     }
     golden("bundle.layout.txt", listing.as_bytes());
 }
+
+/// `Build` (volumes: `lower/` from the image or empty, `tmp/` and `merged/`),
+/// `updateMountsAndBindsFromVolumes` (a volume name as bind source becomes its merged dir) and
+/// `filesystem` (files: leading directories with the file's mode plus x bits, uid/gid by
+/// container name, symlinks, directories, default modes 0600/0700).
+#[test]
+fn volumes_and_files_layout() {
+    let yaml = r#"
+onboot:
+  - name: user
+    image: example/a:1
+    readonly: true
+    binds: ["data:/data", "/etc:/etc:ro"]
+volumes:
+  - name: data
+  - name: seeded
+    image: example/seed:1
+files:
+  - path: etc/app/config
+    contents: "x=1\n"
+    mode: "0640"
+    uid: user
+  - path: /var/empty
+    directory: true
+  - path: etc/link
+    symlink: /etc/app/config
+  - path: etc/secret
+    contents: s
+"#;
+    let cfg = Config::from_yaml(yaml).unwrap();
+    let mut map = ResolvedMap::new();
+    map.insert("onboot[0].image".into(), resolved("example/a:1", "{}"));
+    map.insert("volumes[1].image".into(), resolved("example/seed:1", "{}"));
+    let mtime = Mtime {
+        generated: assemble::LINUXKIT_MTIME,
+        clamp: None,
+    };
+    let plan = assemble::plan(&cfg, &map, mtime, std::path::Path::new(".")).unwrap();
+    let mut listing = String::new();
+    for seg in &plan.segments {
+        for part in &seg.parts {
+            match part {
+                Part::Image { prefix, resolv, .. } => listing.push_str(&format!(
+                    "{}: image -> {prefix} resolv={resolv:?}\n",
+                    seg.location
+                )),
+                Part::Generated(entries) => {
+                    for e in entries {
+                        let what = match &e.kind {
+                            Kind::Dir => "dir".to_string(),
+                            Kind::File(b) => format!(
+                                "file {:?}",
+                                String::from_utf8_lossy(b)
+                                    .chars()
+                                    .take(40)
+                                    .collect::<String>()
+                            ),
+                            other => format!("{other:?}"),
+                        };
+                        listing.push_str(&format!(
+                            "{}: {} {what} {:o} {}:{}\n",
+                            seg.location, e.path, e.mode, e.uid, e.gid
+                        ));
+                        if e.path.ends_with("config.json") {
+                            if let Kind::File(b) = &e.kind {
+                                let spec: serde_json::Value = serde_json::from_slice(b).unwrap();
+                                let binds: Vec<_> = spec["mounts"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .filter(|m| m["type"] == "bind")
+                                    .cloned()
+                                    .collect();
+                                listing.push_str(&format!(
+                                    "{}: binds {}\n",
+                                    seg.location,
+                                    serde_json::to_string(&binds).unwrap()
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    golden("volumes-files.layout.txt", listing.as_bytes());
+
+    // A read-write bind of a read-only volume is refused.
+    let ro = Config::from_yaml("onboot:\n  - name: u\n    image: x/y:1\n    binds: [\"v:/v\"]\nvolumes:\n  - name: v\n    readonly: true\n").unwrap();
+    let mut map = ResolvedMap::new();
+    map.insert("onboot[0].image".into(), resolved("x/y:1", "{}"));
+    let e = assemble::plan(&ro, &map, mtime, std::path::Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("volume v is read-only"), "{e}");
+}

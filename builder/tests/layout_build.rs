@@ -154,3 +154,40 @@ fn source_date_epoch_sets_generated_times_and_clamps_image_times() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("SOURCE_DATE_EPOCH"));
 }
+
+/// The disk formats of `src/disk` are reachable from `--format` and reproducible too.
+#[test]
+fn raw_efi_format_is_wired_and_reproducible() {
+    let work = tempfile::tempdir().unwrap();
+    let yml = setup(work.path());
+    let run = |out: &str, cache: &str| {
+        let o = Command::new(env!("CARGO_BIN_EXE_kitfleet-build"))
+            .arg("build")
+            .arg(&yml)
+            .arg("-o")
+            .arg(work.path().join(out))
+            .arg("--cache")
+            .arg(work.path().join(cache))
+            .args(["--format", "raw-efi", "--json", "--no-progress"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["build"]["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| (o["format"].clone(), o["path"].clone(), o["digest"].clone()))
+            .collect::<Vec<_>>()
+    };
+    let a = run("a", "c1");
+    let b = run("b", "c2");
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].0, "raw-efi");
+    assert!(
+        a[0].1.as_str().unwrap().ends_with("img-efi.raw"),
+        "{:?}",
+        a[0].1
+    );
+    assert_eq!(a[0].2, b[0].2, "raw-efi differs between two builds");
+}
