@@ -5,7 +5,9 @@
 //! `getpgid` allowed only with argument 0 == 0, everything else EPERM.
 
 use kitfleet_sandbox::base;
-use kitfleet_sandbox::seccomp::{Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, generate, install::install};
+use kitfleet_sandbox::seccomp::{
+    Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, generate, install::install,
+};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
@@ -31,28 +33,44 @@ fn allow_list() -> Vec<(u32, bool)> {
 }
 
 fn kitfleet_filter() -> Vec<kitfleet_sandbox::seccomp::bpf::SockFilter> {
-    let eq0 = Cond { index: 0, op: CmpOp::Eq, value: 0, value_two: 0 };
+    let eq0 = Cond {
+        index: 0,
+        op: CmpOp::Eq,
+        value: 0,
+        value_two: 0,
+    };
     let syscalls: BTreeMap<u32, SyscallRule> = allow_list()
         .into_iter()
         .map(|(nr, cond)| {
             let rule = if cond {
-                SyscallRule { clauses: vec![vec![eq0]], action: Action::Allow, otherwise: Action::Errno(1) }
+                SyscallRule {
+                    clauses: vec![vec![eq0]],
+                    action: Action::Allow,
+                    otherwise: Action::Errno(1),
+                }
             } else {
                 SyscallRule::always(Action::Allow)
             };
             (nr, rule)
         })
         .collect();
-    generate(&FilterSpec { arch: Arch::X86_64, default: Action::Errno(1), syscalls })
+    generate(&FilterSpec {
+        arch: Arch::X86_64,
+        default: Action::Errno(1),
+        syscalls,
+    })
 }
 
 fn seccompiler_filter() -> seccompiler::BpfProgram {
-    use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule};
+    use seccompiler::{
+        SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
     let rules = allow_list()
         .into_iter()
         .map(|(nr, cond)| {
             let rules = if cond {
-                let c = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).unwrap();
+                let c =
+                    SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, 0).unwrap();
                 vec![SeccompRule::new(vec![c]).unwrap()]
             } else {
                 vec![]
@@ -105,8 +123,17 @@ fn load_libseccomp() -> Result<(), String> {
             return Err("seccomp_init/attr".into());
         }
         for (nr, cond) in allow_list() {
-            let c = ScmpArgCmp { arg: 0, op: CMP_EQ, datum_a: 0, datum_b: 0 };
-            let (n, p) = if cond { (1, &c as *const ScmpArgCmp) } else { (0, std::ptr::null()) };
+            let c = ScmpArgCmp {
+                arg: 0,
+                op: CMP_EQ,
+                datum_a: 0,
+                datum_b: 0,
+            };
+            let (n, p) = if cond {
+                (1, &c as *const ScmpArgCmp)
+            } else {
+                (0, std::ptr::null())
+            };
             if seccomp_rule_add_array(ctx, ALLOW, nr as libc::c_int, n, p) != 0 {
                 return Err(format!("seccomp_rule_add {nr}"));
             }
@@ -143,17 +170,24 @@ fn measure(which: &str) -> Result<[f64; 3], String> {
         // SAFETY: the child owns the write end.
         let mut w = unsafe { std::fs::File::from_raw_fd(fds[1]) };
         let arch = Arch::X86_64;
-        let r = kitfleet_sandbox::landlock::sys::set_no_new_privs().map_err(|e| e.to_string()).and_then(|()| match which {
-            "none" => Ok(()),
-            "kitfleet" => install(&kitfleet_filter(), false).map_err(|e| e.to_string()),
-            "seccompiler" => seccompiler::apply_filter(&seccompiler_filter()).map_err(|e| e.to_string()),
-            _ => load_libseccomp(),
-        });
+        let r = kitfleet_sandbox::landlock::sys::set_no_new_privs()
+            .map_err(|e| e.to_string())
+            .and_then(|()| match which {
+                "none" => Ok(()),
+                "kitfleet" => install(&kitfleet_filter(), false).map_err(|e| e.to_string()),
+                "seccompiler" => {
+                    seccompiler::apply_filter(&seccompiler_filter()).map_err(|e| e.to_string())
+                }
+                _ => load_libseccomp(),
+            });
         let line = match r {
             Err(e) => format!("error {e}\n"),
             Ok(()) => {
-                let denied: f64 =
-                    DENIED.iter().map(|n| per_call_ns(arch.lookup(n).unwrap() as i64, -1)).sum::<f64>() / DENIED.len() as f64;
+                let denied: f64 = DENIED
+                    .iter()
+                    .map(|n| per_call_ns(arch.lookup(n).unwrap() as i64, -1))
+                    .sum::<f64>()
+                    / DENIED.len() as f64;
                 let with_args = per_call_ns(arch.lookup("getpgid").unwrap() as i64, 0);
                 let plain = per_call_ns(arch.lookup("getppid").unwrap() as i64, 0);
                 format!("{denied} {with_args} {plain}\n")
@@ -172,8 +206,15 @@ fn measure(which: &str) -> Result<[f64; 3], String> {
     r.read_to_string(&mut s).unwrap();
     // SAFETY: reaping our child.
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-    let v: Vec<f64> = s.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-    if v.len() == 3 { Ok([v[0], v[1], v[2]]) } else { Err(s) }
+    let v: Vec<f64> = s
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() == 3 {
+        Ok([v[0], v[1], v[2]])
+    } else {
+        Err(s)
+    }
 }
 
 fn spawn_us(cmd: &mut Command) -> f64 {
@@ -197,7 +238,10 @@ fn launcher_bin() -> (String, &'static str) {
     if st.exists() {
         return (st.display().to_string(), "static release build");
     }
-    (env!("CARGO_BIN_EXE_kitfleet-sandbox").to_string(), "dynamic bench build")
+    (
+        env!("CARGO_BIN_EXE_kitfleet-sandbox").to_string(),
+        "dynamic bench build",
+    )
 }
 
 fn overhead() -> (f64, f64, String) {
@@ -209,7 +253,10 @@ fn overhead() -> (f64, f64, String) {
     let src = dir.path().join("p.yaml");
     std::fs::write(&src, yaml).unwrap();
     let policies = kitfleet_sandbox::cli::read_manifests(&[src]).unwrap();
-    let opts = kitfleet_sandbox::compile::Options { arches: vec![Arch::X86_64], report_socket: None };
+    let opts = kitfleet_sandbox::compile::Options {
+        arches: vec![Arch::X86_64],
+        report_socket: None,
+    };
     let c = kitfleet_sandbox::compile::compile(&policies, &opts).unwrap();
     let policy = dir.path().join("policy.json");
     std::fs::write(&policy, c.policy.to_json()).unwrap();
@@ -217,7 +264,12 @@ fn overhead() -> (f64, f64, String) {
     let runs = 400;
     let mut plain = Command::new("/bin/true");
     let mut launched = Command::new(&bin);
-    launched.arg("exec").arg("--policy").arg(&policy).args(["--", "/bin/true"]).stderr(Stdio::null());
+    launched
+        .arg("exec")
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--", "/bin/true"])
+        .stderr(Stdio::null());
     for _ in 0..20 {
         spawn_us(&mut plain);
         spawn_us(&mut launched);
@@ -241,11 +293,17 @@ fn main() {
     println!("|---|---:|");
     println!("| /bin/true | {plain:.0} |");
     println!("| kitfleet-sandbox exec --policy P -- /bin/true | {launched:.0} |");
-    println!("| overhead (floor ≤ 2000 µs, goal ≤ 1000 µs) | {:.0} |", launched - plain);
+    println!(
+        "| overhead (floor ≤ 2000 µs, goal ≤ 1000 µs) | {:.0} |",
+        launched - plain
+    );
     println!();
     let n = allow_list().len();
     println!("per-call cost, ns (allow list of {n} x86_64 syscalls, median of 5×{ITERS} calls)");
-    println!("| filter | instructions | denied (mean of {}) | allowed, arg condition (getpgid(0)) | allowed (getppid) |", DENIED.len());
+    println!(
+        "| filter | instructions | denied (mean of {}) | allowed, arg condition (getpgid(0)) | allowed (getppid) |",
+        DENIED.len()
+    );
     println!("|---|---:|---:|---:|---:|");
     let mut results = BTreeMap::new();
     for (name, insns) in [
@@ -256,20 +314,34 @@ fn main() {
     ] {
         match measure(name) {
             Ok(v) => {
-                let insns = if name == "libseccomp" { "-".to_string() } else { insns.to_string() };
-                println!("| {name} | {insns} | {:.1} | {:.1} | {:.1} |", v[0], v[1], v[2]);
+                let insns = if name == "libseccomp" {
+                    "-".to_string()
+                } else {
+                    insns.to_string()
+                };
+                println!(
+                    "| {name} | {insns} | {:.1} | {:.1} | {:.1} |",
+                    v[0], v[1], v[2]
+                );
                 results.insert(name, v);
             }
             Err(e) => println!("| {name} | failed: {} |", e.trim()),
         }
     }
-    if let (Some(k), Some(l), Some(s)) = (results.get("kitfleet"), results.get("libseccomp"), results.get("seccompiler")) {
+    if let (Some(k), Some(l), Some(s)) = (
+        results.get("kitfleet"),
+        results.get("libseccomp"),
+        results.get("seccompiler"),
+    ) {
         println!();
         println!(
             "denied path: kitfleet / libseccomp tree = {:.2}× (floor ≤ 1.2×, goal ≤ 1.0×); kitfleet / seccompiler = {:.2}×",
             k[0] / l[0],
             k[0] / s[0]
         );
-        println!("allowed with arg condition: kitfleet / libseccomp = {:.2}×", k[1] / l[1]);
+        println!(
+            "allowed with arg condition: kitfleet / libseccomp = {:.2}×",
+            k[1] / l[1]
+        );
     }
 }

@@ -18,7 +18,9 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
     };
     let _ = writeln!(out, "landlock: kernel ABI {abi}");
     for layer in &policy.landlock {
-        let min = layer.min_abi.map_or("best effort".to_string(), |m| format!("minAbi {m}"));
+        let min = layer
+            .min_abi
+            .map_or("best effort".to_string(), |m| format!("minAbi {m}"));
         let _ = writeln!(out, "layer {} ({}, {min}):", layer.policy, layer.mode);
         match landlock::prepare(std::slice::from_ref(layer), abi) {
             Err(e) => {
@@ -33,18 +35,42 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
                         continue;
                     }
                     for rule in &r.rules {
-                        let access: Vec<String> = rule.access.iter().map(|a| format!("{a:?}")).collect();
-                        let why = rule.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
-                        let _ =
-                            writeln!(out, "  {} {}: {} [{}]{why}", rule.field, rule.path, rule.status, access.join(", "));
+                        let access: Vec<String> = rule.access.iter().map(|a| kebab(a)).collect();
+                        let why = rule
+                            .reason
+                            .as_deref()
+                            .map(|r| format!(" ({r})"))
+                            .unwrap_or_default();
+                        let _ = writeln!(
+                            out,
+                            "  {} {}: {} [{}]{why}",
+                            rule.field,
+                            rule.path,
+                            rule.status,
+                            access.join(", ")
+                        );
                     }
                     if !r.unsupported_access.is_empty() {
-                        let _ = writeln!(out, "  rights this ABI cannot restrict: {:?}", r.unsupported_access);
+                        let list: Vec<String> =
+                            r.unsupported_access.iter().map(|a| kebab(a)).collect();
+                        let _ = writeln!(
+                            out,
+                            "  rights this ABI cannot restrict: {}",
+                            list.join(", ")
+                        );
                     }
                     if let Some(n) = &r.network {
                         let _ = writeln!(out, "  tcp ports: {n}");
                     }
-                    let _ = writeln!(out, "  scopes: {:?}, unsupported: {:?}", r.scopes, r.unsupported_scopes);
+                    let scopes: Vec<String> = r.scopes.iter().map(|a| kebab(a)).collect();
+                    let missing: Vec<String> =
+                        r.unsupported_scopes.iter().map(|a| kebab(a)).collect();
+                    let _ = writeln!(
+                        out,
+                        "  scopes: [{}], unsupported: [{}]",
+                        scopes.join(", "),
+                        missing.join(", ")
+                    );
                     let _ = writeln!(out, "  denials logged after exec: {}", r.log_new_exec);
                 }
             }
@@ -64,11 +90,21 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
                         format!("REJECTED by the kernel: {e}")
                     }
                 };
-                let _ = writeln!(out, "seccomp {}: {} instructions, log {}: {loaded}", l.policy, l.program.len(), l.log);
+                let _ = writeln!(
+                    out,
+                    "seccomp {}: {} instructions, log {}: {loaded}",
+                    l.policy,
+                    l.program.len(),
+                    l.log
+                );
             }
         }
     }
-    let verdict = if code == 0 { "the workload would run".to_string() } else { format!("exec would refuse (exit {code})") };
+    let verdict = if code == 0 {
+        "the workload would run".to_string()
+    } else {
+        format!("exec would refuse (exit {code})")
+    };
     let _ = writeln!(out, "result: {verdict}");
     (out, code)
 }
@@ -99,4 +135,12 @@ fn test_load(prog: &[crate::seccomp::bpf::SockFilter], log: bool) -> std::io::Re
         (true, e) => Err(std::io::Error::from_raw_os_error(e)),
         _ => Err(std::io::Error::other("test child died")),
     }
+}
+
+/// The serde (kebab-case) name of an enum value.
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

@@ -55,7 +55,10 @@ enum Cmd {
 }
 
 fn parse_arch(s: &str) -> Result<Arch, String> {
-    Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| format!("unknown architecture {s:?} (x86_64, aarch64)"))
+    Arch::ALL
+        .into_iter()
+        .find(|a| a.name() == s)
+        .ok_or_else(|| format!("unknown architecture {s:?} (x86_64, aarch64)"))
 }
 
 /// Parses the command line and runs; returns the process exit code.
@@ -68,7 +71,11 @@ pub fn run() -> i32 {
         }
     };
     match cli.cmd {
-        Cmd::Exec { policy, report_socket, argv } => crate::launcher::exec(&policy, report_socket.as_deref(), &argv),
+        Cmd::Exec {
+            policy,
+            report_socket,
+            argv,
+        } => crate::launcher::exec(&policy, report_socket.as_deref(), &argv),
         Cmd::Check { policy } => match CompiledPolicy::load(&policy) {
             Ok(p) => {
                 let (text, code) = crate::check::check(&p);
@@ -80,8 +87,20 @@ pub fn run() -> i32 {
                 exit::USAGE
             }
         },
-        Cmd::Compile { out_dir, arches, report_socket, manifests } => {
-            let opts = Options { arches: if arches.is_empty() { Arch::ALL.to_vec() } else { arches }, report_socket };
+        Cmd::Compile {
+            out_dir,
+            arches,
+            report_socket,
+            manifests,
+        } => {
+            let opts = Options {
+                arches: if arches.is_empty() {
+                    Arch::ALL.to_vec()
+                } else {
+                    arches
+                },
+                report_socket,
+            };
             match compile_files(&manifests, &opts, &out_dir) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -105,9 +124,15 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<SecurityPolicy>, String> 
             if doc.is_null() {
                 continue;
             }
-            let kind = (doc.get("apiVersion").and_then(|v| v.as_str()), doc.get("kind").and_then(|v| v.as_str()));
+            let kind = (
+                doc.get("apiVersion").and_then(|v| v.as_str()),
+                doc.get("kind").and_then(|v| v.as_str()),
+            );
             if kind != (Some("kitfleet.dev/v1alpha1"), Some("SecurityPolicy")) {
-                errors.push(format!("{} document {i}: not a kitfleet.dev/v1alpha1 SecurityPolicy", path.display()));
+                errors.push(format!(
+                    "{} document {i}: not a kitfleet.dev/v1alpha1 SecurityPolicy",
+                    path.display()
+                ));
                 continue;
             }
             // apiVersion and kind are checked above; the typed object carries them itself.
@@ -122,10 +147,18 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<SecurityPolicy>, String> 
             }
         }
     }
-    if errors.is_empty() { Ok(out) } else { Err(errors.join("\n")) }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("\n"))
+    }
 }
 
-fn compile_files(paths: &[PathBuf], opts: &Options, out_dir: &std::path::Path) -> Result<(), String> {
+fn compile_files(
+    paths: &[PathBuf],
+    opts: &Options,
+    out_dir: &std::path::Path,
+) -> Result<(), String> {
     let policies = read_manifests(paths)?;
     let c = compile::compile(&policies, opts).map_err(|e| e.to_string())?;
     for note in &c.notes {

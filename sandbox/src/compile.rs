@@ -6,7 +6,9 @@ use crate::oci::{self, OciProfile};
 use crate::policy::{CompiledPolicy, FsRule, LandlockLayer, NetPorts, SeccompLayer};
 use crate::seccomp::{Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, generate};
 use kitfleet_api::SecurityPolicy;
-use kitfleet_api::security::{ArgOp, LandlockPolicy, PolicyMode, SeccompAction, SeccompBase, SeccompPolicy};
+use kitfleet_api::security::{
+    ArgOp, LandlockPolicy, PolicyMode, SeccompAction, SeccompBase, SeccompPolicy,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -21,7 +23,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { arches: Arch::ALL.to_vec(), report_socket: None }
+        Options {
+            arches: Arch::ALL.to_vec(),
+            report_socket: None,
+        }
     }
 }
 
@@ -38,7 +43,11 @@ pub struct CompileError {
 
 impl fmt::Display for CompileError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "policy {}: {}: {}", self.policy, self.field, self.message)
+        write!(
+            f,
+            "policy {}: {}: {}",
+            self.policy, self.field, self.message
+        )
     }
 }
 
@@ -93,7 +102,11 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(CompileError { policy: self.policy.clone(), field: field.into(), message: message.into() });
+        self.errors.push(CompileError {
+            policy: self.policy.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -113,10 +126,17 @@ pub fn compile(policies: &[SecurityPolicy], opts: &Options) -> Result<Compiled, 
     out.report_socket = opts.report_socket.clone();
     let mut named = Vec::new();
     if opts.arches.is_empty() {
-        errors.push(CompileError { policy: "-".into(), field: "arches".into(), message: "no architecture".into() });
+        errors.push(CompileError {
+            policy: "-".into(),
+            field: "arches".into(),
+            message: "no architecture".into(),
+        });
     }
     for p in policies {
-        let mut cx = Ctx { policy: policy_name(p), errors: &mut errors };
+        let mut cx = Ctx {
+            policy: policy_name(p),
+            errors: &mut errors,
+        };
         out.policies.push(cx.policy.clone());
         let mode = p.spec.mode;
         if let Some(l) = &p.spec.landlock {
@@ -126,17 +146,61 @@ pub fn compile(policies: &[SecurityPolicy], opts: &Options) -> Result<Compiled, 
             named.push(seccomp_layer(&mut cx, s, mode, &opts.arches));
         }
     }
+    if errors.is_empty() {
+        launcher_can_finish(&named, &mut errors);
+    }
     if !errors.is_empty() {
         return Err(CompileErrors(errors));
     }
     for arch in &opts.arches {
-        let layers = named.iter().map(|l| bpf_layer(l, *arch)).collect::<Vec<_>>();
+        let layers = named
+            .iter()
+            .map(|l| bpf_layer(l, *arch))
+            .collect::<Vec<_>>();
         if !layers.is_empty() {
             out.seccomp.insert(*arch, layers);
         }
     }
     let (profile, notes) = oci::profile(&named, &opts.arches);
-    Ok(Compiled { policy: out, profile, notes })
+    Ok(Compiled {
+        policy: out,
+        profile,
+        notes,
+    })
+}
+
+/// The launcher installs the filters in order, then execs: every filter must let `execve`
+/// through, and every filter but the last must let the next `seccomp()` through.
+fn launcher_can_finish(layers: &[NamedLayer], errors: &mut Vec<CompileError>) {
+    for (i, l) in layers.iter().enumerate() {
+        let needs: &[&str] = if i + 1 < layers.len() {
+            &["execve", "seccomp"]
+        } else {
+            &["execve"]
+        };
+        for name in needs {
+            let rule = l
+                .rules
+                .get(*name)
+                .cloned()
+                .unwrap_or_else(|| SyscallRule::always(l.default));
+            if !(rule.clauses.is_empty() || rule.action == rule.otherwise) || !rule.action.runs() {
+                let why = if *name == "execve" {
+                    "the launcher cannot exec the workload".to_string()
+                } else {
+                    format!(
+                        "the launcher cannot install the filter of {}",
+                        layers[i + 1].policy
+                    )
+                };
+                errors.push(CompileError {
+                    policy: l.policy.clone(),
+                    field: "spec.seccomp".into(),
+                    message: format!("{name} must be allowed unconditionally: {why}"),
+                });
+            }
+        }
+    }
 }
 
 fn landlock_layer(cx: &mut Ctx<'_>, l: &LandlockPolicy, mode: PolicyMode) -> LandlockLayer {
@@ -151,16 +215,27 @@ fn landlock_layer(cx: &mut Ctx<'_>, l: &LandlockPolicy, mode: PolicyMode) -> Lan
         }
         for (j, path) in r.paths.iter().enumerate() {
             if !path.starts_with('/') || path.contains('\0') {
-                cx.err(format!("{field}.paths[{j}]"), format!("{path:?} is not an absolute path"));
+                cx.err(
+                    format!("{field}.paths[{j}]"),
+                    format!("{path:?} is not an absolute path"),
+                );
             }
         }
         if r.access.is_empty() {
-            cx.err(format!("{field}.access"), "at least one access right is required");
+            cx.err(
+                format!("{field}.access"),
+                "at least one access right is required",
+            );
         }
         let mut access = r.access.clone();
         access.sort();
         access.dedup();
-        filesystem.push(FsRule { paths: r.paths.clone(), access, required: r.required, field });
+        filesystem.push(FsRule {
+            paths: r.paths.clone(),
+            access,
+            required: r.required,
+            field,
+        });
     }
     let network = l.network.as_ref().map(|n| NetPorts {
         bind_tcp: ports(cx, "spec.landlock.network.bindTcp", &n.bind_tcp),
@@ -169,7 +244,14 @@ fn landlock_layer(cx: &mut Ctx<'_>, l: &LandlockPolicy, mode: PolicyMode) -> Lan
     let mut scopes = l.scopes.clone();
     scopes.sort();
     scopes.dedup();
-    LandlockLayer { policy: cx.policy.clone(), mode, min_abi: l.min_abi, filesystem, network, scopes }
+    LandlockLayer {
+        policy: cx.policy.clone(),
+        mode,
+        min_abi: l.min_abi,
+        filesystem,
+        network,
+        scopes,
+    }
 }
 
 fn ports(cx: &mut Ctx<'_>, field: &str, list: &[u32]) -> Vec<u16> {
@@ -177,7 +259,10 @@ fn ports(cx: &mut Ctx<'_>, field: &str, list: &[u32]) -> Vec<u16> {
     for (i, p) in list.iter().enumerate() {
         match u16::try_from(*p) {
             Ok(p) if p != 0 => out.push(p),
-            _ => cx.err(format!("{field}[{i}]"), format!("port {p} is not in 1-65535")),
+            _ => cx.err(
+                format!("{field}[{i}]"),
+                format!("port {p} is not in 1-65535"),
+            ),
         }
     }
     out.sort();
@@ -194,7 +279,10 @@ fn errno(cx: &mut Ctx<'_>, field: String, action: SeccompAction, errno: Option<u
             Action::Errno(1)
         }
         (a, Some(_)) => {
-            cx.err(field, format!("an errno contradicts action {}", action_name(a)));
+            cx.err(
+                field,
+                format!("an errno contradicts action {}", action_name(a)),
+            );
             Action::Errno(1)
         }
         (SeccompAction::Allow, None) => Action::Allow,
@@ -216,8 +304,18 @@ fn action_name(a: SeccompAction) -> &'static str {
     }
 }
 
-fn seccomp_layer(cx: &mut Ctx<'_>, s: &SeccompPolicy, mode: PolicyMode, arches: &[Arch]) -> NamedLayer {
-    let default = errno(cx, "spec.seccomp.defaultErrno".into(), s.default_action, s.default_errno);
+fn seccomp_layer(
+    cx: &mut Ctx<'_>,
+    s: &SeccompPolicy,
+    mode: PolicyMode,
+    arches: &[Arch],
+) -> NamedLayer {
+    let default = errno(
+        cx,
+        "spec.seccomp.defaultErrno".into(),
+        s.default_action,
+        s.default_errno,
+    );
     let mut rules: BTreeMap<String, SyscallRule> = match s.base {
         Some(SeccompBase::RuntimeDefault) => base_by_name(arches),
         None => BTreeMap::new(),
@@ -228,34 +326,65 @@ fn seccomp_layer(cx: &mut Ctx<'_>, s: &SeccompPolicy, mode: PolicyMode, arches: 
         let action = errno(cx, format!("{field}.errno"), r.action, r.errno);
         let clause = conditions(cx, &field, r);
         if r.names.is_empty() {
-            cx.err(format!("{field}.names"), "at least one syscall name is required");
+            cx.err(
+                format!("{field}.names"),
+                "at least one syscall name is required",
+            );
         }
         for (j, name) in r.names.iter().enumerate() {
-            let missing: Vec<&str> = arches.iter().filter(|a| a.lookup(name).is_none()).map(|a| a.name()).collect();
+            let missing: Vec<&str> = arches
+                .iter()
+                .filter(|a| a.lookup(name).is_none())
+                .map(|a| a.name())
+                .collect();
             if missing.len() == arches.len() {
-                cx.err(format!("{field}.names[{j}]"), format!("unknown syscall {name:?}"));
+                cx.err(
+                    format!("{field}.names[{j}]"),
+                    format!("unknown syscall {name:?}"),
+                );
                 continue;
             } else if !missing.is_empty() {
-                let msg = format!("{name:?} is not a syscall on {} (compile for fewer architectures)", missing.join(", "));
+                let msg = format!(
+                    "{name:?} is not a syscall on {} (compile for fewer architectures)",
+                    missing.join(", ")
+                );
                 cx.err(format!("{field}.names[{j}]"), msg);
                 continue;
             }
             match own.get_mut(name) {
                 Some((k, prev)) if prev.action != action => {
-                    let msg = format!("{name:?} is also in spec.seccomp.rules[{k}] with a different action");
+                    let msg = format!(
+                        "{name:?} is also in spec.seccomp.rules[{k}] with a different action"
+                    );
                     cx.err(format!("{field}.names[{j}]"), msg);
                 }
                 // An unconditional rule covers any conditional one for the same syscall.
-                Some((_, prev)) if prev.clauses.is_empty() || clause.is_empty() => prev.clauses.clear(),
+                Some((_, prev)) if prev.clauses.is_empty() || clause.is_empty() => {
+                    prev.clauses.clear()
+                }
                 Some((_, prev)) => prev.clauses.push(clause.clone()),
                 None => {
-                    let clauses = if clause.is_empty() { Vec::new() } else { vec![clause.clone()] };
+                    let clauses = if clause.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![clause.clone()]
+                    };
                     // Outside its conditions a call gets what the base gives it unconditionally, else the default.
                     let otherwise = match rules.get(name) {
                         Some(b) if b.clauses.is_empty() => b.action,
                         _ => default,
                     };
-                    own.insert(name.clone(), (i, SyscallRule { clauses, action, otherwise }));
+                    own.insert(
+                        name.clone(),
+                        (
+                            i,
+                            SyscallRule {
+                                clauses,
+                                action,
+                                otherwise,
+                            },
+                        ),
+                    );
                 }
             }
         }
@@ -265,7 +394,13 @@ fn seccomp_layer(cx: &mut Ctx<'_>, s: &SeccompPolicy, mode: PolicyMode, arches: 
         r.otherwise = default;
     }
     rules.extend(own.into_iter().map(|(n, (_, r))| (n, r)));
-    let mut layer = NamedLayer { policy: cx.policy.clone(), mode, default, rules, log: mode == PolicyMode::EnforceAndLog };
+    let mut layer = NamedLayer {
+        policy: cx.policy.clone(),
+        mode,
+        default,
+        rules,
+        log: mode == PolicyMode::EnforceAndLog,
+    };
     if mode == PolicyMode::Audit {
         layer.default = layer.default.audited();
         for r in layer.rules.values_mut() {
@@ -281,7 +416,10 @@ fn conditions(cx: &mut Ctx<'_>, field: &str, r: &kitfleet_api::security::Seccomp
     for (k, a) in r.args.iter().enumerate() {
         let f = format!("{field}.args[{k}]");
         if a.index > 5 {
-            cx.err(format!("{f}.index"), format!("argument index {} is not in 0-5", a.index));
+            cx.err(
+                format!("{f}.index"),
+                format!("argument index {} is not in 0-5", a.index),
+            );
         }
         let op = match a.op {
             ArgOp::Eq => CmpOp::Eq,
@@ -294,13 +432,22 @@ fn conditions(cx: &mut Ctx<'_>, field: &str, r: &kitfleet_api::security::Seccomp
         };
         match (op, a.value_two) {
             (CmpOp::MaskedEq, None) => cx.err(format!("{f}.valueTwo"), "masked-eq needs valueTwo"),
-            (CmpOp::MaskedEq, Some(v2)) if v2 & !a.value != 0 => {
-                cx.err(format!("{f}.valueTwo"), "valueTwo has bits outside the mask (value): the rule can never match")
-            }
+            (CmpOp::MaskedEq, Some(v2)) if v2 & !a.value != 0 => cx.err(
+                format!("{f}.valueTwo"),
+                "valueTwo has bits outside the mask (value): the rule can never match",
+            ),
             (CmpOp::MaskedEq, _) | (_, None) => {}
-            (_, Some(_)) => cx.err(format!("{f}.valueTwo"), "valueTwo is only valid with masked-eq"),
+            (_, Some(_)) => cx.err(
+                format!("{f}.valueTwo"),
+                "valueTwo is only valid with masked-eq",
+            ),
         }
-        out.push(Cond { index: a.index.min(5), op, value: a.value, value_two: a.value_two.unwrap_or(0) });
+        out.push(Cond {
+            index: a.index.min(5),
+            op,
+            value: a.value,
+            value_two: a.value_two.unwrap_or(0),
+        });
     }
     out
 }
@@ -317,9 +464,22 @@ fn base_by_name(arches: &[Arch]) -> BTreeMap<String, SyscallRule> {
 }
 
 fn bpf_layer(l: &NamedLayer, arch: Arch) -> SeccompLayer {
-    let syscalls = l.rules.iter().filter_map(|(name, r)| arch.lookup(name).map(|nr| (nr, r.clone()))).collect();
-    let spec = FilterSpec { arch, default: l.default, syscalls };
-    SeccompLayer { policy: l.policy.clone(), mode: l.mode, log: l.log, program: generate(&spec) }
+    let syscalls = l
+        .rules
+        .iter()
+        .filter_map(|(name, r)| arch.lookup(name).map(|nr| (nr, r.clone())))
+        .collect();
+    let spec = FilterSpec {
+        arch,
+        default: l.default,
+        syscalls,
+    };
+    SeccompLayer {
+        policy: l.policy.clone(),
+        mode: l.mode,
+        log: l.log,
+        program: generate(&spec),
+    }
 }
 
 #[cfg(test)]

@@ -39,8 +39,16 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: i32, reason: impl Into<String>) -> Self {
-        let event = if code == exit::ABI || code == exit::REQUIRED_PATH { "refused" } else { "error" };
-        Refusal { code, reason: reason.into(), event }
+        let event = if code == exit::ABI || code == exit::REQUIRED_PATH {
+            "refused"
+        } else {
+            "error"
+        };
+        Refusal {
+            code,
+            reason: reason.into(),
+            event,
+        }
     }
 }
 
@@ -60,9 +68,13 @@ pub fn native_layers(policy: &CompiledPolicy) -> Result<&[SeccompLayer], Refusal
     if policy.seccomp.is_empty() {
         return Ok(&[]);
     }
-    let arch = Arch::native().ok_or_else(|| Refusal::new(exit::ENFORCE, "unsupported architecture"))?;
+    let arch =
+        Arch::native().ok_or_else(|| Refusal::new(exit::ENFORCE, "unsupported architecture"))?;
     policy.seccomp.get(&arch).map(Vec::as_slice).ok_or_else(|| {
-        Refusal::new(exit::ENFORCE, format!("the policy has seccomp filters but none for {arch}"))
+        Refusal::new(
+            exit::ENFORCE,
+            format!("the policy has seccomp filters but none for {arch}"),
+        )
     })
 }
 
@@ -96,7 +108,12 @@ enum Never {}
 
 type Failed = (Option<Channel>, Refusal);
 
-fn apply(policy: &CompiledPolicy, argv: &[OsString], outcome: &mut Outcome, channel: Channel) -> Result<Never, Failed> {
+fn apply(
+    policy: &CompiledPolicy,
+    argv: &[OsString],
+    outcome: &mut Outcome,
+    channel: Channel,
+) -> Result<Never, Failed> {
     let argv_c = match cstrings(argv) {
         Ok(a) => a,
         Err(r) => return Err((Some(channel), r)),
@@ -107,7 +124,12 @@ fn apply(policy: &CompiledPolicy, argv: &[OsString], outcome: &mut Outcome, chan
     };
     let abi = match sys::abi() {
         Ok(a) => a,
-        Err(e) => return Err((Some(channel), Refusal::new(exit::ENFORCE, format!("landlock ABI probe: {e}")))),
+        Err(e) => {
+            return Err((
+                Some(channel),
+                Refusal::new(exit::ENFORCE, format!("landlock ABI probe: {e}")),
+            ));
+        }
     };
     outcome.landlock_abi = Some(abi);
     let prepared = match landlock::prepare(&policy.landlock, abi) {
@@ -116,14 +138,19 @@ fn apply(policy: &CompiledPolicy, argv: &[OsString], outcome: &mut Outcome, chan
     };
     outcome.landlock = prepared.reports.clone();
     if let Err(e) = sys::set_no_new_privs() {
-        return Err((Some(channel), Refusal::new(exit::ENFORCE, format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))));
+        return Err((
+            Some(channel),
+            Refusal::new(exit::ENFORCE, format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")),
+        ));
     }
     if let Err(e) = prepared.enforce() {
         return Err((Some(channel), e.into()));
     }
     if !layers.is_empty() {
         outcome.seccomp = Some(SeccompReport {
-            arch: Arch::native().map(|a| a.name().to_string()).unwrap_or_default(),
+            arch: Arch::native()
+                .map(|a| a.name().to_string())
+                .unwrap_or_default(),
             layers: layers
                 .iter()
                 .map(|l| SeccompLayerReport {
@@ -138,7 +165,10 @@ fn apply(policy: &CompiledPolicy, argv: &[OsString], outcome: &mut Outcome, chan
     channel.send(outcome);
     for l in layers {
         if let Err(e) = install(&l.program, l.log) {
-            let r = Refusal::new(exit::ENFORCE, format!("policy {}: seccomp filter: {e}", l.policy));
+            let r = Refusal::new(
+                exit::ENFORCE,
+                format!("policy {}: seccomp filter: {e}", l.policy),
+            );
             return Err((None, r));
         }
     }
@@ -147,16 +177,29 @@ fn apply(policy: &CompiledPolicy, argv: &[OsString], outcome: &mut Outcome, chan
     // SAFETY: `ptrs` is a NULL-terminated array of pointers into `argv_c`, alive across the call.
     unsafe { libc::execvp(ptrs[0], ptrs.as_ptr()) };
     let e = std::io::Error::last_os_error();
-    let code = if e.raw_os_error() == Some(libc::ENOENT) { exit::NOT_FOUND } else { exit::CANNOT_EXEC };
-    Err((None, Refusal::new(code, format!("exec {}: {e}", argv[0].to_string_lossy()))))
+    let code = if e.raw_os_error() == Some(libc::ENOENT) {
+        exit::NOT_FOUND
+    } else {
+        exit::CANNOT_EXEC
+    };
+    Err((
+        None,
+        Refusal::new(code, format!("exec {}: {e}", argv[0].to_string_lossy())),
+    ))
 }
 
 fn cstrings(argv: &[OsString]) -> Result<Vec<CString>, Refusal> {
     if argv.is_empty() {
-        return Err(Refusal::new(exit::USAGE, "no workload: usage: kitfleet-sandbox exec --policy FILE -- ARGV..."));
+        return Err(Refusal::new(
+            exit::USAGE,
+            "no workload: usage: kitfleet-sandbox exec --policy FILE -- ARGV...",
+        ));
     }
     argv.iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| Refusal::new(exit::USAGE, "argv contains a NUL byte")))
+        .map(|a| {
+            CString::new(a.as_bytes())
+                .map_err(|_| Refusal::new(exit::USAGE, "argv contains a NUL byte"))
+        })
         .collect()
 }
 
@@ -168,7 +211,10 @@ fn fail(channel: Channel, mut outcome: Outcome, r: Refusal) -> i32 {
     channel.send(&outcome);
     if to_socket {
         // The reason also goes to stderr, where `kubectl logs` shows it.
-        eprintln!("kitfleet-sandbox: error: {}", outcome.reason.as_deref().unwrap_or_default());
+        eprintln!(
+            "kitfleet-sandbox: error: {}",
+            outcome.reason.as_deref().unwrap_or_default()
+        );
     }
     r.code
 }

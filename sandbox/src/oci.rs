@@ -13,13 +13,75 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Syscalls the launcher makes between the runtime's filter and its own `execve`: the static
-/// binary's start-up, reading the policy, Landlock, the report socket, seccomp and exec.
+/// binary's start-up, reading the policy, Landlock, the report socket, seccomp and exec; plus what
+/// runc's Go init still does after it loads the profile (dropping to the container's user and
+/// capabilities, `chdir` to the working directory, closing inherited descriptors through
+/// `/proc/self/fd`, the Go runtime's threads and signals). Found with strace, and with podman/runc
+/// under a `SCMP_ACT_LOG` profile.
 pub const LAUNCHER_NEEDS: &[&str] = &[
-    "arch_prctl", "brk", "close", "connect", "execve", "exit_group", "fcntl", "fstat", "getpid", "getrandom",
-    "gettid", "landlock_add_rule", "landlock_create_ruleset", "landlock_restrict_self", "mmap", "mprotect", "munmap",
-    "newfstatat", "openat", "poll", "ppoll", "prctl", "prlimit64", "read", "readlink", "readlinkat", "rseq",
-    "rt_sigaction", "rt_sigprocmask", "sched_getaffinity", "seccomp", "sendto", "set_robust_list", "set_tid_address",
-    "setsockopt", "sigaltstack", "socket", "statx", "write", "writev",
+    "arch_prctl",
+    "brk",
+    "capget",
+    "capset",
+    "chdir",
+    "clock_gettime",
+    "clock_nanosleep",
+    "close",
+    "connect",
+    "epoll_ctl",
+    "epoll_pwait",
+    "execve",
+    "exit",
+    "exit_group",
+    "faccessat2",
+    "fchdir",
+    "fcntl",
+    "fstat",
+    "fstatfs",
+    "futex",
+    "getcwd",
+    "getdents64",
+    "getpid",
+    "getrandom",
+    "gettid",
+    "landlock_add_rule",
+    "landlock_create_ruleset",
+    "landlock_restrict_self",
+    "madvise",
+    "mmap",
+    "mprotect",
+    "munmap",
+    "nanosleep",
+    "newfstatat",
+    "openat",
+    "poll",
+    "ppoll",
+    "prctl",
+    "prlimit64",
+    "read",
+    "readlink",
+    "readlinkat",
+    "rseq",
+    "rt_sigaction",
+    "rt_sigprocmask",
+    "rt_sigreturn",
+    "sched_getaffinity",
+    "sched_yield",
+    "seccomp",
+    "sendto",
+    "set_robust_list",
+    "set_tid_address",
+    "setgid",
+    "setgroups",
+    "setsockopt",
+    "setuid",
+    "sigaltstack",
+    "socket",
+    "statfs",
+    "statx",
+    "tgkill",
+    "write",
+    "writev",
 ];
 
 /// A seccomp profile in the OCI / Docker JSON format.
@@ -80,7 +142,11 @@ impl OciProfile {
 }
 
 fn least(a: Action, b: Action) -> Action {
-    if b.precedence() < a.precedence() { b } else { a }
+    if b.precedence() < a.precedence() {
+        b
+    } else {
+        a
+    }
 }
 
 /// Merges two layers' rules for one syscall; `false` when the result had to be loosened.
@@ -89,7 +155,11 @@ pub fn merge(a: &SyscallRule, b: &SyscallRule) -> (SyscallRule, bool) {
     match (uncond(a), uncond(b)) {
         (true, true) => (SyscallRule::always(a.action.strictest(b.action)), true),
         (true, false) | (false, true) => {
-            let (u, c) = if uncond(a) { (a.action, b) } else { (b.action, a) };
+            let (u, c) = if uncond(a) {
+                (a.action, b)
+            } else {
+                (b.action, a)
+            };
             let r = SyscallRule {
                 clauses: c.clauses.clone(),
                 action: u.strictest(c.action),
@@ -107,16 +177,34 @@ pub fn merge(a: &SyscallRule, b: &SyscallRule) -> (SyscallRule, bool) {
         }
         (false, false) => {
             let both = a.action.strictest(b.action);
-            let outs = [a.action.strictest(b.otherwise), a.otherwise.strictest(b.action), a.otherwise.strictest(b.otherwise)];
+            let outs = [
+                a.action.strictest(b.otherwise),
+                a.otherwise.strictest(b.action),
+                a.otherwise.strictest(b.otherwise),
+            ];
             if outs.iter().all(|o| *o == outs[2]) {
                 let clauses = a
                     .clauses
                     .iter()
-                    .flat_map(|x| b.clauses.iter().map(move |y| x.iter().chain(y).copied().collect()))
+                    .flat_map(|x| {
+                        b.clauses
+                            .iter()
+                            .map(move |y| x.iter().chain(y).copied().collect())
+                    })
                     .collect();
-                (SyscallRule { clauses, action: both, otherwise: outs[2] }, true)
+                (
+                    SyscallRule {
+                        clauses,
+                        action: both,
+                        otherwise: outs[2],
+                    },
+                    true,
+                )
             } else {
-                (SyscallRule::always(outs.iter().fold(both, |m, o| least(m, *o))), false)
+                (
+                    SyscallRule::always(outs.iter().fold(both, |m, o| least(m, *o))),
+                    false,
+                )
             }
         }
     }
@@ -135,30 +223,58 @@ fn op_name(op: CmpOp) -> &'static str {
 }
 
 fn oci_arg(c: &Cond) -> OciArg {
-    OciArg { index: c.index as u32, value: c.value, value_two: c.value_two, op: op_name(c.op).into() }
+    OciArg {
+        index: c.index as u32,
+        value: c.value,
+        value_two: c.value_two,
+        op: op_name(c.op).into(),
+    }
 }
 
 fn errno_ret(a: Action) -> Option<u32> {
-    if let Action::Errno(e) = a { Some(e as u32) } else { None }
+    if let Action::Errno(e) = a {
+        Some(e as u32)
+    } else {
+        None
+    }
 }
 
 /// Builds the profile for the stacked `layers` and the notes on where it is looser than the filters.
 pub fn profile(layers: &[NamedLayer], arches: &[Arch]) -> (OciProfile, Vec<String>) {
     let mut notes = Vec::new();
     let architectures = arches.iter().map(|a| a.oci_name().to_string()).collect();
-    let flags = if layers.iter().any(|l| l.log) { vec!["SECCOMP_FILTER_FLAG_LOG".into()] } else { Vec::new() };
+    let flags = if layers.iter().any(|l| l.log) {
+        vec!["SECCOMP_FILTER_FLAG_LOG".into()]
+    } else {
+        Vec::new()
+    };
     if layers.is_empty() {
-        let p = OciProfile { default_action: Action::Allow.oci_name().into(), default_errno_ret: None, architectures, flags, syscalls: Vec::new() };
+        let p = OciProfile {
+            default_action: Action::Allow.oci_name().into(),
+            default_errno_ret: None,
+            architectures,
+            flags,
+            syscalls: Vec::new(),
+        };
         return (p, notes);
     }
-    let default = layers.iter().fold(Action::Allow, |m, l| m.strictest(l.default));
-    let mut names: BTreeSet<&str> = layers.iter().flat_map(|l| l.rules.keys().map(String::as_str)).collect();
+    let default = layers
+        .iter()
+        .fold(Action::Allow, |m, l| m.strictest(l.default));
+    let mut names: BTreeSet<&str> = layers
+        .iter()
+        .flat_map(|l| l.rules.keys().map(String::as_str))
+        .collect();
     names.extend(LAUNCHER_NEEDS);
     let mut groups: BTreeMap<(String, Option<u32>, Vec<OciArg>), Vec<String>> = BTreeMap::new();
     for name in names {
         let mut merged = SyscallRule::always(Action::Allow);
         for l in layers {
-            let r = l.rules.get(name).cloned().unwrap_or_else(|| SyscallRule::always(l.default));
+            let r = l
+                .rules
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| SyscallRule::always(l.default));
             let (m, exact) = merge(&merged, &r);
             if !exact {
                 notes.push(format!(
@@ -199,7 +315,12 @@ pub fn profile(layers: &[NamedLayer], arches: &[Arch]) -> (OciProfile, Vec<Strin
     }
     let syscalls = groups
         .into_iter()
-        .map(|((action, errno_ret, args), names)| OciSyscall { names, action, errno_ret, args })
+        .map(|((action, errno_ret, args), names)| OciSyscall {
+            names,
+            action,
+            errno_ret,
+            args,
+        })
         .collect();
     let p = OciProfile {
         default_action: default.oci_name().into(),

@@ -132,19 +132,30 @@ impl CompiledPolicy {
 
     /// Parses and checks a policy file's contents.
     pub fn from_json(path: &str, text: &[u8]) -> Result<Self, LoadError> {
-        let err = |message: String| LoadError::Parse { path: path.into(), message };
+        let err = |message: String| LoadError::Parse {
+            path: path.into(),
+            message,
+        };
         let p: CompiledPolicy = parse(text).map_err(err)?;
         if p.format != FORMAT {
-            return Err(err(format!("format: expected {FORMAT:?}, found {:?}", p.format)));
+            return Err(err(format!(
+                "format: expected {FORMAT:?}, found {:?}",
+                p.format
+            )));
         }
         if p.version != VERSION {
-            return Err(err(format!("version: this launcher reads version {VERSION}, found {}", p.version)));
+            return Err(err(format!(
+                "version: this launcher reads version {VERSION}, found {}",
+                p.version
+            )));
         }
         for (arch, layers) in &p.seccomp {
             for (i, l) in layers.iter().enumerate() {
                 if l.program.is_empty() || l.program.len() > crate::seccomp::bpf::MAX_INSNS {
                     let n = l.program.len();
-                    return Err(err(format!("seccomp.{arch}[{i}].program: {n} instructions (1-4096 allowed)")));
+                    return Err(err(format!(
+                        "seccomp.{arch}[{i}].program: {n} instructions (1-4096 allowed)"
+                    )));
                 }
             }
         }
@@ -153,7 +164,10 @@ impl CompiledPolicy {
 
     /// Reads and checks a policy file.
     pub fn load(path: &str) -> Result<Self, LoadError> {
-        let text = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        let text = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_json(path, &text)
     }
 
@@ -175,7 +189,11 @@ fn parse<T: serde::de::DeserializeOwned>(text: &[u8]) -> Result<T, String> {
     let de = &mut serde_json::Deserializer::from_slice(text);
     let v = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." { e.into_inner().to_string() } else { format!("{path}: {}", e.into_inner()) }
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
     })?;
     de.end().map_err(|e| e.to_string())?;
     Ok(v)

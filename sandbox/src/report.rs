@@ -108,7 +108,9 @@ impl Channel {
                     let _ = s.set_write_timeout(Some(Duration::from_secs(2)));
                     Channel::Socket(s)
                 }
-                Err(e) => Channel::Stderr { note: Some(format!("report socket {path}: {e}")) },
+                Err(e) => Channel::Stderr {
+                    note: Some(format!("report socket {path}: {e}")),
+                },
             },
         }
     }

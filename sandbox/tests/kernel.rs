@@ -25,7 +25,11 @@ struct Sandbox {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Read/exec of /usr, /lib, /bin and the probe's dir; read/write of one temp dir (no `refer`).
@@ -112,20 +116,38 @@ fn filesystem_rules_allow_the_temp_dir_and_deny_the_rest() {
     // Denied: create, write, truncate, unlink, rename into or out of a forbidden dir, read it.
     assert_eq!(s.probe(&["write", &s.forbidden("new")]), Err(EACCES));
     assert_eq!(s.probe(&["write", &s.forbidden("existing")]), Err(EACCES));
-    assert_eq!(s.probe(&["truncate", &s.forbidden("existing")]), Err(EACCES));
+    assert_eq!(
+        s.probe(&["truncate", &s.forbidden("existing")]),
+        Err(EACCES)
+    );
     assert_eq!(s.probe(&["unlink", &s.forbidden("existing")]), Err(EACCES));
     assert_eq!(s.probe(&["read", &s.forbidden("existing")]), Err(EACCES));
     assert_eq!(s.probe(&["mkdir", &s.forbidden("dir")]), Err(EACCES));
-    assert_eq!(s.probe(&["rename", &s.rw("d1/g"), &s.forbidden("g")]), Err(EACCES));
-    assert_eq!(s.probe(&["rename", &s.forbidden("existing"), &s.rw("stolen")]), Err(EACCES));
+    assert_eq!(
+        s.probe(&["rename", &s.rw("d1/g"), &s.forbidden("g")]),
+        Err(EACCES)
+    );
+    assert_eq!(
+        s.probe(&["rename", &s.forbidden("existing"), &s.rw("stolen")]),
+        Err(EACCES)
+    );
     // Across directories without the refer right, even inside the writable tree.
-    assert_eq!(s.probe(&["rename", &s.rw("d1/f"), &s.rw("d2/f")]), Err(EXDEV));
+    assert_eq!(
+        s.probe(&["rename", &s.rw("d1/f"), &s.rw("d2/f")]),
+        Err(EXDEV)
+    );
     assert_eq!(s.probe(&["link", &s.rw("d1/f"), &s.rw("d2/l")]), Err(EXDEV));
     // Exec of a binary outside the allowed paths.
     std::fs::copy(probe(), s.forbidden.join("probe")).unwrap();
-    assert_eq!(s.probe(&["exec", &s.forbidden("probe"), "euid"]), Err(EACCES));
+    assert_eq!(
+        s.probe(&["exec", &s.forbidden("probe"), "euid"]),
+        Err(EACCES)
+    );
     // Nothing leaked through.
-    assert_eq!(std::fs::read_to_string(s.forbidden.join("existing")).unwrap(), "secret");
+    assert_eq!(
+        std::fs::read_to_string(s.forbidden.join("existing")).unwrap(),
+        "secret"
+    );
     assert!(!s.forbidden.join("new").exists() && !s.forbidden.join("g").exists());
     assert!(s.rw.join("d1/f").exists() && !s.rw.join("d2/f").exists());
 }
@@ -139,7 +161,11 @@ fn tcp_bind_and_connect_are_limited_to_the_listed_ports() {
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let s = sandbox("", ok.local_addr().unwrap().port());
     let other_port = other.local_addr().unwrap().port().to_string();
-    assert_eq!(direct(&["connect", &other_port]), Ok(0), "control: reachable outside the sandbox");
+    assert_eq!(
+        direct(&["connect", &other_port]),
+        Ok(0),
+        "control: reachable outside the sandbox"
+    );
     assert_eq!(s.probe(&["connect", &s.connect_ok.to_string()]), Ok(0));
     assert_eq!(s.probe(&["connect", &other_port]), Err(EACCES));
     assert_eq!(s.probe(&["bind", &s.bind_ok.to_string()]), Ok(0));
@@ -172,17 +198,47 @@ fn seccomp_actions_and_argument_conditions() {
         return;
     }
     let s = sandbox("", 1);
-    assert!(s.probe(&["syscall", "121", "0"]).is_ok(), "getpgid(0) allowed");
-    assert_eq!(s.probe(&["syscall", "121", "1"]), Err(42), "getpgid(1): errno rule with a condition");
+    assert!(
+        s.probe(&["syscall", "121", "0"]).is_ok(),
+        "getpgid(0) allowed"
+    );
+    assert_eq!(
+        s.probe(&["syscall", "121", "1"]),
+        Err(42),
+        "getpgid(1): errno rule with a condition"
+    );
     assert_eq!(s.probe(&["lseek", "5"]), Ok(5));
-    assert_eq!(s.probe(&["lseek", "4294967296"]), Ok(4294967296), "equal is not greater");
-    assert_eq!(s.probe(&["lseek", "8589934592"]), Err(75), "64-bit argument compared on both halves");
-    assert!(direct(&["syscall", "101", "0"]).is_ok(), "control: ptrace(TRACEME)");
-    assert_eq!(s.probe(&["syscall", "101", "0"]), Err(EPERM), "ptrace falls to the errno default");
+    assert_eq!(
+        s.probe(&["lseek", "4294967296"]),
+        Ok(4294967296),
+        "equal is not greater"
+    );
+    assert_eq!(
+        s.probe(&["lseek", "8589934592"]),
+        Err(75),
+        "64-bit argument compared on both halves"
+    );
+    assert!(
+        direct(&["syscall", "101", "0"]).is_ok(),
+        "control: ptrace(TRACEME)"
+    );
+    assert_eq!(
+        s.probe(&["syscall", "101", "0"]),
+        Err(EPERM),
+        "ptrace falls to the errno default"
+    );
     let killed = s.run(&["syscall", "110"]);
-    assert_eq!(killed.status.signal(), Some(SIGSYS), "getppid: kill-process {killed:?}");
+    assert_eq!(
+        killed.status.signal(),
+        Some(SIGSYS),
+        "getppid: kill-process {killed:?}"
+    );
     let trapped = s.run(&["syscall", "124", "0"]);
-    assert_eq!(trapped.status.signal(), Some(SIGSYS), "getsid: trap {trapped:?}");
+    assert_eq!(
+        trapped.status.signal(),
+        Some(SIGSYS),
+        "getsid: trap {trapped:?}"
+    );
 }
 
 #[test]
@@ -207,10 +263,22 @@ fn setuid_binaries_gain_nothing() {
     let suid = probe().parent().unwrap().join("suid-probe");
     std::fs::copy(probe(), &suid).unwrap();
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
-    let nobody = |cmd: &mut Command| -> Result<i64, i32> { verdict(&cmd.uid(65534).gid(65534).output().unwrap()) };
-    assert_eq!(nobody(Command::new(&suid).arg("euid")), Ok(0), "control: setuid root works outside");
+    let nobody = |cmd: &mut Command| -> Result<i64, i32> {
+        verdict(&cmd.uid(65534).gid(65534).output().unwrap())
+    };
+    assert_eq!(
+        nobody(Command::new(&suid).arg("euid")),
+        Ok(0),
+        "control: setuid root works outside"
+    );
     let mut sandboxed = Command::new(LAUNCHER);
-    sandboxed.arg("exec").arg("--policy").arg(&s.policy).arg("--").arg(&suid).arg("euid");
+    sandboxed
+        .arg("exec")
+        .arg("--policy")
+        .arg(&s.policy)
+        .arg("--")
+        .arg(&suid)
+        .arg("euid");
     assert_eq!(nobody(&mut sandboxed), Ok(65534));
     std::fs::remove_file(suid).unwrap();
 }
@@ -222,7 +290,11 @@ fn a_policy_requiring_abi_8_refuses_to_run_the_workload() {
     }
     let s = sandbox("  mode: enforce", 1);
     let text = std::fs::read_to_string(&s.policy).unwrap();
-    let text = text.replacen("\"mode\": \"enforce\",", "\"mode\": \"enforce\",\n      \"minAbi\": 8,", 1);
+    let text = text.replacen(
+        "\"mode\": \"enforce\",",
+        "\"mode\": \"enforce\",\n      \"minAbi\": 8,",
+        1,
+    );
     std::fs::write(&s.policy, text).unwrap();
     let marker = s.rw("marker");
     let out = s.run(&["write", &marker]);
@@ -230,8 +302,18 @@ fn a_policy_requiring_abi_8_refuses_to_run_the_workload() {
     assert!(!Path::new(&marker).exists(), "the workload must not run");
     let r = report(&out);
     assert_eq!(r["event"], "refused");
-    assert!(r["reason"].as_str().unwrap().contains("minAbi is 8 but this kernel offers Landlock ABI 7"), "{r}");
-    let check = Command::new(LAUNCHER).args(["check", "--policy"]).arg(&s.policy).output().unwrap();
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("minAbi is 8 but this kernel offers Landlock ABI 7"),
+        "{r}"
+    );
+    let check = Command::new(LAUNCHER)
+        .args(["check", "--policy"])
+        .arg(&s.policy)
+        .output()
+        .unwrap();
     assert_eq!(check.status.code(), Some(121));
     assert!(String::from_utf8_lossy(&check.stdout).contains("REFUSED"));
 }
@@ -260,7 +342,12 @@ fn missing_paths_are_dropped_unless_required() {
     let out = launch(&policy, &[probe().to_str().unwrap(), "euid"]);
     assert_eq!(out.status.code(), Some(122), "{out:?}");
     assert!(out.stdout.is_empty());
-    assert!(report(&out)["reason"].as_str().unwrap().contains("required path /no/such/dir"));
+    assert!(
+        report(&out)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("required path /no/such/dir")
+    );
 }
 
 #[test]
@@ -273,9 +360,20 @@ fn audit_mode_applies_no_landlock_and_logs_instead_of_denying() {
     assert_eq!(verdict(&out), Ok(1));
     let r = report(&out);
     assert_eq!(r["landlock"][0]["applied"], false);
-    assert!(r["landlock"][0]["reason"].as_str().unwrap().starts_with("audit mode"));
-    assert!(s.probe(&["syscall", "110"]).is_ok(), "getppid's kill rule only logs");
-    assert!(s.probe(&["syscall", "101", "0"]).is_ok(), "ptrace's errno default only logs");
+    assert!(
+        r["landlock"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("audit mode")
+    );
+    assert!(
+        s.probe(&["syscall", "110"]).is_ok(),
+        "getppid's kill rule only logs"
+    );
+    assert!(
+        s.probe(&["syscall", "101", "0"]).is_ok(),
+        "ptrace's errno default only logs"
+    );
 }
 
 #[test]
@@ -304,15 +402,31 @@ fn stacked_policies_intersect() {
             "apiVersion: kitfleet.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: ns}}\nspec:\n  landlock:\n    filesystem:\n      - {{paths: [/usr, /lib, {tools}], access: [execute, read-file, read-dir]}}\n      - {{paths: [{dirs}], access: [write-file, make-reg]}}\n  seccomp:\n    defaultAction: allow\n    rules: [{{names: [{errno_rule}], action: errno, errno: 7}}]\n"
         )
     };
-    let (pa, pb) = (a.path().display().to_string(), b.path().display().to_string());
-    let yaml = format!("{}---\n{}", doc("one", &format!("{pa}, {pb}"), "getpgid"), doc("two", &pa, "getsid"));
+    let (pa, pb) = (
+        a.path().display().to_string(),
+        b.path().display().to_string(),
+    );
+    let yaml = format!(
+        "{}---\n{}",
+        doc("one", &format!("{pa}, {pb}"), "getpgid"),
+        doc("two", &pa, "getsid")
+    );
     let policy = write_policy(conf.path(), &yaml);
     let run = |args: &[&str]| {
-        let argv: Vec<&str> = std::iter::once(probe().to_str().unwrap()).chain(args.iter().copied()).collect();
+        let argv: Vec<&str> = std::iter::once(probe().to_str().unwrap())
+            .chain(args.iter().copied())
+            .collect();
         verdict(&launch(&policy, &argv))
     };
-    assert_eq!(run(&["write", &a.path().join("f").display().to_string()]), Ok(1));
-    assert_eq!(run(&["write", &b.path().join("f").display().to_string()]), Err(EACCES), "policy two denies b");
+    assert_eq!(
+        run(&["write", &a.path().join("f").display().to_string()]),
+        Ok(1)
+    );
+    assert_eq!(
+        run(&["write", &b.path().join("f").display().to_string()]),
+        Err(EACCES),
+        "policy two denies b"
+    );
     assert_eq!(run(&["syscall", "121", "0"]), Err(7), "policy one's rule");
     assert_eq!(run(&["syscall", "124", "0"]), Err(7), "policy two's rule");
 }
@@ -338,13 +452,19 @@ fn report_goes_to_the_configured_socket() {
         .output()
         .unwrap();
     assert_eq!(verdict(&out), Ok(0));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("kitfleet-sandbox:"), "nothing on stderr: {out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("kitfleet-sandbox:"),
+        "nothing on stderr: {out:?}"
+    );
     let (conn, _) = listener.accept().unwrap();
     let mut line = String::new();
     std::io::BufReader::new(conn).read_line(&mut line).unwrap();
     let r: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(r["event"], "enforced");
-    assert_eq!(r["landlockAbi"], kitfleet_sandbox::landlock::sys::abi().unwrap());
+    assert_eq!(
+        r["landlockAbi"],
+        kitfleet_sandbox::landlock::sys::abi().unwrap()
+    );
     assert_eq!(r["policies"][0], "sandbox/test");
     assert_eq!(r["seccomp"]["arch"], "x86_64");
 }

@@ -1,6 +1,6 @@
 use super::*;
-use kitfleet_api::security::FsAccess;
 use crate::seccomp::bpf::{SeccompData, run};
+use kitfleet_api::security::FsAccess;
 
 fn policy(yaml: &str) -> SecurityPolicy {
     let mut v: serde_json::Value = serde_saphyr::from_str(yaml).expect("yaml");
@@ -10,17 +10,29 @@ fn policy(yaml: &str) -> SecurityPolicy {
 }
 
 fn named(name: &str, spec: &str) -> SecurityPolicy {
-    policy(&format!("metadata: {{name: {name}, namespace: ns}}\nspec:\n{spec}"))
+    policy(&format!(
+        "metadata: {{name: {name}, namespace: ns}}\nspec:\n{spec}"
+    ))
 }
 
 fn errors(p: &[SecurityPolicy]) -> Vec<String> {
-    compile(p, &Options::default()).unwrap_err().0.iter().map(ToString::to_string).collect()
+    compile(p, &Options::default())
+        .unwrap_err()
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 fn decide(c: &Compiled, layer: usize, name: &str, args: [u64; 6]) -> u32 {
     let arch = Arch::X86_64;
     let prog = &c.policy.seccomp[&arch][layer].program;
-    let d = SeccompData { nr: arch.lookup(name).unwrap(), arch: arch.audit_arch(), ip: 0, args };
+    let d = SeccompData {
+        nr: arch.lookup(name).unwrap(),
+        arch: arch.audit_arch(),
+        ip: 0,
+        args,
+    };
     run(prog, &d).unwrap()
 }
 
@@ -75,8 +87,14 @@ fn every_error_names_the_policy_and_the_field() {
 
 #[test]
 fn one_architecture_accepts_its_own_calls() {
-    let p = named("x", "  seccomp:\n    rules:\n      - {names: [open], action: allow}\n");
-    let opts = Options { arches: vec![Arch::X86_64], report_socket: None };
+    let p = named(
+        "x",
+        "  seccomp:\n    defaultAction: allow\n    rules:\n      - {names: [open], action: errno}\n",
+    );
+    let opts = Options {
+        arches: vec![Arch::X86_64],
+        report_socket: None,
+    };
     let c = compile(&[p], &opts).unwrap();
     assert_eq!(c.policy.seccomp.keys().collect::<Vec<_>>(), [&Arch::X86_64]);
     assert_eq!(c.profile.architectures, ["SCMP_ARCH_X86_64"]);
@@ -126,26 +144,46 @@ fn stacked_policies_become_layers_and_merge_in_the_profile() {
     let p = &c.policy;
     assert_eq!(p.policies, ["ns/a", "ns/b"]);
     assert_eq!(p.landlock.len(), 2);
-    assert_eq!(p.landlock[0].filesystem[0].access, [FsAccess::Execute, FsAccess::ReadFile]);
-    assert_eq!(p.landlock[1].network.as_ref().unwrap().connect_tcp, [80, 443]);
+    assert_eq!(
+        p.landlock[0].filesystem[0].access,
+        [FsAccess::Execute, FsAccess::ReadFile]
+    );
+    assert_eq!(
+        p.landlock[1].network.as_ref().unwrap().connect_tcp,
+        [80, 443]
+    );
     assert_eq!(p.seccomp[&Arch::X86_64].len(), 2);
     assert!(p.seccomp[&Arch::X86_64][1].log && !p.seccomp[&Arch::X86_64][0].log);
     // Layer a: uname → ENOSYS; lseek with a > 4 GiB offset → EINVAL, else allowed.
     assert_eq!(decide(&c, 0, "uname", [0; 6]), Action::Errno(38).ret());
-    assert_eq!(decide(&c, 0, "lseek", [3, 1 << 33, 0, 0, 0, 0]), Action::Errno(22).ret());
-    assert_eq!(decide(&c, 0, "lseek", [3, 5, 0, 0, 0, 0]), Action::Allow.ret());
+    assert_eq!(
+        decide(&c, 0, "lseek", [3, 1 << 33, 0, 0, 0, 0]),
+        Action::Errno(22).ret()
+    );
+    assert_eq!(
+        decide(&c, 0, "lseek", [3, 5, 0, 0, 0, 0]),
+        Action::Allow.ret()
+    );
     assert_eq!(decide(&c, 0, "ptrace", [0; 6]), Action::Errno(1).ret());
     assert_eq!(decide(&c, 1, "ptrace", [0; 6]), Action::KillProcess.ret());
     // The profile: strictest default, uname errno from a, getpgid trap from b, launcher needs allowed.
     let prof = &c.profile;
     assert_eq!(prof.default_action, "SCMP_ACT_KILL_PROCESS");
     assert_eq!(prof.flags, ["SECCOMP_FILTER_FLAG_LOG"]);
-    let find = |name: &str| prof.syscalls.iter().filter(|s| s.names.iter().any(|n| n == name)).collect::<Vec<_>>();
+    let find = |name: &str| {
+        prof.syscalls
+            .iter()
+            .filter(|s| s.names.iter().any(|n| n == name))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(find("uname")[0].action, "SCMP_ACT_ERRNO");
     assert_eq!(find("uname")[0].errno_ret, Some(38));
     assert_eq!(find("getpgid")[0].action, "SCMP_ACT_TRAP");
     assert_eq!(find("landlock_restrict_self")[0].action, "SCMP_ACT_ALLOW");
-    assert!(find("ptrace").is_empty(), "ptrace falls to the kill default");
+    assert!(
+        find("ptrace").is_empty(),
+        "ptrace falls to the kill default"
+    );
     // clone: allowed without namespace flags (both layers' base), else the default.
     let clone = find("clone");
     assert_eq!(clone.len(), 1);
@@ -176,12 +214,20 @@ fn audit_mode_logs_instead_of_denying() {
 fn policy_file_version_is_checked() {
     let mut p = CompiledPolicy::new();
     p.version = 2;
-    let e = CompiledPolicy::from_json("f.json", p.to_json().as_bytes()).unwrap_err().to_string();
-    assert_eq!(e, "policy file f.json: version: this launcher reads version 1, found 2");
+    let e = CompiledPolicy::from_json("f.json", p.to_json().as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "policy file f.json: version: this launcher reads version 1, found 2"
+    );
     let e = CompiledPolicy::from_json("f.json", br#"{"format":"kitfleet.dev/sandbox-policy","version":1,"policies":[],"landlock":[{"policy":1}]}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.starts_with("policy file f.json: landlock[0].policy: invalid type"), "{e}");
+    assert!(
+        e.starts_with("policy file f.json: landlock[0].policy: invalid type"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -194,16 +240,33 @@ fn profile_merge_is_exact_or_looser_never_stricter() {
         seed ^= seed << 17;
         seed
     };
-    let actions = [Action::Allow, Action::Log, Action::Errno(1), Action::Trap, Action::KillProcess];
+    let actions = [
+        Action::Allow,
+        Action::Log,
+        Action::Errno(1),
+        Action::Trap,
+        Action::KillProcess,
+    ];
     let rule = |next: &mut dyn FnMut() -> u64| {
         let action = actions[(next() % 5) as usize];
         if next() % 3 == 0 {
             return SyscallRule::always(action);
         }
         let clauses = (0..1 + next() % 2)
-            .map(|_| vec![Cond { index: (next() % 2) as u8, op: CmpOp::Eq, value: next() % 3, value_two: 0 }])
+            .map(|_| {
+                vec![Cond {
+                    index: (next() % 2) as u8,
+                    op: CmpOp::Eq,
+                    value: next() % 3,
+                    value_two: 0,
+                }]
+            })
             .collect();
-        SyscallRule { clauses, action, otherwise: actions[(next() % 5) as usize] }
+        SyscallRule {
+            clauses,
+            action,
+            otherwise: actions[(next() % 5) as usize],
+        }
     };
     for _ in 0..2000 {
         let (a, b) = (rule(&mut next), rule(&mut next));
@@ -221,4 +284,22 @@ fn profile_merge_is_exact_or_looser_never_stricter() {
             }
         }
     }
+}
+
+#[test]
+fn filters_must_let_the_launcher_finish() {
+    let strict =
+        "  seccomp:\n    defaultAction: errno\n    rules: [{names: [read], action: allow}]\n";
+    let second = "  seccomp:\n    defaultAction: allow\n";
+    let e = errors(&[named("a", strict), named("b", second)]);
+    assert_eq!(
+        e,
+        [
+            "policy ns/a: spec.seccomp: execve must be allowed unconditionally: the launcher cannot exec the workload",
+            "policy ns/a: spec.seccomp: seccomp must be allowed unconditionally: the launcher cannot install the filter of ns/b",
+        ]
+    );
+    let ok =
+        "  seccomp:\n    defaultAction: errno\n    rules: [{names: [execve], action: allow}]\n";
+    assert!(compile(&[named("a", ok)], &Options::default()).is_ok());
 }

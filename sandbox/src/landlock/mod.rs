@@ -21,7 +21,10 @@ const FILE_RIGHTS: u64 = (1 << 0) | (1 << 1) | (1 << 2) | (1 << 14) | (1 << 15);
 
 /// Every filesystem right the given ABI knows.
 pub fn fs_rights(abi: u32) -> u64 {
-    FsAccess::ALL.iter().filter(|a| a.min_abi() <= abi).fold(0, |m, a| m | a.bit())
+    FsAccess::ALL
+        .iter()
+        .filter(|a| a.min_abi() <= abi)
+        .fold(0, |m, a| m | a.bit())
 }
 
 /// Bits of a list of rights.
@@ -31,7 +34,11 @@ pub fn mask(access: &[FsAccess]) -> u64 {
 
 /// Rights of a mask, in bit order.
 pub fn rights(mask: u64) -> Vec<FsAccess> {
-    FsAccess::ALL.iter().copied().filter(|a| mask & a.bit() != 0).collect()
+    FsAccess::ALL
+        .iter()
+        .copied()
+        .filter(|a| mask & a.bit() != 0)
+        .collect()
 }
 
 fn scope_bit(s: Scope) -> u64 {
@@ -67,7 +74,9 @@ pub enum Plan {
 /// Pure negotiation of `layer` against `abi`.
 pub fn plan(layer: &LandlockLayer, abi: u32) -> Plan {
     if layer.mode == PolicyMode::Audit {
-        return Plan::Skip("audit mode: Landlock has no permissive mode, so the ruleset is not applied".into());
+        return Plan::Skip(
+            "audit mode: Landlock has no permissive mode, so the ruleset is not applied".into(),
+        );
     }
     if let Some(required) = layer.min_abi
         && abi < required
@@ -81,13 +90,22 @@ pub fn plan(layer: &LandlockLayer, abi: u32) -> Plan {
         Some(_) if abi >= ABI_NET => sys::ACCESS_NET_BIND_TCP | sys::ACCESS_NET_CONNECT_TCP,
         _ => 0,
     };
-    let scoped = if abi >= ABI_SCOPES { layer.scopes.iter().fold(0, |m, s| m | scope_bit(*s)) } else { 0 };
+    let scoped = if abi >= ABI_SCOPES {
+        layer.scopes.iter().fold(0, |m, s| m | scope_bit(*s))
+    } else {
+        0
+    };
     let flags = if layer.mode == PolicyMode::EnforceAndLog && abi >= ABI_LOGGING {
         sys::RESTRICT_SELF_LOG_NEW_EXEC_ON
     } else {
         0
     };
-    Plan::Apply { fs: fs_rights(abi), net, scoped, flags }
+    Plan::Apply {
+        fs: fs_rights(abi),
+        net,
+        scoped,
+        flags,
+    }
 }
 
 /// Outcome of one path of one rule.
@@ -139,7 +157,9 @@ pub struct LayerReport {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Kernel below the policy's minimum ABI.
-    #[error("policy {policy}: spec.landlock.minAbi is {required} but this kernel offers Landlock ABI {available}")]
+    #[error(
+        "policy {policy}: spec.landlock.minAbi is {required} but this kernel offers Landlock ABI {available}"
+    )]
     Abi {
         /// Policy.
         policy: String,
@@ -183,7 +203,10 @@ pub struct Prepared {
 /// Opens every rule path and builds every ruleset, enforcing nothing yet (so a refusal leaves
 /// no half-applied state).
 pub fn prepare(layers: &[LandlockLayer], abi: u32) -> Result<Prepared, Error> {
-    let mut out = Prepared { rulesets: Vec::new(), reports: Vec::new() };
+    let mut out = Prepared {
+        rulesets: Vec::new(),
+        reports: Vec::new(),
+    };
     for layer in layers {
         let mut report = LayerReport {
             policy: layer.policy.clone(),
@@ -198,18 +221,36 @@ pub fn prepare(layers: &[LandlockLayer], abi: u32) -> Result<Prepared, Error> {
         };
         match plan(layer, abi) {
             Plan::Refuse { required } => {
-                return Err(Error::Abi { policy: layer.policy.clone(), required, available: abi });
+                return Err(Error::Abi {
+                    policy: layer.policy.clone(),
+                    required,
+                    available: abi,
+                });
             }
             Plan::Skip(reason) => report.reason = Some(reason),
-            Plan::Apply { fs, net, scoped, flags } => {
+            Plan::Apply {
+                fs,
+                net,
+                scoped,
+                flags,
+            } => {
                 let fd = build(layer, fs, net, scoped, &mut report)?;
                 report.applied = true;
                 report.log_new_exec = flags & sys::RESTRICT_SELF_LOG_NEW_EXEC_ON != 0;
                 report.network = layer.network.as_ref().map(|_| {
-                    if net != 0 { "enforced".to_string() } else { format!("unsupported (ABI {abi} < {ABI_NET})") }
+                    if net != 0 {
+                        "enforced".to_string()
+                    } else {
+                        format!("unsupported (ABI {abi} < {ABI_NET})")
+                    }
                 });
                 for s in &layer.scopes {
-                    if scoped & scope_bit(*s) != 0 { &mut report.scopes } else { &mut report.unsupported_scopes }.push(*s);
+                    if scoped & scope_bit(*s) != 0 {
+                        &mut report.scopes
+                    } else {
+                        &mut report.unsupported_scopes
+                    }
+                    .push(*s);
                 }
                 out.rulesets.push((layer.policy.clone(), fd, flags));
             }
@@ -219,9 +260,20 @@ pub fn prepare(layers: &[LandlockLayer], abi: u32) -> Result<Prepared, Error> {
     Ok(out)
 }
 
-fn build(layer: &LandlockLayer, fs: u64, net: u64, scoped: u64, report: &mut LayerReport) -> Result<OwnedFd, Error> {
-    let kernel = |what: &str, source| Error::Kernel { policy: layer.policy.clone(), what: what.into(), source };
-    let ruleset = sys::create_ruleset(fs, net, scoped).map_err(|e| kernel("landlock_create_ruleset", e))?;
+fn build(
+    layer: &LandlockLayer,
+    fs: u64,
+    net: u64,
+    scoped: u64,
+    report: &mut LayerReport,
+) -> Result<OwnedFd, Error> {
+    let kernel = |what: &str, source| Error::Kernel {
+        policy: layer.policy.clone(),
+        what: what.into(),
+        source,
+    };
+    let ruleset =
+        sys::create_ruleset(fs, net, scoped).map_err(|e| kernel("landlock_create_ruleset", e))?;
     let mut unsupported = 0;
     for rule in &layer.filesystem {
         let wanted = mask(&rule.access);
@@ -254,13 +306,17 @@ fn build(layer: &LandlockLayer, fs: u64, net: u64, scoped: u64, report: &mut Lay
             let mut access = wanted & fs;
             if !file.1 && access & !FILE_RIGHTS != 0 {
                 r.status = "narrowed";
-                r.reason = Some(format!("not a directory: {:?} do not apply", rights(access & !FILE_RIGHTS)));
+                r.reason = Some(format!(
+                    "not a directory: {:?} do not apply",
+                    rights(access & !FILE_RIGHTS)
+                ));
                 access &= FILE_RIGHTS;
             }
             r.access = rights(access);
             if access == 0 {
                 r.status = "dropped";
-                r.reason.get_or_insert_with(|| "no right this ABI can restrict".into());
+                r.reason
+                    .get_or_insert_with(|| "no right this ABI can restrict".into());
             } else {
                 sys::add_path_rule(ruleset.as_fd(), file.0.as_fd(), access)
                     .map_err(|e| kernel(&format!("{}: landlock_add_rule {path}", rule.field), e))?;
@@ -270,7 +326,10 @@ fn build(layer: &LandlockLayer, fs: u64, net: u64, scoped: u64, report: &mut Lay
     }
     report.unsupported_access = rights(unsupported);
     if let (Some(ports), true) = (&layer.network, net != 0) {
-        for (list, bit) in [(&ports.bind_tcp, sys::ACCESS_NET_BIND_TCP), (&ports.connect_tcp, sys::ACCESS_NET_CONNECT_TCP)] {
+        for (list, bit) in [
+            (&ports.bind_tcp, sys::ACCESS_NET_BIND_TCP),
+            (&ports.connect_tcp, sys::ACCESS_NET_CONNECT_TCP),
+        ] {
             for port in list {
                 sys::add_net_rule(ruleset.as_fd(), *port, bit)
                     .map_err(|e| kernel(&format!("landlock_add_rule tcp port {port}"), e))?;
@@ -283,7 +342,10 @@ fn build(layer: &LandlockLayer, fs: u64, net: u64, scoped: u64, report: &mut Lay
 /// Opens `path` with `O_PATH` (following symlinks); returns the descriptor and whether it is a directory.
 fn open_path(path: &str) -> io::Result<(OwnedFd, bool)> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH).open(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)?;
     let dir = f.metadata()?.is_dir();
     Ok((f.into(), dir))
 }
@@ -321,12 +383,50 @@ mod tests {
     #[test]
     fn negotiation_by_abi() {
         let l = layer(PolicyMode::EnforceAndLog, None);
-        assert_eq!(plan(&l, 7), Plan::Apply { fs: 0xffff, net: 3, scoped: 2, flags: 2 });
-        assert_eq!(plan(&l, 3), Plan::Apply { fs: 0x7fff, net: 0, scoped: 0, flags: 0 });
-        assert_eq!(plan(&l, 1), Plan::Apply { fs: 0x1fff, net: 0, scoped: 0, flags: 0 });
+        assert_eq!(
+            plan(&l, 7),
+            Plan::Apply {
+                fs: 0xffff,
+                net: 3,
+                scoped: 2,
+                flags: 2
+            }
+        );
+        assert_eq!(
+            plan(&l, 3),
+            Plan::Apply {
+                fs: 0x7fff,
+                net: 0,
+                scoped: 0,
+                flags: 0
+            }
+        );
+        assert_eq!(
+            plan(&l, 1),
+            Plan::Apply {
+                fs: 0x1fff,
+                net: 0,
+                scoped: 0,
+                flags: 0
+            }
+        );
         assert!(matches!(plan(&l, 0), Plan::Skip(_)));
-        assert_eq!(plan(&layer(PolicyMode::Enforce, Some(8)), 7), Plan::Refuse { required: 8 });
-        assert_eq!(plan(&layer(PolicyMode::Enforce, Some(7)), 7), Plan::Apply { fs: 0xffff, net: 3, scoped: 2, flags: 0 });
-        assert!(matches!(plan(&layer(PolicyMode::Audit, Some(8)), 7), Plan::Skip(_)));
+        assert_eq!(
+            plan(&layer(PolicyMode::Enforce, Some(8)), 7),
+            Plan::Refuse { required: 8 }
+        );
+        assert_eq!(
+            plan(&layer(PolicyMode::Enforce, Some(7)), 7),
+            Plan::Apply {
+                fs: 0xffff,
+                net: 3,
+                scoped: 2,
+                flags: 0
+            }
+        );
+        assert!(matches!(
+            plan(&layer(PolicyMode::Audit, Some(8)), 7),
+            Plan::Skip(_)
+        ));
     }
 }

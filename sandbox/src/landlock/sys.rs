@@ -44,14 +44,23 @@ struct NetPortAttr {
 }
 
 fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// The kernel's Landlock ABI version; 0 when Landlock is unavailable (not built, or disabled at boot).
 pub fn abi() -> io::Result<u32> {
     // SAFETY: with a NULL attribute, size 0 and the VERSION flag the kernel only returns a number.
     let ret = unsafe {
-        libc::syscall(libc::SYS_landlock_create_ruleset, std::ptr::null::<RulesetAttr>(), 0usize, CREATE_RULESET_VERSION)
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
     };
     match check(ret) {
         Ok(v) => Ok(v as u32),
@@ -62,7 +71,11 @@ pub fn abi() -> io::Result<u32> {
 
 /// `landlock_create_ruleset` with the given handled rights.
 pub fn create_ruleset(fs: u64, net: u64, scoped: u64) -> io::Result<OwnedFd> {
-    let attr = RulesetAttr { handled_access_fs: fs, handled_access_net: net, scoped };
+    let attr = RulesetAttr {
+        handled_access_fs: fs,
+        handled_access_net: net,
+        scoped,
+    };
     // Older kernels read a prefix of the struct; they accept the full size only if the tail is zero.
     let size = if scoped != 0 {
         24
@@ -72,15 +85,29 @@ pub fn create_ruleset(fs: u64, net: u64, scoped: u64) -> io::Result<OwnedFd> {
         8
     };
     // SAFETY: `attr` is a valid, initialised landlock_ruleset_attr of at least `size` bytes.
-    let ret = unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &attr as *const RulesetAttr, size as usize, 0u32) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            size as usize,
+            0u32,
+        )
+    };
     let fd = check(ret)? as i32;
     // SAFETY: the kernel just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Adds a path-beneath rule.
-pub fn add_path_rule(ruleset: BorrowedFd<'_>, parent: BorrowedFd<'_>, access: u64) -> io::Result<()> {
-    let attr = PathBeneathAttr { allowed_access: access, parent_fd: parent.as_raw_fd() };
+pub fn add_path_rule(
+    ruleset: BorrowedFd<'_>,
+    parent: BorrowedFd<'_>,
+    access: u64,
+) -> io::Result<()> {
+    let attr = PathBeneathAttr {
+        allowed_access: access,
+        parent_fd: parent.as_raw_fd(),
+    };
     // SAFETY: both descriptors are open for the duration of the call; `attr` is a valid packed struct.
     let ret = unsafe {
         libc::syscall(
@@ -96,10 +123,19 @@ pub fn add_path_rule(ruleset: BorrowedFd<'_>, parent: BorrowedFd<'_>, access: u6
 
 /// Adds a TCP port rule.
 pub fn add_net_rule(ruleset: BorrowedFd<'_>, port: u16, access: u64) -> io::Result<()> {
-    let attr = NetPortAttr { allowed_access: access, port: port as u64 };
+    let attr = NetPortAttr {
+        allowed_access: access,
+        port: port as u64,
+    };
     // SAFETY: the ruleset descriptor is open; `attr` is a valid landlock_net_port_attr.
     let ret = unsafe {
-        libc::syscall(libc::SYS_landlock_add_rule, ruleset.as_raw_fd(), RULE_NET_PORT, &attr as *const NetPortAttr, 0u32)
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset.as_raw_fd(),
+            RULE_NET_PORT,
+            &attr as *const NetPortAttr,
+            0u32,
+        )
     };
     check(ret).map(drop)
 }
@@ -107,13 +143,22 @@ pub fn add_net_rule(ruleset: BorrowedFd<'_>, port: u16, access: u64) -> io::Resu
 /// Enforces a ruleset on the calling thread (and what it execs). Needs `no_new_privs` or CAP_SYS_ADMIN.
 pub fn restrict_self(ruleset: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
     // SAFETY: the descriptor is an open ruleset; the call takes no pointers.
-    let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) };
+    let ret =
+        unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), flags) };
     check(ret).map(drop)
 }
 
 /// Sets `no_new_privs`: execve can no longer grant privileges (setuid bits, file capabilities).
 pub fn set_no_new_privs() -> io::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    let ret = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) };
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_NO_NEW_PRIVS,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
     check(ret as libc::c_long).map(drop)
 }

@@ -48,7 +48,11 @@ impl Action {
     /// The more restrictive of two actions, as the kernel resolves stacked filters
     /// (on a tie the first one's errno is kept).
     pub fn strictest(self, other: Action) -> Action {
-        if other.precedence() > self.precedence() { other } else { self }
+        if other.precedence() > self.precedence() {
+            other
+        } else {
+            self
+        }
     }
 
     /// Whether the syscall runs.
@@ -81,9 +85,15 @@ mod tests {
     #[test]
     fn strictest_follows_kernel_precedence() {
         assert_eq!(Action::Allow.strictest(Action::Errno(1)), Action::Errno(1));
-        assert_eq!(Action::Errno(1).strictest(Action::Errno(2)), Action::Errno(1));
+        assert_eq!(
+            Action::Errno(1).strictest(Action::Errno(2)),
+            Action::Errno(1)
+        );
         assert_eq!(Action::Trap.strictest(Action::Log), Action::Trap);
-        assert_eq!(Action::KillThread.strictest(Action::KillProcess), Action::KillProcess);
+        assert_eq!(
+            Action::KillThread.strictest(Action::KillProcess),
+            Action::KillProcess
+        );
         assert_eq!(Action::Errno(13).ret(), 0x0005_000d);
         assert_eq!(Action::KillProcess.audited(), Action::Log);
     }

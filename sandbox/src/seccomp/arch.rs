@@ -61,16 +61,24 @@ impl Arch {
     /// Looks a syscall up by name.
     pub fn lookup(self, name: &str) -> Option<u32> {
         match self {
-            Arch::X86_64 => syscalls::x86_64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
-            Arch::Aarch64 => syscalls::aarch64::Sysno::from_str(name).ok().map(|s| s.id() as u32),
+            Arch::X86_64 => syscalls::x86_64::Sysno::from_str(name)
+                .ok()
+                .map(|s| s.id() as u32),
+            Arch::Aarch64 => syscalls::aarch64::Sysno::from_str(name)
+                .ok()
+                .map(|s| s.id() as u32),
         }
     }
 
     /// Every syscall of the table as (number, name).
     pub fn syscalls(self) -> Vec<(u32, &'static str)> {
         match self {
-            Arch::X86_64 => syscalls::x86_64::Sysno::iter().map(|s| (s.id() as u32, s.name())).collect(),
-            Arch::Aarch64 => syscalls::aarch64::Sysno::iter().map(|s| (s.id() as u32, s.name())).collect(),
+            Arch::X86_64 => syscalls::x86_64::Sysno::iter()
+                .map(|s| (s.id() as u32, s.name()))
+                .collect(),
+            Arch::Aarch64 => syscalls::aarch64::Sysno::iter()
+                .map(|s| (s.id() as u32, s.name()))
+                .collect(),
         }
     }
 

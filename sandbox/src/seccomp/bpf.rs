@@ -55,7 +55,12 @@ impl From<SockFilter> for (u16, u8, u8, u32) {
 impl SockFilter {
     /// A non-jump statement.
     pub const fn stmt(code: u16, k: u32) -> Self {
-        SockFilter { code, jt: 0, jf: 0, k }
+        SockFilter {
+            code,
+            jt: 0,
+            jf: 0,
+            k,
+        }
     }
 }
 
@@ -69,7 +74,12 @@ pub struct Label(usize);
 #[derive(Debug, Clone, Copy)]
 enum Item {
     Stmt(SockFilter),
-    Jcc { code: u16, k: u32, jt: Label, jf: Label },
+    Jcc {
+        code: u16,
+        k: u32,
+        jt: Label,
+        jf: Label,
+    },
     Ja(Label),
     Bind(Label),
 }
@@ -183,7 +193,12 @@ impl Asm {
                 Item::Bind(_) => {}
                 Item::Ja(l) => out.push(SockFilter::stmt(JMP_JA, off(&l, pos[i]) as u32)),
                 Item::Jcc { code, k, jt, jf } if wide[i] => {
-                    out.push(SockFilter { code, jt: 0, jf: 1, k });
+                    out.push(SockFilter {
+                        code,
+                        jt: 0,
+                        jf: 1,
+                        k,
+                    });
                     out.push(SockFilter::stmt(JMP_JA, off(&jt, pos[i] + 1) as u32));
                     out.push(SockFilter::stmt(JMP_JA, off(&jf, pos[i] + 2) as u32));
                 }
@@ -221,7 +236,11 @@ impl SeccompData {
             12 => Some((self.ip >> 32) as u32),
             16..=60 if off % 4 == 0 => {
                 let a = self.args[((off - 16) / 8) as usize];
-                Some(if off % 8 == 0 { a as u32 } else { (a >> 32) as u32 })
+                Some(if off % 8 == 0 {
+                    a as u32
+                } else {
+                    (a >> 32) as u32
+                })
             }
             _ => None,
         }
@@ -274,15 +293,26 @@ mod tests {
         asm.ret(2);
         let prog = asm.finish();
         assert_eq!(prog.len(), 1 + 3 + 300 + 2);
-        let hit = SeccompData { nr: 7, ..Default::default() };
-        let miss = SeccompData { nr: 8, ..Default::default() };
+        let hit = SeccompData {
+            nr: 7,
+            ..Default::default()
+        };
+        let miss = SeccompData {
+            nr: 8,
+            ..Default::default()
+        };
         assert_eq!(run(&prog, &hit), Some(2));
         assert_eq!(run(&prog, &miss), Some(1));
     }
 
     #[test]
     fn serialises_as_tuples() {
-        let f = SockFilter { code: 0x15, jt: 1, jf: 2, k: 3 };
+        let f = SockFilter {
+            code: 0x15,
+            jt: 1,
+            jf: 2,
+            k: 3,
+        };
         assert_eq!(serde_json::to_string(&f).unwrap(), "[21,1,2,3]");
         assert_eq!(serde_json::from_str::<SockFilter>("[21,1,2,3]").unwrap(), f);
     }

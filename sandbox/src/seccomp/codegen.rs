@@ -11,7 +11,8 @@
 use super::action::Action;
 use super::arch::{Arch, X32_SYSCALL_BIT};
 use super::bpf::{
-    Asm, JMP_JEQ_K, JMP_JGE_K, JMP_JGT_K, Label, OFF_ARCH, OFF_ARGS, OFF_NR, SeccompData, SockFilter,
+    Asm, JMP_JEQ_K, JMP_JGE_K, JMP_JGT_K, Label, OFF_ARCH, OFF_ARGS, OFF_NR, SeccompData,
+    SockFilter,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -80,12 +81,21 @@ pub struct SyscallRule {
 impl SyscallRule {
     /// An unconditional rule.
     pub fn always(action: Action) -> Self {
-        SyscallRule { clauses: Vec::new(), action, otherwise: action }
+        SyscallRule {
+            clauses: Vec::new(),
+            action,
+            otherwise: action,
+        }
     }
 
     /// Reference semantics.
     pub fn decide(&self, args: &[u64; 6]) -> Action {
-        if self.clauses.is_empty() || self.clauses.iter().any(|c| c.iter().all(|k| k.matches(args))) {
+        if self.clauses.is_empty()
+            || self
+                .clauses
+                .iter()
+                .any(|c| c.iter().all(|k| k.matches(args)))
+        {
             self.action
         } else {
             self.otherwise
@@ -140,7 +150,10 @@ impl FilterSpec {
     /// they join the range on their left (the kernel answers them with `ENOSYS` either way).
     fn ranges(&self) -> Vec<(u32, Leaf)> {
         let mut out: Vec<(u32, Leaf)> = Vec::new();
-        let top = self.arch.max_nr().max(self.syscalls.keys().last().copied().unwrap_or(0));
+        let top = self
+            .arch
+            .max_nr()
+            .max(self.syscalls.keys().last().copied().unwrap_or(0));
         fn push(out: &mut Vec<(u32, Leaf)>, start: u32, leaf: Leaf) {
             match out.last() {
                 Some(&(_, last)) if last == leaf && !matches!(leaf, Leaf::Rule(_)) => {}
@@ -221,7 +234,11 @@ fn cond(asm: &mut Asm, c: &Cond, pass: Label, fail: Label) {
     let next = asm.label();
     match c.op {
         CmpOp::Eq | CmpOp::Ne => {
-            let (t, f) = if c.op == CmpOp::Eq { (pass, fail) } else { (fail, pass) };
+            let (t, f) = if c.op == CmpOp::Eq {
+                (pass, fail)
+            } else {
+                (fail, pass)
+            };
             asm.ld(hi_off);
             asm.jcc(JMP_JEQ_K, vhi, next, f);
             asm.bind(next);
@@ -234,7 +251,11 @@ fn cond(asm: &mut Asm, c: &Cond, pass: Label, fail: Label) {
                 CmpOp::Gt | CmpOp::Ge => (pass, fail),
                 _ => (fail, pass),
             };
-            let lo_code = if matches!(c.op, CmpOp::Ge | CmpOp::Lt) { JMP_JGE_K } else { JMP_JGT_K };
+            let lo_code = if matches!(c.op, CmpOp::Ge | CmpOp::Lt) {
+                JMP_JGE_K
+            } else {
+                JMP_JGT_K
+            };
             let eq = asm.label();
             asm.ld(hi_off);
             asm.jcc(JMP_JGT_K, vhi, t, eq);

@@ -30,7 +30,10 @@ pub fn privileged(what: &str) -> bool {
 
 /// A world-readable temp dir (the setuid test runs the workload as nobody).
 pub fn open_dir() -> tempfile::TempDir {
-    let d = tempfile::Builder::new().prefix("kitfleet-sbx-").tempdir().unwrap();
+    let d = tempfile::Builder::new()
+        .prefix("kitfleet-sbx-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -42,7 +45,12 @@ pub fn probe() -> &'static Path {
         let dir = open_dir();
         let out = dir.path().join("probe");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe.c");
-        let st = Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).status().expect("gcc runs");
+        let st = Command::new("gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("gcc runs");
         assert!(st.success(), "gcc -static failed");
         (dir, out)
     });
@@ -54,7 +62,14 @@ pub fn write_policy(dir: &Path, yaml: &str) -> PathBuf {
     let src = dir.join("policy.yaml");
     std::fs::write(&src, yaml).unwrap();
     let policies = kitfleet_sandbox::cli::read_manifests(&[src]).unwrap();
-    let c = compile(&policies, &Options { arches: vec![Arch::X86_64], report_socket: None }).unwrap();
+    let c = compile(
+        &policies,
+        &Options {
+            arches: vec![Arch::X86_64],
+            report_socket: None,
+        },
+    )
+    .unwrap();
     let out = dir.join("policy.json");
     std::fs::write(&out, c.policy.to_json()).unwrap();
     std::fs::write(dir.join("seccomp-profile.json"), c.profile.to_json()).unwrap();
@@ -64,7 +79,14 @@ pub fn write_policy(dir: &Path, yaml: &str) -> PathBuf {
 
 /// Runs `kitfleet-sandbox exec --policy P -- argv`.
 pub fn launch(policy: &Path, argv: &[&str]) -> Output {
-    Command::new(LAUNCHER).arg("exec").arg("--policy").arg(policy).arg("--").args(argv).output().unwrap()
+    Command::new(LAUNCHER)
+        .arg("exec")
+        .arg("--policy")
+        .arg(policy)
+        .arg("--")
+        .args(argv)
+        .output()
+        .unwrap()
 }
 
 /// The probe's verdict: `Ok(value)` or `Err(errno)`; panics when the probe died or misbehaved.
@@ -83,6 +105,9 @@ pub fn verdict(out: &Output) -> Result<i64, i32> {
 /// The launcher's report line from stderr.
 pub fn report(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stderr);
-    let line = text.lines().find_map(|l| l.strip_prefix("kitfleet-sandbox: ")).expect("report line");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("kitfleet-sandbox: "))
+        .expect("report line");
     serde_json::from_str(line).unwrap()
 }

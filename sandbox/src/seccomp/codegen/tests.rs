@@ -15,7 +15,15 @@ impl Rng {
     }
 }
 
-const OPS: [CmpOp; 7] = [CmpOp::Eq, CmpOp::Ne, CmpOp::Lt, CmpOp::Le, CmpOp::Gt, CmpOp::Ge, CmpOp::MaskedEq];
+const OPS: [CmpOp; 7] = [
+    CmpOp::Eq,
+    CmpOp::Ne,
+    CmpOp::Lt,
+    CmpOp::Le,
+    CmpOp::Gt,
+    CmpOp::Ge,
+    CmpOp::MaskedEq,
+];
 const ACTIONS: [Action; 6] = [
     Action::Allow,
     Action::Log,
@@ -54,13 +62,21 @@ fn random_spec(rng: &mut Rng, arch: Arch) -> FilterSpec {
                         .collect()
                 })
                 .collect();
-            SyscallRule { clauses, action, otherwise: ACTIONS[rng.below(6) as usize] }
+            SyscallRule {
+                clauses,
+                action,
+                otherwise: ACTIONS[rng.below(6) as usize],
+            }
         } else {
             SyscallRule::always(action)
         };
         syscalls.insert(nr, rule);
     }
-    FilterSpec { arch, default: ACTIONS[rng.below(6) as usize], syscalls }
+    FilterSpec {
+        arch,
+        default: ACTIONS[rng.below(6) as usize],
+        syscalls,
+    }
 }
 
 fn probe_args(rng: &mut Rng, rule: Option<&SyscallRule>) -> [u64; 6] {
@@ -71,7 +87,11 @@ fn probe_args(rng: &mut Rng, rule: Option<&SyscallRule>) -> [u64; 6] {
     // Aim at the condition operands (and one off them) to cover every branch.
     if let Some(r) = rule {
         for c in r.clauses.iter().flatten() {
-            let v = if c.op == CmpOp::MaskedEq { c.value_two } else { c.value };
+            let v = if c.op == CmpOp::MaskedEq {
+                c.value_two
+            } else {
+                c.value
+            };
             args[c.index as usize] = match rng.below(3) {
                 0 => v,
                 1 => v.wrapping_add(1),
@@ -91,12 +111,29 @@ fn generated_programs_match_the_reference_semantics() {
         let prog = generate(&spec);
         assert!(prog.len() <= crate::seccomp::bpf::MAX_INSNS);
         let mut nrs: Vec<u32> = arch.syscalls().into_iter().map(|(n, _)| n).collect();
-        nrs.extend([arch.max_nr() + 1, 5000, X32_SYSCALL_BIT, X32_SYSCALL_BIT + 1, 0x7fff_ffff, 0x8000_0000, u32::MAX]);
+        nrs.extend([
+            arch.max_nr() + 1,
+            5000,
+            X32_SYSCALL_BIT,
+            X32_SYSCALL_BIT + 1,
+            0x7fff_ffff,
+            0x8000_0000,
+            u32::MAX,
+        ]);
         for nr in nrs {
             for _ in 0..4 {
                 let args = probe_args(&mut rng, spec.syscalls.get(&nr));
-                let d = SeccompData { nr, arch: arch.audit_arch(), ip: 0, args };
-                assert_eq!(run(&prog, &d), Some(spec.decide(&d)), "round {round} nr {nr} args {args:x?}");
+                let d = SeccompData {
+                    nr,
+                    arch: arch.audit_arch(),
+                    ip: 0,
+                    args,
+                };
+                assert_eq!(
+                    run(&prog, &d),
+                    Some(spec.decide(&d)),
+                    "round {round} nr {nr} args {args:x?}"
+                );
             }
         }
     }
@@ -104,14 +141,30 @@ fn generated_programs_match_the_reference_semantics() {
 
 #[test]
 fn wrong_arch_and_x32_are_killed() {
-    let spec = FilterSpec { arch: Arch::X86_64, default: Action::Allow, syscalls: BTreeMap::new() };
+    let spec = FilterSpec {
+        arch: Arch::X86_64,
+        default: Action::Allow,
+        syscalls: BTreeMap::new(),
+    };
     let prog = generate(&spec);
     let kill = Action::KillProcess.ret();
-    let i386 = SeccompData { nr: 20, arch: 0x4000_0003, ..Default::default() };
+    let i386 = SeccompData {
+        nr: 20,
+        arch: 0x4000_0003,
+        ..Default::default()
+    };
     assert_eq!(run(&prog, &i386), Some(kill));
-    let x32 = SeccompData { nr: X32_SYSCALL_BIT | 39, arch: Arch::X86_64.audit_arch(), ..Default::default() };
+    let x32 = SeccompData {
+        nr: X32_SYSCALL_BIT | 39,
+        arch: Arch::X86_64.audit_arch(),
+        ..Default::default()
+    };
     assert_eq!(run(&prog, &x32), Some(kill));
-    let ok = SeccompData { nr: 39, arch: Arch::X86_64.audit_arch(), ..Default::default() };
+    let ok = SeccompData {
+        nr: 39,
+        arch: Arch::X86_64.audit_arch(),
+        ..Default::default()
+    };
     assert_eq!(run(&prog, &ok), Some(Action::Allow.ret()));
 }
 
@@ -119,14 +172,25 @@ fn wrong_arch_and_x32_are_killed() {
 fn allow_list_collapses_into_few_ranges() {
     // Allow every x86_64 syscall but a handful: the search has a few dozen ranges, not ~460 leaves.
     let arch = Arch::X86_64;
-    let denied = ["ptrace", "mount", "kexec_load", "bpf", "reboot", "init_module"];
+    let denied = [
+        "ptrace",
+        "mount",
+        "kexec_load",
+        "bpf",
+        "reboot",
+        "init_module",
+    ];
     let syscalls = arch
         .syscalls()
         .into_iter()
         .filter(|(_, n)| !denied.contains(n))
         .map(|(nr, _)| (nr, SyscallRule::always(Action::Allow)))
         .collect();
-    let spec = FilterSpec { arch, default: Action::Errno(1), syscalls };
+    let spec = FilterSpec {
+        arch,
+        default: Action::Errno(1),
+        syscalls,
+    };
     assert!(spec.ranges().len() < 20, "{:?}", spec.ranges());
     let prog = generate(&spec);
     assert!(prog.len() < 50, "{}", prog.len());
@@ -134,16 +198,30 @@ fn allow_list_collapses_into_few_ranges() {
 
 #[test]
 fn sixty_four_bit_comparisons_use_both_halves() {
-    let c = |op, value| Cond { index: 1, op, value, value_two: 0 };
+    let c = |op, value| Cond {
+        index: 1,
+        op,
+        value,
+        value_two: 0,
+    };
     let rule = SyscallRule {
         clauses: vec![vec![c(CmpOp::Gt, 0x1_0000_0000)]],
         action: Action::Errno(22),
         otherwise: Action::Allow,
     };
-    let spec = FilterSpec { arch: Arch::X86_64, default: Action::Allow, syscalls: BTreeMap::from([(8, rule)]) };
+    let spec = FilterSpec {
+        arch: Arch::X86_64,
+        default: Action::Allow,
+        syscalls: BTreeMap::from([(8, rule)]),
+    };
     let prog = generate(&spec);
     let at = |off: u64| {
-        let d = SeccompData { nr: 8, arch: Arch::X86_64.audit_arch(), ip: 0, args: [0, off, 0, 0, 0, 0] };
+        let d = SeccompData {
+            nr: 8,
+            arch: Arch::X86_64.audit_arch(),
+            ip: 0,
+            args: [0, off, 0, 0, 0, 0],
+        };
         run(&prog, &d).unwrap()
     };
     assert_eq!(at(0x1_0000_0001), Action::Errno(22).ret());
