@@ -240,6 +240,11 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// Creates an empty network namespace that is deleted with the test bed (e.g. a pod for a CNI plugin).
+    pub fn add_namespace(&mut self, ns: &str) -> Result<()> {
+        self.add_ns(ns)
+    }
+
     fn add_ns(&mut self, ns: &str) -> Result<()> {
         let _ = Command::new("ip")
             .args(["netns", "del", ns])

@@ -495,3 +495,139 @@ fn key_rotation_and_agent_restart_keep_pods_connected() {
         a.stop();
     }
 }
+
+/// The `kitfleet-wg` plugin binary next to this test's target directory (built by
+/// `cargo test --workspace` or `cargo build -p kitfleet-cni-wg`), or `KITFLEET_WG_PLUGIN`.
+fn plugin_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KITFLEET_WG_PLUGIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let p = exe.parent()?.parent()?.join("kitfleet-wg");
+    p.exists().then_some(p)
+}
+
+/// Runs the plugin like a CNI runtime, from inside the node's namespace.
+fn cni(
+    plugin: &Path,
+    node: &NodeNs,
+    command: &str,
+    id: &str,
+    pod_ns: &str,
+    conf: &serde_json::Value,
+) -> serde_json::Value {
+    let mut child = in_ns(&node.netns, plugin.to_str().unwrap(), &[])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/run/netns/{pod_ns}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", plugin.parent().unwrap())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kitfleet-wg {command}: {} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn pods_wired_by_the_kitfleet_wg_plugin_talk_across_nodes() {
+    if !require_privileges() {
+        return;
+    }
+    require_tool("ping");
+    let Some(plugin) = plugin_binary() else {
+        eprintln!(
+            "skipping: kitfleet-wg not built (cargo build -p kitfleet-cni-wg, or set KITFLEET_WG_PLUGIN)"
+        );
+        return;
+    };
+    let mut tb = Testbed::new(&format!("c{}", std::process::id() % 10000), 2, 0).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, work) = (tmp.path().join("nodes"), tmp.path().join("work"));
+    std::fs::create_dir_all(&dir).unwrap();
+    tb.write_manifests(&dir).unwrap();
+    let nodes = tb.nodes.clone();
+    let mut agents: Vec<Agent> = nodes.iter().map(|n| Agent::start(n, &dir, &work)).collect();
+    wait_until("healthy state files", Duration::from_secs(20), || {
+        agents.iter().all(|a| {
+            a.state().is_some_and(|s| s.mesh_healthy) && published_key(&dir, &a.node.name).is_some()
+        })
+    });
+    // Two pods per node, wired by the plugin from each node's state file.
+    let mut pods: Vec<(usize, String, Pod)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for p in 0..2 {
+            let ns = format!("{}p{p}", n.netns);
+            tb.add_namespace(&ns).unwrap();
+            let conf = serde_json::json!({
+                "cniVersion": "1.0.0", "name": "kitfleet", "type": "kitfleet-wg",
+                "stateFile": agents[i].state_file(), "dataDir": work.join(format!("ipam-{}", n.name)),
+                "masquerade": false,
+            });
+            let id = format!("ctr-{}-{p}", n.name);
+            let result = cni(&plugin, n, "ADD", &id, &ns, &conf);
+            let addr = result["ips"][0]["address"]
+                .as_str()
+                .expect("ADD result has an address");
+            let ip: std::net::Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+            assert!(
+                n.pod_cidr.starts_with(&format!(
+                    "{}.{}.{}.",
+                    ip.octets()[0],
+                    ip.octets()[1],
+                    ip.octets()[2]
+                )),
+                "{ip} in {}",
+                n.pod_cidr
+            );
+            let mtu = ns_output(&ns, "cat", &["/sys/class/net/eth0/mtu"]).unwrap();
+            assert_eq!(mtu.trim(), "1420", "pod MTU from the agent's state file");
+            pods.push((i, id, Pod { netns: ns, ip }));
+        }
+    }
+    for (_, _, a) in pods.iter().filter(|p| p.0 == 0) {
+        for (_, _, b) in pods.iter().filter(|p| p.0 == 1) {
+            wait_until(
+                &format!("{} → {}", a.ip, b.ip),
+                Duration::from_secs(15),
+                || pings(&tb, a, b),
+            );
+        }
+    }
+    let payload: Vec<u8> = MARKER.iter().copied().cycle().take(200_000).collect();
+    assert!(
+        tcp_echo(&pods[0].2, &pods[3].2, 7200, payload.clone()) == payload,
+        "TCP between plugin-wired pods"
+    );
+    assert!(
+        udp_echo(&pods[2].2, &pods[1].2, 7201).starts_with(MARKER),
+        "UDP between plugin-wired pods"
+    );
+    for (i, id, pod) in &pods {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "kitfleet", "type": "kitfleet-wg",
+            "stateFile": agents[*i].state_file(), "dataDir": work.join(format!("ipam-{}", nodes[*i].name)),
+            "masquerade": false,
+        });
+        cni(&plugin, &nodes[*i], "DEL", id, &pod.netns, &conf);
+    }
+    for a in &mut agents {
+        a.stop();
+    }
+}
