@@ -1,5 +1,6 @@
 //! `kitfleet-operator run`: health and metrics server, leader election on a Lease, the controller, graceful shutdown.
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -7,6 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Context as _;
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -14,7 +16,7 @@ use crate::config::Config;
 use crate::controller::{self, Context};
 use crate::job::JobSettings;
 use crate::metrics::Metrics;
-use crate::registry::BuilderRegistry;
+use crate::registry::{ArtifactRegistry, BuilderRegistry};
 use crate::server::{self, Health};
 
 /// Seconds a Lease is held without renewal.
@@ -56,27 +58,13 @@ pub fn job_settings(c: &Config) -> JobSettings {
 /// Runs the operator until a signal arrives (or leadership is lost: then it exits so that its replacement starts
 /// from a clean state).
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::default());
-    let health = Arc::new(Health::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
     let listener = server::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     info!(addr = %config.listen, "serving /healthz, /readyz, /metrics");
-    let http = tokio::spawn(server::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        stop_rx.clone(),
-    ));
-
     let client = Client::try_default()
         .await
         .context("connecting to the API server")?;
-    client
-        .apiserver_version()
-        .await
-        .context("asking the API server for its version")?;
     std::fs::create_dir_all(&config.cache_dir)
         .with_context(|| format!("creating {}", config.cache_dir))?;
     let registry = BuilderRegistry::new(
@@ -85,75 +73,116 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.insecure_registries.clone(),
         config.docker_config.as_deref().map(Path::new),
     )?;
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        registry,
-        job_settings(&config),
-        metrics,
-        &config.identity,
-    ));
+    run_with(config, client, registry, listener, signalled()).await
+}
 
+/// [`run`] with its edges passed in: the API client, the registry, the health listener, and the shutdown signal.
+pub async fn run_with<R: ArtifactRegistry>(
+    config: Config,
+    client: Client,
+    registry: R,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let health = Arc::new(Health::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http = tokio::spawn(server::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
     let signal = tokio::spawn(async move {
-        signalled().await;
+        shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut stop = stop_rx.clone();
-    let result = if config.leader_election {
-        let manager = LeaseManagerBuilder::new(client, &config.lease_name)
-            .with_namespace(&config.namespace)
-            .with_identity(&config.identity)
-            .with_duration(LEASE_SECONDS)
-            .with_grace(LEASE_GRACE_SECONDS)
-            .with_field_manager(crate::FIELD_MANAGER)
-            .build()
+    let result = async {
+        client
+            .apiserver_version()
             .await
-            .context("creating the lease manager")?;
-        let (mut leader, lease_task) = manager.watch().await;
-        health.ready.store(true, Ordering::Release);
-        info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
-        let outcome = tokio::select! {
-            r = leader.wait_for(|l| *l) => r.map(|_| true).map_err(|_| anyhow::anyhow!("lease manager stopped")),
-            _ = stop.wait_for(|s| *s) => Ok(false),
-        };
-        let result = match outcome {
-            Ok(true) => {
-                info!("acquired leadership; starting the NodeImage controller");
-                let mut lost = leader.clone();
-                let mut stop2 = stop_rx.clone();
-                let shutdown = async move {
-                    tokio::select! {
-                        _ = lost.wait_for(|l| !*l) => warn!("leadership lost; stopping"),
-                        _ = stop2.wait_for(|s| *s) => {},
-                    }
-                };
-                controller::run(ctx, shutdown).await;
-                if *leader.borrow() || *stop_rx.borrow() {
-                    Ok(())
-                } else {
-                    Err(anyhow::anyhow!("leadership lost"))
-                }
-            }
-            Ok(false) => Ok(()),
-            Err(e) => Err(e),
-        };
-        // Dropping the receiver makes the lease manager release the Lease.
-        drop(leader);
-        match lease_task.await {
-            Ok(Ok(_)) => info!("lease released"),
-            Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
-            Err(e) => warn!(error = %e, "lease task"),
+            .context("asking the API server for its version")?;
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            registry,
+            job_settings(&config),
+            metrics,
+            &config.identity,
+        ));
+        if config.leader_election {
+            lead(&config, client, ctx, &health, stop_rx.clone()).await
+        } else {
+            health.ready.store(true, Ordering::Release);
+            info!("leader election disabled; starting the NodeImage controller");
+            let mut stop = stop_rx.clone();
+            controller::run(ctx, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+            Ok(())
         }
-        result
-    } else {
-        health.ready.store(true, Ordering::Release);
-        info!("leader election disabled; starting the NodeImage controller");
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        controller::run(ctx, shutdown).await;
-        Ok(())
-    };
+    }
+    .await;
+    // Aborting the signal task drops the sender: the health server sees the channel close and returns.
     signal.abort();
     let _ = http.await;
+    result
+}
+
+/// Waits for the Lease, runs the controller while holding it, releases it on the way out.
+async fn lead<R: ArtifactRegistry>(
+    config: &Config,
+    client: Client,
+    ctx: Arc<Context<R>>,
+    health: &Health,
+    stop_rx: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let manager = LeaseManagerBuilder::new(client, &config.lease_name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .with_field_manager(crate::FIELD_MANAGER)
+        .build()
+        .await
+        .context("creating the lease manager")?;
+    let (leader, lease_task) = manager.watch().await;
+    health.ready.store(true, Ordering::Release);
+    info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
+    let mut waiting = leader.clone();
+    let mut stop = stop_rx.clone();
+    let outcome = tokio::select! {
+        r = waiting.wait_for(|l| *l) => r.map(|_| true).map_err(|_| anyhow::anyhow!("lease manager stopped")),
+        _ = stop.wait_for(|s| *s) => Ok(false),
+    };
+    drop(waiting);
+    let result = match outcome {
+        Ok(true) => {
+            info!("acquired leadership; starting the NodeImage controller");
+            let mut lost = leader.clone();
+            let mut stop2 = stop_rx.clone();
+            controller::run(ctx, async move {
+                tokio::select! {
+                    _ = lost.wait_for(|l| !*l) => warn!("leadership lost; stopping"),
+                    _ = stop2.wait_for(|s| *s) => {},
+                }
+            })
+            .await;
+            if *stop_rx.borrow() {
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("leadership lost"))
+            }
+        }
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    // Dropping the last receiver makes the lease manager release the Lease and return.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => info!("lease released"),
+        Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
+        Err(e) => warn!(error = %e, "lease task"),
+    }
     result
 }
