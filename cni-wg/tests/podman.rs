@@ -152,6 +152,14 @@ impl Podman {
     }
 }
 
+impl Drop for Podman {
+    /// Leaves nothing running, even when an assertion failed half-way.
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "-a", "-f", "-t", "0"]);
+        unmount_under(self.dir.path());
+    }
+}
+
 fn podman_available() -> bool {
     let ok = Command::new("podman")
         .arg("--version")

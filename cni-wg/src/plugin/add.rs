@@ -95,7 +95,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         rollback(&mut nl, conf, &a);
         return Err(e);
     }
-    tracing::info!(container = %env.container_id, ifname = %env.ifname, ip = %ip, host_if = %a.host_if, "added");
+    tracing::info!(container = %env.container_id, ifname = %env.ifname, ip = %ip, host_if = %a.host_if, port_mappings = conf.port_mappings.len(), "added");
     Ok(result::build(
         &a,
         conf.cni_version,

@@ -50,7 +50,15 @@ pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         let _ = std::fs::remove_file(marker);
     }
     let ips: Vec<String> = released.iter().map(|e| e.ip.to_string()).collect();
-    tracing::info!(container = %env.container_id, ifname = %env.ifname, link_existed = marker.is_some(), released = ?ips, "deleted");
+    tracing::info!(
+        container = %env.container_id,
+        ifname = %env.ifname,
+        netns = ?env.netns,
+        prev_result = conf.prev_result.is_some(),
+        link_existed = marker.is_some(),
+        released = ?ips,
+        "deleted"
+    );
     Ok(())
 }
 

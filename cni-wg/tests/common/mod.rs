@@ -294,6 +294,21 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Lazily unmounts whatever is still mounted below `dir` (container runtimes in tests).
+pub fn unmount_under(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1))
+        .filter(|m| m.starts_with(&prefix))
+        .collect();
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}
+
 /// `conf` with `prevResult` set.
 pub fn with_prev(mut conf: Value, prev: &Value) -> Value {
     conf["prevResult"] = prev.clone();
