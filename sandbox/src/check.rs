@@ -35,7 +35,7 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
                         continue;
                     }
                     for rule in &r.rules {
-                        let access: Vec<String> = rule.access.iter().map(|a| kebab(a)).collect();
+                        let access: Vec<String> = rule.access.iter().map(kebab).collect();
                         let why = rule
                             .reason
                             .as_deref()
@@ -51,8 +51,7 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
                         );
                     }
                     if !r.unsupported_access.is_empty() {
-                        let list: Vec<String> =
-                            r.unsupported_access.iter().map(|a| kebab(a)).collect();
+                        let list: Vec<String> = r.unsupported_access.iter().map(kebab).collect();
                         let _ = writeln!(
                             out,
                             "  rights this ABI cannot restrict: {}",
@@ -62,9 +61,8 @@ pub fn check(policy: &CompiledPolicy) -> (String, i32) {
                     if let Some(n) = &r.network {
                         let _ = writeln!(out, "  tcp ports: {n}");
                     }
-                    let scopes: Vec<String> = r.scopes.iter().map(|a| kebab(a)).collect();
-                    let missing: Vec<String> =
-                        r.unsupported_scopes.iter().map(|a| kebab(a)).collect();
+                    let scopes: Vec<String> = r.scopes.iter().map(kebab).collect();
+                    let missing: Vec<String> = r.unsupported_scopes.iter().map(kebab).collect();
                     let _ = writeln!(
                         out,
                         "  scopes: [{}], unsupported: [{}]",

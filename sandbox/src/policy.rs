@@ -171,9 +171,10 @@ impl CompiledPolicy {
         Self::from_json(path, &text)
     }
 
-    /// Serialises as pretty JSON with a trailing newline (byte-identical for identical input).
+    /// Serialises as compact JSON (the launcher parses it on every start) with a trailing newline;
+    /// byte-identical for identical input. `jq .` shows it readably.
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).expect("policy serialises");
+        let mut s = serde_json::to_string(self).expect("policy serialises");
         s.push('\n');
         s
     }

@@ -249,7 +249,7 @@ fn profile_merge_is_exact_or_looser_never_stricter() {
     ];
     let rule = |next: &mut dyn FnMut() -> u64| {
         let action = actions[(next() % 5) as usize];
-        if next() % 3 == 0 {
+        if next().is_multiple_of(3) {
             return SyscallRule::always(action);
         }
         let clauses = (0..1 + next() % 2)

@@ -234,9 +234,9 @@ impl SeccompData {
             4 => Some(self.arch),
             8 => Some(self.ip as u32),
             12 => Some((self.ip >> 32) as u32),
-            16..=60 if off % 4 == 0 => {
+            16..=60 if off.is_multiple_of(4) => {
                 let a = self.args[((off - 16) / 8) as usize];
-                Some(if off % 8 == 0 {
+                Some(if off.is_multiple_of(8) {
                     a as u32
                 } else {
                     (a >> 32) as u32
