@@ -229,3 +229,17 @@ fn sixty_four_bit_comparisons_use_both_halves() {
     assert_eq!(at(0x1_0000_0000), Action::Allow.ret());
     assert_eq!(at(0xffff_ffff), Action::Allow.ret());
 }
+
+#[test]
+fn runtime_default_base_is_a_few_dozen_ranges() {
+    for arch in Arch::ALL {
+        let spec = FilterSpec {
+            arch,
+            default: Action::Errno(1),
+            syscalls: crate::base::runtime_default(arch),
+        };
+        let n = spec.ranges().len();
+        eprintln!("{arch}: {n} ranges, {} instructions", generate(&spec).len());
+        assert!(n < 100, "{arch}: {n} ranges");
+    }
+}
