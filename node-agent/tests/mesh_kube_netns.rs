@@ -166,7 +166,31 @@ async fn scenario(ns: String, key_file: std::path::PathBuf, state_file: std::pat
     );
     let mut n1 = node("n1", "11", "10.244.1.0/24", "192.168.220.1", Some(&own_key));
     n1["metadata"]["annotations"][ANNOTATION_ENDPOINT] = json!("192.168.220.1:51820");
-    ok(send, &n1);
+    // The apiserver fails this one: the agent keeps running and retries at its next resync,
+    // while its watch starts; the two requests may come in either order.
+    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "etcdserver: request timed out", "code": 500});
+    send.send_response(
+        Response::builder()
+            .status(500)
+            .body(Body::from(serde_json::to_vec(&status).unwrap()))
+            .unwrap(),
+    );
+    let mut watch = None;
+    let mut retried = false;
+    while watch.is_none() || !retried {
+        let (req, send) = handle.next_request().await.unwrap();
+        if req.method() == Method::PATCH {
+            assert_eq!(req.uri().path(), "/api/v1/nodes/n1");
+            ok(send, &n1);
+            retried = true;
+        } else {
+            assert!(
+                watch.is_none(),
+                "a second watch before the first was answered"
+            );
+            watch = Some((req, send));
+        }
+    }
 
     let routes = || ns_output(&ns, "ip", &["route", "show", "dev", "kfk0"]).unwrap_or_default();
     wait_for("the route to n2's podCIDR", || {
@@ -181,7 +205,7 @@ async fn scenario(ns: String, key_file: std::path::PathBuf, state_file: std::pat
     assert_eq!(st.wg_interface, "kfk0");
 
     // 3. WATCH: our own annotated Node (no re-publish), a new node n3, n2 rotates its key.
-    let (req, send) = handle.next_request().await.unwrap();
+    let (req, send) = watch.unwrap();
     let q = req.uri().query().unwrap_or_default().to_string();
     assert!(
         q.contains("watch=true") && q.contains("resourceVersion=10"),

@@ -53,6 +53,10 @@ struct Mesh<S, R> {
     dp: DataPlane,
     actual: Actual,
     nodes: Vec<NodeInfo>,
+    /// A route change failed: re-apply at the next resync.
+    dirty: bool,
+    /// Publishing the annotations failed: retry at the next resync.
+    publish_pending: bool,
 }
 
 fn infos(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<NodeInfo> {
@@ -88,7 +92,11 @@ pub async fn run<S: NodeSource, R: RouteTable>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MeshError> {
     let key = keyfile::load_or_create(&cfg.key_file)?;
-    let (me, nodes) = own_node(&mut source, &cfg.node_name).await?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (me, nodes) = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        found = own_node(&mut source, &cfg.node_name) => found?,
+    };
     let endpoint = cfg
         .endpoint
         .or_else(|| {
@@ -134,10 +142,11 @@ pub async fn run<S: NodeSource, R: RouteTable>(
         dp,
         actual,
         nodes: Vec::new(),
+        dirty: false,
+        publish_pending: false,
     };
-    mesh.publish_if_needed(&me).await?;
+    mesh.publish_if_needed(&me).await;
     mesh.apply(nodes)?;
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(mesh.cfg.resync);
     loop {
         let wake = tokio::select! {
@@ -151,7 +160,7 @@ pub async fn run<S: NodeSource, R: RouteTable>(
                 let all = infos(&nodes?);
                 if let Some(me) = all.iter().find(|n| n.name == mesh.cfg.node_name) {
                     let me = me.clone();
-                    mesh.publish_if_needed(&me).await?;
+                    mesh.publish_if_needed(&me).await;
                 }
                 mesh.apply(all)?;
             }
@@ -175,14 +184,24 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         ])
     }
 
-    async fn publish_if_needed(&mut self, me: &NodeInfo) -> Result<(), MeshError> {
+    async fn publish_if_needed(&mut self, me: &NodeInfo) {
         if me.public_key == Some(self.key.public_key()) && me.endpoint == Some(self.endpoint) {
-            return Ok(());
+            return;
         }
+        self.publish().await;
+    }
+
+    /// Publishes key and endpoint; a failure is logged and retried at the next resync.
+    async fn publish(&mut self) {
         tracing::info!(node = %self.cfg.node_name, public_key = %self.key.public_key(), endpoint = %self.endpoint, "publishing annotations");
         let ann = self.annotations();
-        self.source.publish(&self.cfg.node_name, &ann).await?;
-        Ok(())
+        match self.source.publish(&self.cfg.node_name, &ann).await {
+            Ok(()) => self.publish_pending = false,
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing annotations failed; retrying");
+                self.publish_pending = true;
+            }
+        }
     }
 
     /// Makes peers and routes equal to what `nodes` ask for, then rewrites the state file.
@@ -205,16 +224,26 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             self.actual.peers = want.peers.clone();
         }
         let dev = self.dp.interface().to_string();
+        self.dirty = false;
         for r in plan.del_routes {
-            self.routes.del(&dev, r)?;
-            self.actual.routes.remove(&r);
+            match self.routes.del(&dev, r) {
+                Ok(()) => drop(self.actual.routes.remove(&r)),
+                Err(e) => self.route_failed(e),
+            }
         }
         for r in plan.add_routes {
-            self.routes.add(&dev, r)?;
-            self.actual.routes.insert(r);
+            match self.routes.add(&dev, r) {
+                Ok(()) => drop(self.actual.routes.insert(r)),
+                Err(e) => self.route_failed(e),
+            }
         }
         self.nodes = nodes;
         self.write_state(self.dp.is_running())
+    }
+
+    fn route_failed(&mut self, e: super::routes::RouteError) {
+        tracing::warn!(error = %e, "route change failed; retrying at the next resync");
+        self.dirty = true;
     }
 
     /// Picks up a rotated key file, re-publishes own annotations if they drifted, refreshes health.
@@ -224,15 +253,17 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             tracing::info!(public_key = %key.public_key(), "key file changed; rotating");
             self.dp.set_private_key(key.clone())?;
             self.key = key;
-            let ann = self.annotations();
-            self.source.publish(&self.cfg.node_name, &ann).await?;
+            self.publish().await;
             // Peers are re-evaluated: a peer might have carried the new key.
             let nodes = std::mem::take(&mut self.nodes);
             return self.apply(nodes);
         }
-        // Routes removed behind our back come back.
+        if self.publish_pending {
+            self.publish().await;
+        }
+        // Routes removed behind our back come back; failed changes are retried.
         let have = self.routes.list(self.dp.interface())?;
-        if have != self.actual.routes {
+        if have != self.actual.routes || self.dirty {
             self.actual.routes = have;
             let nodes = std::mem::take(&mut self.nodes);
             return self.apply(nodes);
