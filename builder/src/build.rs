@@ -389,6 +389,7 @@ pub async fn build(
     inputs: Vec<RefStatus>,
     opts: &BuildOptions,
 ) -> Result<BuildResult> {
+    let started = std::time::Instant::now();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
     let mut ctx = Ctx {
         sources,
@@ -399,30 +400,25 @@ pub async fn build(
     let need_tar = opts.formats.contains(&OutputFormat::Tar);
     let t = plan.mtime.generated;
 
-    // Kernel: cached kernel bytes + modules member, unless a tar output needs the entries.
+    // Kernel: kernel file + modules member from the cache, unless missing or a tar output needs
+    // the entries. Members are referenced by their cache paths and concatenated at the end.
     let kernel_key = format!("{}-l{}", plan.kernel_key, opts.level);
-    let kcache = |ext: &str| sources.cache().member_path(&kernel_key, ext);
-    let mut kernel_bytes = None;
+    let cache = sources.cache();
+    let kcache = |ext: &str| cache.member_path(&kernel_key, ext);
+    let mut kernel_file: Option<PathBuf> = None;
+    let mut ucode_file: Option<PathBuf> = None;
     let mut kernel_entries: Vec<Entry> = Vec::new();
-    let mut members: Vec<Vec<u8>> = Vec::new();
+    let mut members: Vec<PathBuf> = Vec::new();
     let mut raw_total = 0u64;
     let (mut cached_segments, mut built_segments) = (0, 0);
-    let mut ucode: Option<Vec<u8>> = None;
     if let Some(k) = &plan.kernel {
-        let cached = (
-            sources.cache().get_file(&kcache("kernel"))?,
-            sources.cache().get_file(&kcache("cpio.gz"))?,
-            sources.cache().get_file(&kcache("size"))?,
-        );
-        let ucode_cached = sources.cache().get_file(&kcache("ucode"))?;
-        let have_all = matches!(cached, (Some(_), Some(_), Some(_)))
-            && (k.ucode.is_none() || ucode_cached.is_some());
+        let size = cache.get_file(&kcache("size"))?;
+        let have_all = size.is_some()
+            && kcache("kernel").exists()
+            && kcache("cpio.gz").exists()
+            && (k.ucode.is_none() || kcache("ucode").exists());
         if have_all {
-            let (kb, m, sz) = cached;
-            kernel_bytes = kb;
-            members.push(m.unwrap_or_default());
-            raw_total += parse_size(sz.as_deref());
-            ucode = ucode_cached;
+            raw_total += parse_size(size.as_deref());
             cached_segments += 1;
         }
         if !have_all || need_tar {
@@ -433,18 +429,13 @@ pub async fn build(
                 let task = opts.progress.task("compress kernel modules", None);
                 let (m, raw) = cpio::compressed_members(&parts.modules, opts.level)?;
                 task.done("");
-                sources
-                    .cache()
-                    .write_atomic(&kcache("kernel"), &parts.kernel)?;
-                sources.cache().write_atomic(&kcache("cpio.gz"), &m)?;
-                sources
-                    .cache()
-                    .write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
+                cache.write_atomic(&kcache("kernel"), &parts.kernel)?;
+                cache.write_atomic(&kcache("cpio.gz"), &m)?;
                 if let Some(u) = &parts.ucode {
-                    sources.cache().write_atomic(&kcache("ucode"), u)?;
+                    cache.write_atomic(&kcache("ucode"), u)?;
                 }
+                cache.write_atomic(&kcache("size"), raw.to_string().as_bytes())?;
                 raw_total += raw;
-                members.push(m);
                 built_segments += 1;
             }
             kernel_entries.push(Entry::dir("boot", 0o755, t));
@@ -454,14 +445,15 @@ pub async fn build(
                 0o644,
                 t,
             ));
-            kernel_entries.push(Entry::file("boot/kernel", parts.kernel.clone(), 0o644, t));
+            kernel_entries.push(Entry::file("boot/kernel", parts.kernel, 0o644, t));
             kernel_entries.extend(parts.modules);
-            if let Some(u) = &parts.ucode {
-                kernel_entries.push(Entry::file("boot/ucode.cpio", u.clone(), 0o644, t));
+            if let Some(u) = parts.ucode {
+                kernel_entries.push(Entry::file("boot/ucode.cpio", u, 0o644, t));
             }
-            kernel_bytes = Some(parts.kernel);
-            ucode = parts.ucode;
         }
+        kernel_file = Some(kcache("kernel"));
+        ucode_file = k.ucode.as_ref().map(|_| kcache("ucode"));
+        members.push(kcache("cpio.gz"));
     }
 
     let tar_path = opts.out_dir.join(format!("{}.tar", opts.name));
@@ -475,59 +467,41 @@ pub async fn build(
     } else {
         None
     };
+    drop(kernel_entries);
 
     for seg in &plan.segments {
         let member_key = format!("{}-l{}", seg.key, opts.level);
-        let mpath = sources.cache().member_path(&member_key, "cpio.gz");
-        let spath = sources.cache().member_path(&member_key, "size");
-        let cached = if need_initrd {
-            match (
-                sources.cache().get_file(&mpath)?,
-                sources.cache().get_file(&spath)?,
-            ) {
-                (Some(m), Some(s)) => Some((m, parse_size(Some(&s)))),
-                _ => None,
-            }
-        } else {
-            None
+        let mpath = cache.member_path(&member_key, "cpio.gz");
+        let spath = cache.member_path(&member_key, "size");
+        let cached_size = match need_initrd && mpath.exists() {
+            true => cache.get_file(&spath)?.map(|s| parse_size(Some(&s))),
+            false => None,
         };
-        let cached = match cached {
-            Some((m, s)) if !need_tar => {
-                members.push(m);
-                raw_total += s;
-                cached_segments += 1;
+        if let Some(s) = cached_size {
+            members.push(mpath.clone());
+            raw_total += s;
+            cached_segments += 1;
+            if !need_tar {
                 continue;
             }
-            other => other,
-        };
+        }
         let entries = ctx.segment_entries(seg).await?;
         if let Some(w) = tar.as_mut() {
             for e in &entries {
                 w.append(e).map_err(|e| Error::io(&tar_path, e))?;
             }
         }
-        if need_initrd {
-            match cached {
-                Some((m, s)) => {
-                    members.push(m);
-                    raw_total += s;
-                    cached_segments += 1;
-                }
-                None => {
-                    let task = opts
-                        .progress
-                        .task(format!("compress {}", seg.location), None);
-                    let (m, raw) = cpio::compressed_members(&entries, opts.level)?;
-                    task.done(&format!("{} -> {} bytes", raw, m.len()));
-                    sources.cache().write_atomic(&mpath, &m)?;
-                    sources
-                        .cache()
-                        .write_atomic(&spath, raw.to_string().as_bytes())?;
-                    raw_total += raw;
-                    members.push(m);
-                    built_segments += 1;
-                }
-            }
+        if need_initrd && cached_size.is_none() {
+            let task = opts
+                .progress
+                .task(format!("compress {}", seg.location), None);
+            let (m, raw) = cpio::compressed_members(&entries, opts.level)?;
+            task.done(&format!("{} -> {} bytes", raw, m.len()));
+            cache.write_atomic(&mpath, &m)?;
+            cache.write_atomic(&spath, raw.to_string().as_bytes())?;
+            raw_total += raw;
+            members.push(mpath);
+            built_segments += 1;
         }
     }
     if raw_total > cpio::MAX_NEWC {
@@ -546,7 +520,7 @@ pub async fn build(
         outputs.push(describe("tar", "tar", &tar_path)?);
     }
     if need_initrd {
-        let kernel = kernel_bytes.ok_or_else(|| Error::Config {
+        let kernel = kernel_file.ok_or_else(|| Error::Config {
             location: "kernel".into(),
             reason: "the requested formats need a kernel section".into(),
         })?;
@@ -555,11 +529,16 @@ pub async fn build(
             .as_ref()
             .map(|k| k.cmdline.clone())
             .unwrap_or_default();
-        let mut initrd = ucode.unwrap_or_default();
-        for m in &members {
-            initrd.extend_from_slice(m);
-        }
-        write_initrd_outputs(opts, &kernel, &initrd, &cmdline, &build_key, &mut outputs)?;
+        let mut initrd_parts: Vec<PathBuf> = ucode_file.into_iter().collect();
+        initrd_parts.extend(members);
+        let parts = InitrdParts {
+            kernel,
+            initrd: initrd_parts,
+            cmdline,
+        };
+        tracing::debug!(elapsed = ?started.elapsed(), "initrd planned");
+        write_initrd_outputs(opts, cache, &parts, &build_key, &mut outputs)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "outputs written");
     }
     Ok(BuildResult {
         build_key: hex::encode(build_key),
@@ -568,6 +547,75 @@ pub async fn build(
         cached_segments,
         built_segments,
     })
+}
+
+/// The kernel and the initrd as cache files: the initrd is the concatenation of `initrd`.
+struct InitrdParts {
+    kernel: PathBuf,
+    initrd: Vec<PathBuf>,
+    cmdline: String,
+}
+
+impl InitrdParts {
+    /// A key naming this exact initrd (its parts are content-keyed cache files).
+    fn initrd_key(&self) -> String {
+        let mut h = Hasher::default();
+        for p in &self.initrd {
+            h.field(
+                p.file_name()
+                    .map(|n| n.as_encoded_bytes())
+                    .unwrap_or_default(),
+            );
+        }
+        h.finish()
+    }
+
+    fn write_initrd(&self, out: &Path) -> Result<()> {
+        let mut f = std::fs::File::create(out).map_err(|e| Error::io(out, e))?;
+        for p in &self.initrd {
+            let mut m = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+            std::io::copy(&mut m, &mut f).map_err(|e| Error::io(out, e))?;
+        }
+        Ok(())
+    }
+
+    fn initrd_bytes(&self) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        for p in &self.initrd {
+            let mut m = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+            m.read_to_end(&mut v).map_err(|e| Error::io(p, e))?;
+        }
+        Ok(v)
+    }
+}
+
+/// The digest of `path`, remembered in the cache under `key` (the file is a pure function of it).
+fn cached_digest(
+    cache: &Cache,
+    key: &str,
+    format: &str,
+    role: &str,
+    path: &Path,
+) -> Result<OutputFile> {
+    let dpath = cache.member_path(key, "digest");
+    if let Some(d) = cache.get_file(&dpath)?
+        && let Some((size, digest)) = std::str::from_utf8(&d)
+            .ok()
+            .and_then(|s| s.trim().split_once(' '))
+        && let Ok(size) = size.parse()
+        && crate::digest::hex_part(digest).is_some()
+    {
+        return Ok(OutputFile {
+            format: format.into(),
+            role: role.into(),
+            path: path.to_path_buf(),
+            size,
+            digest: digest.to_string(),
+        });
+    }
+    let o = describe(format, role, path)?;
+    cache.write_atomic(&dpath, format!("{} {}", o.size, o.digest).as_bytes())?;
+    Ok(o)
 }
 
 fn parse_size(s: Option<&[u8]>) -> u64 {
@@ -614,34 +662,59 @@ fn describe_bytes(format: &str, role: &str, path: &Path, data: &[u8]) -> OutputF
 
 fn write_initrd_outputs(
     opts: &BuildOptions,
-    kernel: &[u8],
-    initrd: &[u8],
-    cmdline: &str,
+    cache: &Cache,
+    parts: &InitrdParts,
     build_key: &[u8; 32],
     outputs: &mut Vec<OutputFile>,
 ) -> Result<()> {
     let t = opts.mtime.generated;
     let dir = &opts.out_dir;
     let name = &opts.name;
+    let cmdline = parts.cmdline.as_str();
     let mut disks = Vec::new();
+    let mut bytes: Option<(Vec<u8>, Vec<u8>)> = None;
+    let mut in_memory = || -> Result<(Vec<u8>, Vec<u8>)> {
+        if bytes.is_none() {
+            let k = std::fs::read(&parts.kernel).map_err(|e| Error::io(&parts.kernel, e))?;
+            bytes = Some((k, parts.initrd_bytes()?));
+        }
+        Ok(bytes.clone().expect("just set"))
+    };
     for f in &opts.formats {
         match f {
             OutputFormat::KernelInitrd => {
-                for (role, suffix, data) in [
-                    ("kernel", "kernel", kernel),
-                    ("initrd", "initrd.img", initrd),
-                    ("cmdline", "cmdline", cmdline.as_bytes()),
-                ] {
-                    let p = dir.join(format!("{name}-{suffix}"));
-                    write_file(&p, data)?;
-                    outputs.push(describe_bytes(f.as_str(), role, &p, data));
-                }
+                let kp = dir.join(format!("{name}-kernel"));
+                std::fs::copy(&parts.kernel, &kp).map_err(|e| Error::io(&kp, e))?;
+                let kkey = parts
+                    .kernel
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                outputs.push(cached_digest(cache, &kkey, f.as_str(), "kernel", &kp)?);
+                let ip = dir.join(format!("{name}-initrd.img"));
+                parts.write_initrd(&ip)?;
+                outputs.push(cached_digest(
+                    cache,
+                    &parts.initrd_key(),
+                    f.as_str(),
+                    "initrd",
+                    &ip,
+                )?);
+                let cp = dir.join(format!("{name}-cmdline"));
+                write_file(&cp, cmdline.as_bytes())?;
+                outputs.push(describe_bytes(
+                    f.as_str(),
+                    "cmdline",
+                    &cp,
+                    cmdline.as_bytes(),
+                ));
             }
             OutputFormat::TarKernelInitrd => {
                 let p = dir.join(format!("{name}-initrd.tar"));
+                let (kernel, initrd) = in_memory()?;
                 let mut entries = vec![
-                    Entry::file("kernel", kernel.to_vec(), 0o644, t),
-                    Entry::file("initrd.img", initrd.to_vec(), 0o644, t),
+                    Entry::file("kernel", kernel, 0o644, t),
+                    Entry::file("initrd.img", initrd, 0o644, t),
                 ];
                 if !cmdline.is_empty() {
                     entries.push(Entry::file(
@@ -674,9 +747,10 @@ fn write_initrd_outputs(
             &hex::encode(build_key)[..12],
             hex::encode(build_key)
         );
+        let (kernel, initrd) = in_memory()?;
         let inputs = crate::disk::DiskInputs {
-            kernel,
-            initrd,
+            kernel: &kernel,
+            initrd: &initrd,
             cmdline,
             os_release: &os_release,
             build_key: *build_key,

@@ -117,7 +117,9 @@ fn content(mib: u64) -> Vec<Entry> {
 async fn build_once(yaml: &Config, cache: &Path, out: &Path) -> Result<(Duration, usize)> {
     let start = Instant::now();
     let sources = Sources::new(Cache::open(cache)?, SourceOptions::default());
+    tracing::debug!(elapsed = ?start.elapsed(), "sources ready");
     let (map, statuses) = build::resolve_all(&sources, yaml, true).await?;
+    tracing::debug!(elapsed = ?start.elapsed(), "resolved");
     let mtime = Mtime {
         generated: assemble::LINUXKIT_MTIME,
         clamp: None,
@@ -136,7 +138,9 @@ async fn build_once(yaml: &Config, cache: &Path, out: &Path) -> Result<(Duration
         progress: Progress::plain(),
         stub_path: kitfleet_builder::disk::DEFAULT_STUB_PATH.into(),
     };
+    tracing::debug!(elapsed = ?start.elapsed(), "planned");
     let r = build::build(&sources, &plan, key, statuses, &opts).await?;
+    tracing::debug!(elapsed = ?start.elapsed(), "built");
     Ok((start.elapsed(), r.built_segments))
 }
 
@@ -157,6 +161,12 @@ fn tar_gzip(dir: &Path) -> Result<Duration> {
 }
 
 fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     let mib: u64 = std::env::args()
         .nth(1)
         .map(|s| s.parse())
