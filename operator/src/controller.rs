@@ -310,7 +310,7 @@ async fn execute<R: ArtifactRegistry>(
                 EventType::Normal
             },
             reason: ev.reason.clone(),
-            note: Some(ev.note.chars().take(1000).collect()),
+            note: Some(decide::clamp(&ev.note, 1024)),
             action: "Reconcile".into(),
             secondary: None,
         };

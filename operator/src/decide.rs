@@ -268,13 +268,14 @@ struct Draft<'a> {
 
 impl Draft<'_> {
     fn cond(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        let message = clamp(message, MAX_MESSAGE);
         let generation = self.obs.ni.metadata.generation;
         set_condition(
             &mut self.status.conditions,
             type_,
             status,
             reason,
-            message,
+            &message,
             generation,
             self.obs.now,
         );
@@ -307,6 +308,21 @@ impl Draft<'_> {
             requeue,
         }
     }
+}
+
+/// Longest condition message written (the API allows 32768 bytes; a long list of errors is cut).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+pub fn clamp(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
 }
 
 fn note(warning: bool, reason: &str, note: String) -> Option<EventNote> {
@@ -346,25 +362,33 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
         return d.finish(Action::Invalid(errors), ev, None);
     }
     if let Some(res) = obs.resolution {
-        let spec_changed =
-            ni.status.as_ref().and_then(|s| s.observed_generation) != ni.metadata.generation;
+        // The recorded digests no longer describe the spec (or there are none): a failed resolution replaces them.
+        let stale = ni.status.as_ref().and_then(|s| s.observed_generation)
+            != ni.metadata.generation
+            || ni
+                .status
+                .as_ref()
+                .and_then(|s| s.build_key.as_ref())
+                .is_none();
         d.status.observed_generation = ni.metadata.generation;
-        d.status.resolved = res.resolved.clone();
-        let refresh = ni
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_REFRESH))
-            .cloned();
-        d.annotations = Some(BTreeMap::from([
-            (ANNOTATION_RESOLVED_AT.to_string(), obs.now.to_string()),
-            (
-                ANNOTATION_RESOLVED_REFRESH.to_string(),
-                refresh.unwrap_or_default(),
-            ),
-        ]));
         match &res.build_key {
-            Some(k) => d.status.build_key = Some(k.clone()),
+            Some(k) => {
+                d.status.build_key = Some(k.clone());
+                d.status.resolved = res.resolved.clone();
+                let refresh = ni
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANNOTATION_REFRESH))
+                    .cloned();
+                d.annotations = Some(BTreeMap::from([
+                    (ANNOTATION_RESOLVED_AT.to_string(), obs.now.to_string()),
+                    (
+                        ANNOTATION_RESOLVED_REFRESH.to_string(),
+                        refresh.unwrap_or_default(),
+                    ),
+                ]));
+            }
             None => {
                 let why: Vec<String> = res
                     .resolved
@@ -372,12 +396,10 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
                     .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.reference)))
                     .collect();
                 let message = format!("unresolved references: {}", why.join("; "));
-                if spec_changed {
+                if stale {
                     d.status.build_key = None;
+                    d.status.resolved = res.resolved.clone();
                     d.supersede_running(None);
-                }
-                d.cond(COND_DEGRADED, true, "Unresolved", &message);
-                if spec_changed {
                     d.cond(
                         COND_BUILT,
                         false,
@@ -385,6 +407,9 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
                         "references of the current spec did not resolve",
                     );
                 }
+                // A failed refresh keeps the recorded digests and key (and their build); no bookkeeping is written,
+                // so the refresh is tried again.
+                d.cond(COND_DEGRADED, true, "Unresolved", &message);
                 let ev = note(true, "Unresolved", message.clone());
                 return d.finish(Action::Unresolved(message), ev, Some(policy.retry_base));
             }

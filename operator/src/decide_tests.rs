@@ -315,6 +315,42 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "a refresh fails: the recorded digests, key and build stand; no bookkeeping, so it is retried",
+            ni: {
+                let mut n = with_artifact(K1);
+                n.metadata.annotations = Some(BTreeMap::from([(
+                    ANNOTATION_REFRESH.to_string(),
+                    "1".to_string(),
+                )]));
+                n
+            },
+            resolution: Some(Resolution {
+                resolved: vec![ResolvedImage {
+                    reference: "127.0.0.1:5000/fixtures/init:v1".into(),
+                    digest: None,
+                    error: Some("connection refused".into()),
+                }],
+                build_key: None,
+            }),
+            jobs: vec![],
+            lookup: Lookup::Skipped,
+            check: |d| {
+                assert!(matches!(d.action, Action::Unresolved(_)));
+                let s = d.status.as_ref().unwrap();
+                assert_eq!(
+                    (s.build_key.as_deref(), &s.resolved, &s.artifact),
+                    (Some(K1), &resolved(), &Some(artifact(K1)))
+                );
+                assert_eq!(cond(s, COND_DEGRADED).status, "True");
+                assert_eq!(
+                    cond(s, COND_BUILT).status,
+                    "True",
+                    "the artifact of the recorded key is still built"
+                );
+                assert_eq!(d.annotations, None);
+            },
+        },
+        Case {
             name: "artifact already published for the key: adopt, no Job",
             ni: valid(),
             resolution: Some(resolution(K1)),
@@ -569,10 +605,17 @@ fn decisions_settle() {
         } else {
             Lookup::Skipped
         };
+        // The reconciler resolves again only when asked to (and never for an invalid spec): then it gets the same
+        // answer from the same registry.
+        let again_resolution = if validate(&n.spec).is_ok() && resolve_reason(&n, now()).is_some() {
+            c.resolution.as_ref()
+        } else {
+            None
+        };
         let again = decide(
             &Observed {
                 ni: &n,
-                resolution: None,
+                resolution: again_resolution,
                 jobs: &jobs,
                 lookup: &lookup,
                 now: now(),
@@ -711,6 +754,37 @@ fn refresh_interval_requeues_at_the_next_resolution() {
         &POLICY,
     );
     assert_eq!(d.requeue, Some(Duration::from_secs(3000)));
+}
+
+#[test]
+fn long_messages_are_clamped_at_a_character_boundary() {
+    assert_eq!(clamp("short", 10), "short");
+    let c = clamp(&"é".repeat(100), 11);
+    assert!(c.len() <= 11 && c.ends_with('…'), "{c}");
+    let errors = FieldErrors(
+        (0..2000)
+            .map(|i| FieldError::new(format!("spec.onboot[{i}].image"), "bad"))
+            .collect(),
+    );
+    let mut n = invalid();
+    n.spec.image.onboot.clear();
+    let d = decide(
+        &Observed {
+            ni: &n,
+            resolution: None,
+            jobs: &[],
+            lookup: &Lookup::Skipped,
+            now: now(),
+        },
+        &POLICY,
+    );
+    assert!(
+        cond(d.status.as_ref().unwrap(), COND_DEGRADED)
+            .message
+            .len()
+            <= MAX_MESSAGE
+    );
+    assert!(errors.to_string().len() > MAX_MESSAGE);
 }
 
 #[test]
