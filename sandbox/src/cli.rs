@@ -141,9 +141,19 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<SecurityPolicy>, String> 
                 m.remove("apiVersion");
                 m.remove("kind");
             }
+            let meta = |k: &str| {
+                doc.pointer(&format!("/metadata/{k}"))
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            let name = match (meta("namespace"), meta("name")) {
+                (Some(ns), Some(n)) => format!("policy {ns}/{n}"),
+                (None, Some(n)) => format!("policy {n}"),
+                _ => "policy <unnamed>".to_string(),
+            };
             match kitfleet_api::from_value::<SecurityPolicy>(doc) {
                 Ok(p) => out.push(p),
-                Err(e) => errors.push(format!("{} document {i}: {e}", path.display())),
+                Err(e) => errors.push(format!("{} document {i}: {name}: {e}", path.display())),
             }
         }
     }

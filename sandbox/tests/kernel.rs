@@ -479,3 +479,61 @@ fn exec_failures_have_their_exit_codes() {
     assert_eq!(out.status.code(), Some(125));
     assert_eq!(report(&out)["event"], "error");
 }
+
+#[test]
+fn an_unreachable_report_socket_falls_back_to_stderr() {
+    if !privileged("report fallback") {
+        return;
+    }
+    let s = sandbox("", 1);
+    let out = Command::new(LAUNCHER)
+        .args(["exec", "--policy"])
+        .arg(&s.policy)
+        .args(["--report-socket", "/no/such/report.sock", "--"])
+        .arg(probe())
+        .arg("euid")
+        .output()
+        .unwrap();
+    assert_eq!(verdict(&out), Ok(0), "reporting never blocks the workload");
+    let r = report(&out);
+    assert_eq!(r["event"], "enforced");
+    assert!(
+        r["reportError"]
+            .as_str()
+            .unwrap()
+            .starts_with("report socket /no/such/report.sock"),
+        "{r}"
+    );
+}
+
+#[test]
+fn check_lists_every_rule() {
+    if !privileged("check") {
+        return;
+    }
+    let s = sandbox("", 1);
+    let out = Command::new(LAUNCHER)
+        .args(["check", "--policy"])
+        .arg(&s.policy)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("layer sandbox/test (enforce, best effort):"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "spec.landlock.filesystem[1] {}: enforced [",
+            s.rw.display()
+        )),
+        "{text}"
+    );
+    assert!(text.contains("tcp ports: enforced"), "{text}");
+    assert!(
+        text.contains("seccomp sandbox/test: ") && text.contains(": loads"),
+        "{text}"
+    );
+    assert!(text.ends_with("result: the workload would run\n"), "{text}");
+}

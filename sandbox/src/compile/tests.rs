@@ -107,7 +107,10 @@ fn unknown_access_right_is_a_parse_error_with_its_path() {
     let yaml = "apiVersion: kitfleet.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: a}\nspec:\n  landlock:\n    filesystem:\n      - {paths: [/x], access: [fly]}\n";
     std::fs::write(&f, yaml).unwrap();
     let e = crate::cli::read_manifests(&[f]).unwrap_err();
-    assert!(e.contains("spec.landlock.filesystem[0].access[0]"), "{e}");
+    assert!(
+        e.contains("document 0: policy a: spec.landlock.filesystem[0].access[0]"),
+        "{e}"
+    );
     assert!(e.contains("fly"), "{e}");
 }
 
