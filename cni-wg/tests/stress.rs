@@ -144,12 +144,16 @@ fn gc_reclaims_what_killed_adds_left() {
     let dir = node.data_dir().join("kfwtest");
     std::fs::remove_file(dir.join(ip4)).unwrap();
     std::fs::create_dir_all(dir.join("dying")).unwrap();
-    std::fs::write(dir.join("dying").join(dying_if), b"").unwrap();
+    let index = node.ns.ip_json(&["link", "show", dying_if])[0]["ifindex"]
+        .as_i64()
+        .unwrap();
+    let marker = dir.join("dying").join(format!("{dying_if}@{index}"));
+    std::fs::write(&marker, b"").unwrap();
     let mut gc = node.conf("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
     node.cni(&Invocation::new("GC", gc)).expect_ok();
     assert!(!node.ns.has_link(dying_if) && node.ns.has_link(&host_if));
-    assert!(!dir.join("dying").join(dying_if).exists());
+    assert!(!marker.exists());
     // The surviving attachment is intact.
     let check = with_prev(node.conf("1.1.0"), &kept);
     node.cni(&Invocation::new("CHECK", check).attach("keep", &keep.path()))
@@ -191,4 +195,41 @@ fn randomly_killed_adds_leave_nothing_gc_cannot_reclaim() {
     assert!(node.reserved().is_empty(), "{:?}", node.reserved());
     assert!(node.host_veths().is_empty(), "{:?}", node.host_veths());
     assert!(pods.iter().all(|p| !p.has_link("eth0")));
+}
+
+#[test]
+fn a_late_reaper_never_deletes_the_link_of_a_quick_re_add() {
+    if !privileged() {
+        return;
+    }
+    let node = Node::new("10.244.13.0/24");
+    let pod = Netns::new("readd");
+    let path = pod.path();
+    let conf = node.conf("1.1.0");
+    node.cni(&Invocation::new("ADD", conf.clone()).attach("readd", &path))
+        .expect_ok();
+    // DEL whose reaper starts late, then ADD of the same attachment at once (podman stop+start).
+    let mut del = Invocation::new("DEL", conf.clone()).attach("readd", &path);
+    del.extra_env
+        .push(("KITFLEET_WG_TEST_REAP_DELAY_MS".into(), "400".into()));
+    node.cni(&del).expect_ok();
+    let res = node
+        .cni(&Invocation::new("ADD", conf.clone()).attach("readd", &path))
+        .expect_ok()
+        .clone();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let check = with_prev(conf.clone(), &res);
+    node.cni(&Invocation::new("CHECK", check).attach("readd", &path))
+        .expect_ok();
+    assert!(
+        node.data_dir()
+            .join("kfwtest/dying")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    node.cni(&Invocation::new("DEL", conf).attach("readd", &path))
+        .expect_ok();
+    eventually("host veth gone", || node.host_veths().is_empty());
 }

@@ -180,35 +180,46 @@ impl Store {
         Ok(gone)
     }
 
-    /// Records that `host_if` is being deleted in the background (see DEL), so GC can finish
-    /// the job if the reaper dies. Returns the marker path.
-    pub fn mark_dying(&self, host_if: &str) -> Result<PathBuf> {
+    /// Records that link `host_if` (ifindex `index`) is being deleted in the background (see
+    /// DEL), so GC can finish the job if the reaper dies. Returns the marker path
+    /// (`dying/<host_if>@<index>`).
+    pub fn mark_dying(&self, host_if: &str, index: i32) -> Result<PathBuf> {
         let dir = self.dir.join("dying");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let path = dir.join(host_if);
+        let path = dir.join(format!("{host_if}@{index}"));
         fs::write(&path, b"").map_err(io(&path))?;
         Ok(path)
     }
 
-    /// Host interfaces marked dying.
-    pub fn dying(&self) -> Result<Vec<String>> {
+    /// Links marked dying: `(marker path, host_if, ifindex)`.
+    pub fn dying(&self) -> Result<Vec<(PathBuf, String, i32)>> {
         let dir = self.dir.join("dying");
-        match fs::read_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io(&dir)(e)),
-            Ok(rd) => Ok(rd
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()),
+        let rd = match fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+            Ok(rd) => rd,
+        };
+        let mut out = Vec::new();
+        for e in rd.filter_map(|e| e.ok()) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (host_if, index) = name.split_once('@').unwrap_or((&name, ""));
+            // A marker without a valid index only gets removed (index 0 matches no link).
+            out.push((e.path(), host_if.to_string(), index.parse().unwrap_or(0)));
         }
+        Ok(out)
     }
 
-    /// Removes a dying marker (no error if absent).
+    /// Removes every dying marker of `host_if` (no error if none).
     pub fn clear_dying(&self, host_if: &str) -> Result<()> {
-        let path = self.dir.join("dying").join(host_if);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
-            _ => Ok(()),
+        for (path, name, _) in self.dying()? {
+            if name == host_if {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+                    _ => {}
+                }
+            }
         }
+        Ok(())
     }
 
     /// Releases one address (no error if it was free).

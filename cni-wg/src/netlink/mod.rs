@@ -215,6 +215,21 @@ impl Netlink {
         })
     }
 
+    /// Deletes a link by ifindex; `Ok(false)` when it did not exist. Indexes are not reused
+    /// while a namespace lives (until they wrap), so this never hits a newer link of that name.
+    pub fn delete_link_index(&mut self, index: i32) -> Result<bool> {
+        let b = Builder::new(RTM_DELLINK, NLM_F_ACK).ifinfomsg(index, 0, 0);
+        match self.request(b) {
+            Ok(_) => Ok(true),
+            Err(Errno::ENODEV) => Ok(false),
+            Err(errno) => Err(NetlinkError {
+                op: "delete link",
+                target: format!("ifindex {index}"),
+                errno,
+            }),
+        }
+    }
+
     /// Deletes a link by name; `Ok(false)` when it did not exist.
     pub fn delete_link(&mut self, name: &str) -> Result<bool> {
         let b = Builder::new(RTM_DELLINK, NLM_F_ACK)

@@ -46,12 +46,6 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
             .details(e)
         })?
         .map_err(kernel)?;
-    if pod_nl.link(&env.ifname).map_err(kernel)?.is_some() {
-        return Err(CniError::new(
-            code::INTERFACE_EXISTS,
-            format!("interface {:?} already exists in {}", env.ifname, env.netns),
-        ));
-    }
     let host_if = host_if_name(&env.container_id, &env.ifname);
     let mut nl = Netlink::open().map_err(kernel)?;
     let record = Record {
@@ -79,6 +73,12 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         nl.delete_link(&host_if).map_err(kernel)?;
         store.clear_dying(&host_if).map_err(ipam)?;
         tracing::info!(host_if = %host_if, "deleted a leftover link of a DELeted attachment");
+    }
+    if pod_nl.link(&env.ifname).map_err(kernel)?.is_some() {
+        return Err(CniError::new(
+            code::INTERFACE_EXISTS,
+            format!("interface {:?} already exists in {}", env.ifname, env.netns),
+        ));
     }
     let ip = store.reserve(cidr, &record).map_err(ipam)?;
     drop(store);

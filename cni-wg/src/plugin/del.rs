@@ -13,14 +13,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use super::{ipam, kernel};
-use crate::cni::CniError;
 use crate::cni::config::NetConf;
 use crate::cni::env::Env;
+use crate::cni::{CniError, code};
 use crate::ipam::host_if_name;
 use crate::ipam::store::Store;
 use crate::netlink::Netlink;
 
-/// Environment variable that turns the binary into the link reaper.
+/// Environment variable that turns the binary into the link reaper (value: the ifindex).
 pub const REAP_ENV: &str = "KITFLEET_WG_REAP";
 /// The dying marker the reaper removes when done.
 pub const REAP_MARKER_ENV: &str = "KITFLEET_WG_REAP_MARKER";
@@ -37,13 +37,13 @@ pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     let released = store
         .release(&env.container_id, &env.ifname)
         .map_err(ipam)?;
-    let marker = match link {
-        Some(_) => Some(store.mark_dying(&host_if).map_err(ipam)?),
+    let marker = match &link {
+        Some(l) => Some(store.mark_dying(&host_if, l.index).map_err(ipam)?),
         None => None,
     };
     drop(store);
-    if let Some(marker) = &marker
-        && let Err(e) = spawn_reaper(&host_if, marker)
+    if let (Some(marker), Some(l)) = (&marker, &link)
+        && let Err(e) = spawn_reaper(l.index, marker)
     {
         tracing::warn!(error = %e, "cannot spawn the reaper; deleting the link inline");
         nl.delete_link(&host_if).map_err(kernel)?;
@@ -62,10 +62,13 @@ pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn spawn_reaper(host_if: &str, marker: &Path) -> std::io::Result<()> {
-    Command::new(std::env::current_exe()?)
-        .env_clear()
-        .env(REAP_ENV, host_if)
+fn spawn_reaper(index: i32, marker: &Path) -> std::io::Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env_clear();
+    if let Some(delay) = std::env::var_os(REAP_DELAY_ENV) {
+        cmd.env(REAP_DELAY_ENV, delay);
+    }
+    cmd.env(REAP_ENV, index.to_string())
         .env(REAP_MARKER_ENV, marker)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -75,10 +78,26 @@ fn spawn_reaper(host_if: &str, marker: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// Reaper mode: deletes `host_if` (the pod end goes with it) and removes the marker.
-pub fn reap(host_if: &str, marker: Option<&Path>) -> Result<(), CniError> {
+/// Test hook: the reaper waits this many milliseconds first (to test a racing ADD).
+pub const REAP_DELAY_ENV: &str = "KITFLEET_WG_TEST_REAP_DELAY_MS";
+
+/// Reaper mode: deletes the link with ifindex `index` (the pod end goes with it; a newer link
+/// with the same name, from a quick re-ADD, is never touched) and removes the marker.
+pub fn reap(index: &str, marker: Option<&Path>) -> Result<(), CniError> {
+    let index: i32 = index.parse().map_err(|_| {
+        CniError::new(
+            code::INVALID_ENV,
+            format!("{REAP_ENV}: {index:?} is not an ifindex"),
+        )
+    })?;
+    if let Some(ms) = std::env::var(REAP_DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     Netlink::open()
-        .and_then(|mut nl| nl.delete_link(host_if))
+        .and_then(|mut nl| nl.delete_link_index(index))
         .map_err(kernel)?;
     if let Some(m) = marker {
         let _ = std::fs::remove_file(m);

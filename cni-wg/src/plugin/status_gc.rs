@@ -63,10 +63,12 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
         reclaimed += 1;
         tracing::info!(ip = %e.ip, record = ?e.record, "gc: reclaimed");
     }
-    for host_if in store.dying().map_err(ipam)? {
-        nl.delete_link(&host_if).map_err(kernel)?;
-        store.clear_dying(&host_if).map_err(ipam)?;
-        tracing::info!(host_if = %host_if, "gc: finished a pending link deletion");
+    for (marker, host_if, index) in store.dying().map_err(ipam)? {
+        if index > 0 {
+            nl.delete_link_index(index).map_err(kernel)?;
+        }
+        let _ = std::fs::remove_file(&marker);
+        tracing::info!(host_if = %host_if, index, "gc: finished a pending link deletion");
     }
     drop(store);
     if conf.masquerade {
