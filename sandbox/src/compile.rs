@@ -4,6 +4,7 @@
 use crate::base;
 use crate::oci::{self, OciProfile};
 use crate::policy::{CompiledPolicy, FsRule, LandlockLayer, NetPorts, SeccompLayer};
+use crate::seccomp::bpf::MAX_INSNS;
 use crate::seccomp::{Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, generate};
 use kitfleet_api::SecurityPolicy;
 use kitfleet_api::security::{
@@ -157,9 +158,24 @@ pub fn compile(policies: &[SecurityPolicy], opts: &Options) -> Result<Compiled, 
             .iter()
             .map(|l| bpf_layer(l, *arch))
             .collect::<Vec<_>>();
+        for l in &layers {
+            if l.program.len() > MAX_INSNS {
+                errors.push(CompileError {
+                    policy: l.policy.clone(),
+                    field: "spec.seccomp.rules".into(),
+                    message: format!(
+                        "the {arch} filter needs {} instructions, more than the kernel's {MAX_INSNS}: fewer argument conditions",
+                        l.program.len()
+                    ),
+                });
+            }
+        }
         if !layers.is_empty() {
             out.seccomp.insert(*arch, layers);
         }
+    }
+    if !errors.is_empty() {
+        return Err(CompileErrors(errors));
     }
     let (profile, notes) = oci::profile(&named, &opts.arches);
     Ok(Compiled {

@@ -306,3 +306,25 @@ fn filters_must_let_the_launcher_finish() {
         "  seccomp:\n    defaultAction: errno\n    rules: [{names: [execve], action: allow}]\n";
     assert!(compile(&[named("a", ok)], &Options::default()).is_ok());
 }
+
+#[test]
+fn a_filter_over_the_kernel_limit_is_an_error() {
+    // 400 rules with 6 conditions each: far above 4096 instructions.
+    let mut spec = String::from("  seccomp:\n    defaultAction: allow\n    rules:\n");
+    for i in 0..400 {
+        let args: Vec<String> = (0..6)
+            .map(|k| format!("{{index: {k}, op: ne, value: {}}}", i * 7 + k))
+            .collect();
+        spec.push_str(&format!(
+            "      - {{names: [ioctl], action: errno, args: [{}]}}\n",
+            args.join(", ")
+        ));
+    }
+    let e = errors(&[named("big", &spec)]);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("policy ns/big: spec.seccomp.rules: the x86_64 filter needs "),
+        "{e:?}"
+    );
+    assert!(e[1].contains("aarch64"), "{e:?}");
+}
