@@ -201,6 +201,17 @@ fn live_peer_changes_counters_and_tun_reattach() {
         delivered(&sb, &sa, "10.50.1.1:9000", b"reattached-back"),
         "B → A after A's restart"
     );
+    // Deleting B's interface under the running loop stops it (no busy loop on a dead fd).
+    ip(&["-n", &b.0, "link", "del", "wgb"]).unwrap();
+    let start = std::time::Instant::now();
+    while dpb.is_running() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !dpb.is_running(),
+        "data plane still running on a deleted TUN"
+    );
+    assert!(dpb.stats().is_err(), "a stopped loop answers no commands");
     dpa.stop();
     dpb.stop();
     // Clean up the persistent interfaces explicitly (the namespaces go too, on drop).

@@ -167,8 +167,15 @@ impl Loop {
             if fds[1].revents != 0 {
                 self.handle_udp();
             }
-            if fds[0].revents != 0 {
-                self.handle_tun();
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                tracing::error!(
+                    interface = self.tun.name(),
+                    "TUN device gone; data plane stops"
+                );
+                return;
+            }
+            if fds[0].revents != 0 && !self.handle_tun() {
+                return;
             }
             if last_tick.elapsed() >= TIMER_TICK {
                 last_tick = Instant::now();
@@ -241,15 +248,17 @@ impl Loop {
         flush(&mut self.udp, &mut self.tx, &mut self.counters);
     }
 
-    fn handle_tun(&mut self) {
+    /// Returns false when the TUN is gone (interface deleted): the loop stops.
+    fn handle_tun(&mut self) -> bool {
         for _ in 0..TUN_BURST {
             let n = match self.tun.read(&mut self.tun_buf) {
                 Ok(Some(n)) if n > VNET_HDR_LEN => n,
                 Ok(Some(_)) => continue,
                 Ok(None) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "TUN read failed");
-                    break;
+                    tracing::error!(error = %e, interface = self.tun.name(), "TUN read failed; data plane stops");
+                    return false;
                 }
             };
             self.counters.tun_reads += 1;
@@ -278,6 +287,7 @@ impl Loop {
             }
         }
         self.flush_tx();
+        true
     }
 
     fn handle_udp(&mut self) {

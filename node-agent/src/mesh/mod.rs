@@ -28,6 +28,10 @@ pub enum MeshError {
     Route(#[from] routes::RouteError),
     #[error(transparent)]
     State(#[from] kitfleet_cni_wg::state::StateError),
+    #[error(
+        "data plane on {interface} stopped (interface deleted?); restart the agent to recreate it"
+    )]
+    DataPlaneStopped { interface: String },
     #[error("node {node}: no InternalIP in status.addresses and no --endpoint given")]
     NoEndpoint { node: String },
 }

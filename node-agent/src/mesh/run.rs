@@ -248,6 +248,12 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
 
     /// Picks up a rotated key file, re-publishes own annotations if they drifted, refreshes health.
     async fn resync(&mut self) -> Result<(), MeshError> {
+        if !self.dp.is_running() {
+            self.write_state(false)?;
+            return Err(MeshError::DataPlaneStopped {
+                interface: self.dp.interface().to_string(),
+            });
+        }
         let key = keyfile::load_or_create(&self.cfg.key_file)?;
         if key.public_key() != self.key.public_key() {
             tracing::info!(public_key = %key.public_key(), "key file changed; rotating");
