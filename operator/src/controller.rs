@@ -277,12 +277,24 @@ async fn execute<R: ArtifactRegistry>(
         if let Some(s) = &d.status {
             with_status.status = Some(s.clone());
         }
-        let job = job::build_job(&with_status, build_key, *attempt, &ctx.settings)?;
-        let job_name = job.name_any();
-        ctx.jobs()
-            .patch(&job_name, &ssa, &Patch::Apply(&job))
-            .await?;
-        info!(job = %job_name, %build_key, attempt, "created build Job");
+        let created = match job::build_job(&with_status, build_key, *attempt, &ctx.settings) {
+            Ok(job) => {
+                let job_name = job.name_any();
+                ctx.jobs()
+                    .patch(&job_name, &ssa, &Patch::Apply(&job))
+                    .await
+                    .map(|_| job_name)
+                    .map_err(Error::from)
+            }
+            Err(e) => Err(e.into()),
+        };
+        match created {
+            Ok(job_name) => info!(job = %job_name, %build_key, attempt, "created build Job"),
+            Err(e) => {
+                report_job_failure(ni, d.status.as_ref(), &e, ctx).await;
+                return Err(e);
+            }
+        }
     }
     if let Some(status) = &d.status {
         patch_status(&api, &name, status, &ssa).await?;
@@ -329,6 +341,58 @@ async fn execute<R: ArtifactRegistry>(
         Some(after) => Requeue::requeue(after),
         None => Requeue::await_change(),
     })
+}
+
+/// Makes a Job that could not be created visible (status and a Warning Event), best effort: the error itself is
+/// returned to the error policy, which retries.
+async fn report_job_failure<R: ArtifactRegistry>(
+    ni: &NodeImage,
+    decided: Option<&NodeImageStatus>,
+    err: &Error,
+    ctx: &Context<R>,
+) {
+    let mut status = decided
+        .cloned()
+        .or_else(|| ni.status.clone())
+        .unwrap_or_default();
+    let message = decide::clamp(
+        &format!("could not create the build Job: {err}"),
+        decide::MAX_MESSAGE,
+    );
+    let (generation, now) = (ni.metadata.generation, (ctx.now)());
+    decide::set_condition(
+        &mut status.conditions,
+        decide::COND_BUILT,
+        false,
+        "JobCreateFailed",
+        &message,
+        generation,
+        now,
+    );
+    decide::set_condition(
+        &mut status.conditions,
+        decide::COND_PROGRESSING,
+        false,
+        "JobCreateFailed",
+        "",
+        generation,
+        now,
+    );
+    let api: Api<NodeImage> = Api::all(ctx.client.clone());
+    let ssa = PatchParams::apply(OPERATOR_FIELD_MANAGER).force();
+    if let Err(e) = patch_status(&api, &ni.name_any(), &status, &ssa).await {
+        warn!(error = %e, "could not report the Job failure in status");
+    }
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: "JobCreateFailed".into(),
+        note: Some(decide::clamp(&message, 1024)),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ni.object_ref(&())).await {
+        warn!(error = %e, "could not publish Event");
+    }
 }
 
 async fn patch_status(

@@ -41,6 +41,8 @@ pub const DOCKER_CONFIG_PATH: &str = "/var/run/kitfleet/push/.dockerconfigjson";
 pub const OUT_DIR: &str = "/work/out";
 /// Build cache (emptyDir, or the configured PVC).
 pub const CACHE_DIR: &str = "/cache";
+/// Largest manifest a Job carries (Kubernetes limits an object's annotations to 256 KiB in total).
+pub const MAX_MANIFEST: usize = 200 * 1024;
 /// User and group the build runs as.
 pub const BUILD_UID: i64 = 65532;
 
@@ -53,6 +55,10 @@ pub enum JobError {
     BadReference { reference: String, reason: String },
     #[error("the NodeImage has no uid (not read from the API server)")]
     NoUid,
+    #[error(
+        "the pinned manifest is {size} bytes; a Job carries at most {MAX_MANIFEST} (annotation size limit)"
+    )]
+    ManifestTooLarge { size: usize },
 }
 
 /// Everything a Job needs besides the NodeImage.
@@ -332,6 +338,11 @@ pub fn build_job(
 ) -> Result<Job, JobError> {
     let owner = ni.controller_owner_ref(&()).ok_or(JobError::NoUid)?;
     let manifest = pinned_manifest(ni)?;
+    if manifest.len() > MAX_MANIFEST {
+        return Err(JobError::ManifestTooLarge {
+            size: manifest.len(),
+        });
+    }
     let labels = labels(ni, build_key);
     let (vols, mounts) = volumes(ni, s);
     let pod = PodSpec {

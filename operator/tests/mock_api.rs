@@ -624,3 +624,28 @@ async fn spec_change_during_a_build_supersedes_the_old_job() {
     r.unwrap();
     assert_eq!(calls[0], "resolve");
 }
+
+#[tokio::test]
+async fn a_rejected_job_is_reported_in_status_and_retried() {
+    let mut ni = nodeimage(MANIFEST, true);
+    resolved(&mut ni);
+    let job_name = job::job_name(&ni, KEY, 1);
+    let (r, _) = run(ni, FakeRegistry::default(), move |mut api| async move {
+        api.expect(Method::GET, JOBS_PATH, job_list(vec![])).await;
+        let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+            "message": "jobs \"x\" is forbidden: exceeded quota: builds"});
+        let (req, send) = api.0.next_request().await.unwrap();
+        assert_eq!((req.method(), req.uri().path()), (&Method::PATCH, format!("{JOBS_PATH}/{job_name}").as_str()));
+        send.send_response(Response::builder().status(403).body(Body::from(serde_json::to_vec(&quota).unwrap())).unwrap());
+        let (_, st) = api.expect(Method::PATCH, &format!("{NI_PATH}/status"), status_reply()).await;
+        let built = st["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Built").unwrap();
+        assert_eq!(built["reason"], "JobCreateFailed");
+        assert!(built["message"].as_str().unwrap().contains("exceeded quota"), "{built}");
+        let (_, ev) = api.expect(Method::POST, EVENTS_PATH, Value::Null).await;
+        assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("JobCreateFailed"), Some("Warning")));
+        api.done().await;
+    })
+    .await;
+    let err = r.unwrap_err();
+    assert!(err.contains("exceeded quota"), "{err}");
+}
