@@ -9,6 +9,7 @@ use crate::policy::{CompiledPolicy, SeccompLayer};
 use crate::report::{Channel, Outcome, SeccompLayerReport, SeccompReport};
 use crate::seccomp::{Arch, install::install};
 use std::ffi::{CString, OsString};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 /// Exit codes of the launcher when it does not exec the workload.
@@ -97,7 +98,8 @@ pub fn exec(policy_path: &str, report_socket: Option<&str>, argv: &[OsString]) -
             Some(c) => fail(c, outcome, r),
             None => {
                 // The outcome was already sent: add a plain line (best effort, a filter may be in force).
-                eprintln!("kitfleet-sandbox: {}", r.reason);
+                // Never eprintln!: it panics when the write fails (e.g. denied by the filter).
+                let _ = writeln!(std::io::stderr(), "kitfleet-sandbox: {}", r.reason);
                 r.code
             }
         },
@@ -211,10 +213,8 @@ fn fail(channel: Channel, mut outcome: Outcome, r: Refusal) -> i32 {
     channel.send(&outcome);
     if to_socket {
         // The reason also goes to stderr, where `kubectl logs` shows it.
-        eprintln!(
-            "kitfleet-sandbox: error: {}",
-            outcome.reason.as_deref().unwrap_or_default()
-        );
+        let reason = outcome.reason.as_deref().unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "kitfleet-sandbox: error: {reason}");
     }
     r.code
 }

@@ -537,3 +537,20 @@ fn check_lists_every_rule() {
     );
     assert!(text.ends_with("result: the workload would run\n"), "{text}");
 }
+
+#[test]
+fn a_filter_that_denies_write_still_gets_the_exec_exit_code() {
+    if !privileged("exit codes under a filter") {
+        return;
+    }
+    let conf = open_dir();
+    let yaml = "apiVersion: kitfleet.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: mute, namespace: ns}\nspec:\n  seccomp:\n    defaultAction: allow\n    rules: [{names: [write], action: errno}]\n";
+    let policy = write_policy(conf.path(), yaml);
+    let out = launch(&policy, &["/no/such/program"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("\"event\":\"enforced\"") && !text.contains("panicked"),
+        "{text}"
+    );
+}
