@@ -13,6 +13,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== generated CRDs are current"
 cargo run -q -p kitfleet-api --bin crdgen -- --check
 echo "== cargo test"
-cargo test --workspace --no-fail-fast 2>&1 | tee target/test-output.txt
+out="${CARGO_TARGET_DIR:-target}/test-output.txt"
+mkdir -p "$(dirname "$out")"
+cargo test --workspace --no-fail-fast 2>&1 | tee "$out"
 # One closing line for the whole run, summed over every test binary.
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' target/test-output.txt
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$out"
