@@ -1,5 +1,6 @@
 use super::*;
 use crate::seccomp::bpf::{SeccompData, run};
+use crate::seccomp::{CmpOp, Cond};
 use kitfleet_api::security::FsAccess;
 
 fn policy(yaml: &str) -> SecurityPolicy {
