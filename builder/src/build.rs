@@ -215,6 +215,8 @@ struct Ctx<'a> {
     sources: &'a Sources,
     opts: &'a BuildOptions,
     trees: BTreeMap<String, Tree>,
+    /// Cache writes running beside the build (flattened images), joined before it returns.
+    background: std::sync::Mutex<Vec<std::thread::JoinHandle<Result<()>>>>,
 }
 
 impl Ctx<'_> {
@@ -258,8 +260,12 @@ impl Ctx<'_> {
         }
         task.done(&format!("{} entries", tree.len()));
         let entries: Vec<Entry> = tree.entries().cloned().collect();
-        let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&flat, e))?;
-        self.cache().write_atomic(&flat, &tar)?;
+        let cache = self.cache().clone();
+        let handle = std::thread::spawn(move || {
+            let tar = crate::tarout::to_tar(&entries).map_err(|e| Error::io(&flat, e))?;
+            cache.write_atomic(&flat, &tar)
+        });
+        self.background.lock().expect("not poisoned").push(handle);
         Ok(tree)
     }
 
@@ -395,6 +401,7 @@ pub async fn build(
         sources,
         opts,
         trees: BTreeMap::new(),
+        background: std::sync::Mutex::new(Vec::new()),
     };
     let need_initrd = opts.formats.iter().any(|f| is_initrd_format(*f));
     let need_tar = opts.formats.contains(&OutputFormat::Tar);
@@ -539,6 +546,14 @@ pub async fn build(
         tracing::debug!(elapsed = ?started.elapsed(), "initrd planned");
         write_initrd_outputs(opts, cache, &parts, &build_key, &mut outputs)?;
         tracing::debug!(elapsed = ?started.elapsed(), "outputs written");
+    }
+    for h in ctx.background.into_inner().expect("not poisoned") {
+        h.join().map_err(|_| {
+            Error::io(
+                sources.cache().root(),
+                std::io::Error::other("a cache writer panicked"),
+            )
+        })??;
     }
     Ok(BuildResult {
         build_key: hex::encode(build_key),
