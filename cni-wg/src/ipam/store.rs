@@ -163,7 +163,7 @@ impl Store {
             let _ = fs::remove_file(&path);
             io(&path)(e)
         })?;
-        fs::write(&last_path, ip.to_string()).map_err(io(&last_path))?;
+        write_fixed(&last_path, &ip.to_string()).map_err(io(&last_path))?;
         Ok(ip)
     }
 
@@ -232,6 +232,18 @@ impl Store {
     }
 }
 
+/// Overwrites a small file in place with a fixed-width (16-byte) record, never truncating:
+/// ext4 flushes a file truncated to zero and rewritten (`auto_da_alloc`), which made an ADD wait
+/// 0.1–0.6 s on this busy machine.
+fn write_fixed(path: &Path, value: &str) -> std::io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    f.write_all(format!("{value:<15}\n").as_bytes())
+}
+
 fn holds(e: &Entry, container_id: &str, ifname: &str) -> bool {
     e.record
         .as_ref()
@@ -261,6 +273,8 @@ mod tests {
             (a.to_string().as_str(), b.to_string().as_str()),
             ("10.0.0.2", "10.0.0.3")
         );
+        let last = fs::read_to_string(d.path().join("net/last_reserved_ip")).unwrap();
+        assert_eq!(last, "10.0.0.3       \n", "fixed width, rewritten in place");
         assert!(matches!(
             s.reserve(cidr, &rec("a")),
             Err(IpamError::Duplicate { .. })
