@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kitfleet_cni_wg::dataplane::PrivateKey;
-use kitfleet_node_agent::testbed::{Proc, Testbed, in_ns, ip, ns_output, privileged};
+use kitfleet_node_agent::testbed::{NodeNs, Proc, Testbed, in_ns, ip, ns_output, privileged};
 
 #[derive(Debug, Parser)]
 #[command(name = "kitfleet-mesh-bench")]
@@ -78,6 +78,103 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Resul
     bail!("timed out waiting for {what}")
 }
 
+/// Starts `kitfleet-node-agent mesh` for `node` (work files under `work/<node>`, log appended).
+fn spawn_agent(agent: &Path, node: &NodeNs, dir: &Path, work: &Path) -> Result<Proc> {
+    let w = work.join(&node.name);
+    std::fs::create_dir_all(&w)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(w.join("agent.log"))?;
+    let (key, state) = (w.join("wg.key"), w.join("node.json"));
+    let args = [
+        "mesh",
+        "--node-name",
+        &node.name,
+        "--nodes-dir",
+        dir.to_str().unwrap_or_default(),
+        "--key-file",
+        key.to_str().unwrap_or_default(),
+        "--state-file",
+        state.to_str().unwrap_or_default(),
+    ];
+    let agent = agent.to_str().unwrap_or_default();
+    Ok(Proc(
+        in_ns(&node.netns, agent, &args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?,
+    ))
+}
+
+/// Pings pod 1 → pod 2 every 10 ms for 4 s while `disrupt` runs after 1 s; returns the estimated
+/// interruption (lost replies × 10 ms).
+fn interruption(tb: &Testbed, disrupt: impl FnOnce() -> Result<()>) -> Result<Duration> {
+    let (p1, p2) = (&tb.nodes[0].pods[0], &tb.nodes[1].pods[0]);
+    let ping = in_ns(
+        &p1.netns,
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-i",
+            "0.01",
+            "-c",
+            "400",
+            "-W",
+            "1",
+            &p2.ip.to_string(),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()?;
+    std::thread::sleep(Duration::from_secs(1));
+    disrupt()?;
+    let out = ping.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .context("ping summary")?;
+    let nums: Vec<u64> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    let (sent, got) = (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+    );
+    Ok(Duration::from_millis(sent.saturating_sub(got) * 10))
+}
+
+/// Agent restart and key rotation on node 2 under a 10 ms ping: how long traffic stops.
+fn measure_disruptions(agent: &Path) -> Result<(Duration, Duration)> {
+    let tb = Testbed::new(&format!("d{}", std::process::id() % 1000), 2, 1)?;
+    let work = tempfile::tempdir()?;
+    let mut procs = setup(Plane::Kitfleet, &tb, work.path(), agent)?;
+    let dir = work.path().join("nodes");
+    let node2 = tb.nodes[1].clone();
+    let restart = interruption(&tb, || {
+        procs[1].stop();
+        procs[1] = spawn_agent(agent, &node2, &dir, work.path())?;
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_secs(1));
+    let key = work.path().join(&node2.name).join("wg.key");
+    let rotation = interruption(&tb, || {
+        let st = Command::new(agent)
+            .args(["rotate-key", "--key-file", key.to_str().unwrap_or_default()])
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("rotate-key failed");
+        }
+        Ok(())
+    })?;
+    Ok((restart, rotation))
+}
+
 /// Sets up `plane` on the testbed; returns the processes to keep alive.
 fn setup(plane: Plane, tb: &Testbed, work: &Path, agent: &Path) -> Result<Vec<Proc>> {
     let (a, b) = (&tb.nodes[0], &tb.nodes[1]);
@@ -108,28 +205,7 @@ fn setup(plane: Plane, tb: &Testbed, work: &Path, agent: &Path) -> Result<Vec<Pr
             std::fs::create_dir_all(&dir)?;
             tb.write_manifests(&dir)?;
             for n in &tb.nodes {
-                let w = work.join(&n.name);
-                std::fs::create_dir_all(&w)?;
-                let log = std::fs::File::create(w.join("agent.log"))?;
-                let (key, state) = (w.join("wg.key"), w.join("node.json"));
-                let args = [
-                    "mesh",
-                    "--node-name",
-                    &n.name,
-                    "--nodes-dir",
-                    dir.to_str().unwrap_or_default(),
-                    "--key-file",
-                    key.to_str().unwrap_or_default(),
-                    "--state-file",
-                    state.to_str().unwrap_or_default(),
-                ];
-                let agent = agent.to_str().unwrap_or_default();
-                procs.push(Proc(
-                    in_ns(&n.netns, agent, &args)
-                        .stdout(Stdio::null())
-                        .stderr(log)
-                        .spawn()?,
-                ));
+                procs.push(spawn_agent(agent, n, &dir, work)?);
             }
         }
         Plane::WireguardGo => {
@@ -258,8 +334,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    match bench(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kitfleet-mesh-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: Args) -> Result<()> {
     if !privileged() {
         bail!("needs root, /dev/net/tun and network namespaces");
     }
@@ -330,6 +415,14 @@ fn main() -> Result<()> {
         println!(
             "| {} | {g:.2} | {ratio} | {retr:.0} | {avg:.3} | {max:.3} |",
             plane.label()
+        );
+    }
+    if planes.contains(&Plane::Kitfleet) {
+        let (restart, rotation) = measure_disruptions(&agent).context("measuring disruptions")?;
+        println!(
+            "\nkitfleet under a 10 ms ping (lost replies x 10 ms): agent restart {} ms, key rotation {} ms",
+            restart.as_millis(),
+            rotation.as_millis()
         );
     }
     Ok(())
