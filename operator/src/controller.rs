@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::constants::{LABEL_MANAGED_BY, NODEIMAGE_FINALIZER, OPERATOR_FIELD_MANAGER};
 use kitfleet_api::{NodeImage, NodeImageStatus};
@@ -23,7 +23,7 @@ use tracing::{Instrument as _, info, instrument, warn};
 use crate::decide::{self, Action, Decision, JobView, Lookup, Observed, Policy};
 use crate::job::{self, JobError, JobSettings};
 use crate::metrics::Metrics;
-use crate::registry::{ArtifactRegistry, RegistryError};
+use crate::registry::{ArtifactRegistry, PullSecret, RegistryError};
 
 /// A reconciliation failure (retried by [`error_policy`] with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -198,17 +198,33 @@ async fn views<R: ArtifactRegistry>(
 pub async fn apply<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) -> Result<Requeue> {
     let now = (ctx.now)();
     let valid = decide::validate(&ni.spec).is_ok();
-    let resolution = match decide::resolve_reason(&ni, now).filter(|_| valid) {
+    let reason = decide::resolve_reason(&ni, now).filter(|_| valid);
+    let recorded_key = ni.status.as_ref().and_then(|s| s.build_key.as_deref());
+    let needs_registry =
+        valid && (reason.is_some() || decide::needs_lookup(ni.status.as_ref(), recorded_key));
+    let (secret, secret_error) = match &ni.spec.output.push_secret_name {
+        Some(name) if needs_registry => match read_secret(name, ctx).await? {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
+    let usable = secret_error.is_none();
+    let resolution = match reason.filter(|_| usable) {
         Some(reason) => {
             info!(?reason, "resolving references");
-            Some(ctx.registry.resolve(&ni.spec).await?)
+            Some(ctx.registry.resolve(&ni.spec, secret.as_ref()).await?)
         }
         None => None,
     };
     let key = decide::current_key(&ni, resolution.as_ref()).map(str::to_string);
     let lookup = match &key {
-        Some(k) if valid && decide::needs_lookup(ni.status.as_ref(), Some(k)) => {
-            match ctx.registry.lookup(&ni.spec.output.repository, k).await {
+        Some(k) if valid && usable && decide::needs_lookup(ni.status.as_ref(), Some(k)) => {
+            match ctx
+                .registry
+                .lookup(&ni.spec.output.repository, k, secret.as_ref())
+                .await
+            {
                 Ok(Some(a)) => Lookup::Found(a),
                 Ok(None) => Lookup::Absent,
                 Err(e) => Lookup::Error(e.to_string()),
@@ -223,10 +239,37 @@ pub async fn apply<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) ->
         resolution: resolution.as_ref(),
         jobs: &views,
         lookup: &lookup,
+        secret_error: secret_error.as_deref(),
         now,
     };
     let decision = decide::decide(&obs, &ctx.policy);
     execute(&ni, &jobs, decision, ctx).await
+}
+
+/// The push secret's Docker config; `Ok(Err(why))` when the secret cannot be used (reported in status).
+async fn read_secret<R: ArtifactRegistry>(
+    name: &str,
+    ctx: &Context<R>,
+) -> Result<Result<PullSecret, String>> {
+    let ns = &ctx.settings.namespace;
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(secret) = api.get_opt(name).await? else {
+        return Ok(Err(format!(
+            "spec.output.pushSecretName: Secret {ns}/{name} not found"
+        )));
+    };
+    if secret.type_.as_deref() != Some("kubernetes.io/dockerconfigjson") {
+        return Ok(Err(format!(
+            "spec.output.pushSecretName: Secret {ns}/{name} has type {:?}, not kubernetes.io/dockerconfigjson",
+            secret.type_.unwrap_or_default()
+        )));
+    }
+    match secret.data.and_then(|mut d| d.remove(".dockerconfigjson")) {
+        Some(bytes) => Ok(Ok(PullSecret(bytes.0))),
+        None => Ok(Err(format!(
+            "spec.output.pushSecretName: Secret {ns}/{name} has no .dockerconfigjson"
+        ))),
+    }
 }
 
 fn job_seconds(jobs: &[Job], name: &str) -> Option<f64> {

@@ -175,6 +175,8 @@ pub struct Observed<'a> {
     /// The NodeImage's build Jobs.
     pub jobs: &'a [JobView],
     pub lookup: &'a Lookup,
+    /// Why the push secret could not be used (missing, wrong type, no `.dockerconfigjson`).
+    pub secret_error: Option<&'a str>,
     pub now: Timestamp,
 }
 
@@ -183,6 +185,8 @@ pub struct Observed<'a> {
 pub enum Action {
     /// The spec is invalid: Degraded, no Job.
     Invalid(FieldErrors),
+    /// The push secret cannot be used: Degraded, no Job, retried.
+    PushSecret(String),
     /// A reference did not resolve: Degraded, retried.
     Unresolved(String),
     /// The registry could not be asked: nothing written, retried with backoff.
@@ -360,6 +364,21 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
         d.supersede_running(None);
         let ev = note(true, "InvalidSpec", errors.to_string());
         return d.finish(Action::Invalid(errors), ev, None);
+    }
+    if let Some(e) = obs.secret_error {
+        d.cond(COND_DEGRADED, true, "PushSecret", e);
+        d.cond(
+            COND_PROGRESSING,
+            false,
+            "PushSecret",
+            "no build without the push secret",
+        );
+        let ev = note(true, "PushSecret", e.to_string());
+        return d.finish(
+            Action::PushSecret(e.to_string()),
+            ev,
+            Some(policy.retry_base),
+        );
     }
     if let Some(res) = obs.resolution {
         // The recorded digests no longer describe the spec (or there are none): a failed resolution replaces them.

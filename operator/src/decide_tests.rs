@@ -551,6 +551,7 @@ fn every_branch() {
             resolution: c.resolution.as_ref(),
             jobs: &c.jobs,
             lookup: &c.lookup,
+            secret_error: None,
             now: now(),
         };
         let d = decide(&obs, &POLICY);
@@ -569,6 +570,7 @@ fn decisions_settle() {
             resolution: c.resolution.as_ref(),
             jobs: &c.jobs,
             lookup: &c.lookup,
+            secret_error: None,
             now: now(),
         };
         let d = decide(&obs, &POLICY);
@@ -618,6 +620,7 @@ fn decisions_settle() {
                 resolution: again_resolution,
                 jobs: &jobs,
                 lookup: &lookup,
+                secret_error: None,
                 now: now(),
             },
             &POLICY,
@@ -636,6 +639,44 @@ fn decisions_settle() {
             c.name
         );
     }
+}
+
+#[test]
+fn an_unusable_push_secret_degrades_without_a_job() {
+    let n = resolved_to(K1);
+    let jobs = [job(K1, 1, JobState::Running, None)];
+    let why = "spec.output.pushSecretName: Secret kitfleet-system/push not found";
+    let obs = Observed {
+        ni: &n,
+        resolution: None,
+        jobs: &jobs,
+        lookup: &Lookup::Skipped,
+        secret_error: Some(why),
+        now: now(),
+    };
+    let d = decide(&obs, &POLICY);
+    assert_eq!(d.action, Action::PushSecret(why.into()));
+    let c = cond(d.status.as_ref().unwrap(), COND_DEGRADED);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        ("True", "PushSecret", why)
+    );
+    assert_eq!(
+        d.event.as_ref().map(|e| (e.warning, e.reason.as_str())),
+        Some((true, "PushSecret"))
+    );
+    assert!(d.delete_jobs.is_empty(), "a running build is left alone");
+    assert_eq!(d.requeue, Some(POLICY.retry_base));
+    // Unchanged next time: nothing written.
+    let settled = settle(n.clone(), &d);
+    let again = decide(
+        &Observed {
+            ni: &settled,
+            ..obs
+        },
+        &POLICY,
+    );
+    assert_eq!((again.status, again.event), (None, None));
 }
 
 #[test]
@@ -749,6 +790,7 @@ fn refresh_interval_requeues_at_the_next_resolution() {
             resolution: None,
             jobs: &[],
             lookup: &Lookup::Skipped,
+            secret_error: None,
             now: now(),
         },
         &POLICY,
@@ -774,6 +816,7 @@ fn long_messages_are_clamped_at_a_character_boundary() {
             resolution: None,
             jobs: &[],
             lookup: &Lookup::Skipped,
+            secret_error: None,
             now: now(),
         },
         &POLICY,

@@ -28,6 +28,18 @@ pub enum RegistryError {
     Foreign { reference: String, reason: String },
     #[error("{0}")]
     Builder(#[from] kitfleet_builder::Error),
+    #[error("push secret: {0}")]
+    Secret(String),
+}
+
+/// Registry credentials from a NodeImage's push secret: its `.dockerconfigjson`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PullSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for PullSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PullSecret(<redacted>)")
+    }
 }
 
 /// The outcome of resolving every reference of a spec.
@@ -53,18 +65,21 @@ pub trait ArtifactRegistry: Send + Sync + 'static {
     fn resolve(
         &self,
         spec: &NodeImageSpec,
+        secret: Option<&PullSecret>,
     ) -> impl Future<Output = Result<Resolution, RegistryError>> + Send;
     /// The artifact tagged for `build_key` in `repository`, if one is published.
     fn lookup(
         &self,
         repository: &str,
         build_key: &str,
+        secret: Option<&PullSecret>,
     ) -> impl Future<Output = Result<Option<ArtifactStatus>, RegistryError>> + Send;
 }
 
 /// [`ArtifactRegistry`] backed by `kitfleet-builder`.
 #[derive(Debug)]
 pub struct BuilderRegistry {
+    cache_dir: std::path::PathBuf,
     sources: Sources,
 }
 
@@ -87,8 +102,50 @@ impl BuilderRegistry {
             offline: false,
         };
         Ok(BuilderRegistry {
+            cache_dir: cache_dir.to_path_buf(),
             sources: Sources::new(Cache::open(cache_dir.to_path_buf())?, opts),
         })
+    }
+
+    /// The sources to use: the operator's own credentials, or those of a push secret.
+    fn with_secret(&self, secret: Option<&PullSecret>) -> Result<SourcesFor<'_>, RegistryError> {
+        let Some(secret) = secret else {
+            return Ok(SourcesFor::Own(&self.sources));
+        };
+        let staged = tempfile::NamedTempFile::new_in(&self.cache_dir)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &secret.0).map(|_| f))
+            .map_err(|e| {
+                RegistryError::Secret(format!(
+                    "staging credentials in {}: {e}",
+                    self.cache_dir.display()
+                ))
+            })?;
+        let credentials = Credentials::from_file(staged.path()).map_err(|e| {
+            let shown = staged.path().display().to_string();
+            RegistryError::Secret(e.to_string().replace(&shown, ".dockerconfigjson"))
+        })?;
+        let opts = SourceOptions {
+            credentials,
+            ..self.sources.options().clone()
+        };
+        let cache = Cache::open(self.cache_dir.clone())?;
+        Ok(SourcesFor::Secret(Box::new(Sources::new(cache, opts))))
+    }
+}
+
+/// The operator's sources, or sources with a push secret's credentials.
+enum SourcesFor<'a> {
+    Own(&'a Sources),
+    Secret(Box<Sources>),
+}
+
+impl std::ops::Deref for SourcesFor<'_> {
+    type Target = Sources;
+    fn deref(&self) -> &Sources {
+        match self {
+            SourcesFor::Own(s) => s,
+            SourcesFor::Secret(s) => s,
+        }
     }
 }
 
@@ -102,9 +159,14 @@ pub const JOB_MTIME: Mtime = Mtime {
 pub const JOB_GZIP_LEVEL: u32 = 6;
 
 impl ArtifactRegistry for BuilderRegistry {
-    async fn resolve(&self, spec: &NodeImageSpec) -> Result<Resolution, RegistryError> {
+    async fn resolve(
+        &self,
+        spec: &NodeImageSpec,
+        secret: Option<&PullSecret>,
+    ) -> Result<Resolution, RegistryError> {
+        let sources = self.with_secret(secret)?;
         let (map, statuses) =
-            kitfleet_builder::build::resolve_all(&self.sources, &spec.image, false).await?;
+            kitfleet_builder::build::resolve_all(&sources, &spec.image, false).await?;
         let mut resolved: Vec<ResolvedImage> = Vec::new();
         for s in &statuses {
             if resolved.iter().any(|r| r.reference == s.reference) {
@@ -123,7 +185,7 @@ impl ArtifactRegistry for BuilderRegistry {
                 &spec.image,
                 &map,
                 &spec.formats,
-                &self.sources.options().arch,
+                &sources.options().arch,
                 JOB_MTIME,
                 JOB_GZIP_LEVEL,
                 Path::new("/nonexistent/kitfleet"),
@@ -142,21 +204,21 @@ impl ArtifactRegistry for BuilderRegistry {
         &self,
         repository: &str,
         build_key: &str,
+        secret: Option<&PullSecret>,
     ) -> Result<Option<ArtifactStatus>, RegistryError> {
+        let sources = self.with_secret(secret)?;
         let whole = format!("{repository}:{}", artifact_tag(build_key));
         let reference =
             oci_client::Reference::from_str(&whole).map_err(|e| RegistryError::Request {
                 reference: whole.clone(),
                 message: e.to_string(),
             })?;
-        let auth = self
-            .sources
+        let auth = sources
             .options()
             .credentials
             .for_host(reference.resolve_registry());
         let accepted = [kitfleet_builder::oci::MT_OCI_MANIFEST];
-        match self
-            .sources
+        match sources
             .client()
             .pull_manifest_raw(&reference, &auth, &accepted)
             .await

@@ -16,7 +16,8 @@ use kitfleet_builder::fixtures::{self, Registry};
 use kitfleet_operator::config::BuildSettings;
 use kitfleet_operator::decide::{self, Action, JobState, JobView, Lookup, Observed, Policy};
 use kitfleet_operator::job::{self, ANNOTATION_MANIFEST, JobSettings};
-use kitfleet_operator::registry::{ArtifactRegistry, BuilderRegistry};
+use kitfleet_operator::registry::{ArtifactRegistry, BuilderRegistry, PullSecret};
+use oci_client::secrets::RegistryAuth;
 
 /// The `kitfleet-build` binary of this workspace, built now so that it matches the builder library linked here.
 fn builder_binary() -> PathBuf {
@@ -61,6 +62,7 @@ fn run_job_container(
     job: &k8s_openapi::api::batch::v1::Job,
     bin: &Path,
     root: &Path,
+    secret: Option<&[u8]>,
 ) -> serde_json::Value {
     let tpl = &job.spec.as_ref().unwrap().template;
     let manifest =
@@ -71,6 +73,7 @@ fn run_job_container(
             ("/etc/kitfleet/build", "manifest"),
             ("/work", "work"),
             ("/cache", "cache"),
+            ("/var/run/kitfleet/push", "push"),
         ] {
             if let Some(rest) = p.strip_prefix(inside) {
                 return format!("{}{rest}", root.join(outside).display());
@@ -78,8 +81,26 @@ fn run_job_container(
         }
         p.to_string()
     };
-    for d in ["manifest", "work", "cache"] {
+    for d in ["manifest", "work", "cache", "push"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // The secret volume, when the pod has one.
+    let has_secret = tpl
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .any(|v| v.secret.is_some());
+    assert_eq!(
+        has_secret,
+        secret.is_some(),
+        "the push secret is mounted exactly when named"
+    );
+    if let Some(s) = secret {
+        std::fs::write(map(job::DOCKER_CONFIG_PATH), s).unwrap();
     }
     // The downward-API volume: the annotation becomes the file.
     std::fs::write(map(job::MANIFEST_PATH), manifest).unwrap();
@@ -104,28 +125,56 @@ fn run_job_container(
 
 #[test]
 fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
+    contract(false);
+}
+
+/// The same against a registry that requires basic auth: the NodeImage names a push secret; the operator reads with
+/// its credentials, the Job gets it mounted and passes it as `--docker-config`.
+#[test]
+fn with_a_push_secret_against_an_authenticating_registry() {
+    contract(true);
+}
+
+const USER: &str = "kit";
+const PASSWORD: &str = "s3cret";
+
+fn push(rt: &tokio::runtime::Runtime, image: fixtures::ImageSpec, reference: &str, auth: bool) {
+    let creds = if auth {
+        RegistryAuth::Basic(USER.into(), PASSWORD.into())
+    } else {
+        RegistryAuth::Anonymous
+    };
+    rt.block_on(image.build().unwrap().push_auth(reference, &creds))
+        .unwrap();
+}
+
+fn contract(auth: bool) {
     let bin = builder_binary();
-    let reg = Registry::start().expect("docker-registry (apt-get install docker-registry)");
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let reg = Registry::start_with(auth.then_some((USER, hash.as_str())))
+        .expect("docker-registry (apt-get install docker-registry)");
     let a = reg.addr.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        fixtures::kernel_image()
-            .unwrap()
-            .build()
-            .unwrap()
-            .push(&format!("{a}/fixtures/kernel:6.1"))
-            .await
-            .unwrap();
-        fixtures::init_image()
-            .unwrap()
-            .build()
-            .unwrap()
-            .push(&format!("{a}/fixtures/init:v1"))
-            .await
-            .unwrap();
-    });
+    let docker_config =
+        format!(r#"{{"auths":{{"{a}":{{"username":"{USER}","password":"{PASSWORD}"}}}}}}"#)
+            .into_bytes();
+    let secret = auth.then(|| PullSecret(docker_config.clone()));
+    let secret = secret.as_ref();
+    push(
+        &rt,
+        fixtures::kernel_image().unwrap(),
+        &format!("{a}/fixtures/kernel:6.1"),
+        auth,
+    );
+    push(
+        &rt,
+        fixtures::init_image().unwrap(),
+        &format!("{a}/fixtures/init:v1"),
+        auth,
+    );
     let mut ni = NodeImage::from_yaml(&format!(
-        "apiVersion: kitfleet.dev/v1alpha1\nkind: NodeImage\nmetadata:\n  name: contract\nspec:\n  kernel:\n    image: {a}/fixtures/kernel:6.1\n    cmdline: console=ttyS0\n  init:\n  - {a}/fixtures/init:v1\n  files:\n  - path: etc/kitfleet/hello\n    contents: hello\n  formats: [kernel+initrd, tar]\n  output:\n    repository: {a}/kitfleet/contract\n"
+        "apiVersion: kitfleet.dev/v1alpha1\nkind: NodeImage\nmetadata:\n  name: contract\nspec:\n  kernel:\n    image: {a}/fixtures/kernel:6.1\n    cmdline: console=ttyS0\n  init:\n  - {a}/fixtures/init:v1\n  files:\n  - path: etc/kitfleet/hello\n    contents: hello\n  formats: [kernel+initrd, tar]\n  output:\n    repository: {a}/kitfleet/contract\n{}",
+        if auth { "    pushSecretName: push\n" } else { "" }
     ))
     .unwrap();
     ni.metadata.uid = Some("uid-contract".into());
@@ -140,7 +189,7 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
         None,
     )
     .unwrap();
-    let resolution = rt.block_on(registry.resolve(&ni.spec)).unwrap();
+    let resolution = rt.block_on(registry.resolve(&ni.spec, secret)).unwrap();
     let key = resolution
         .build_key
         .clone()
@@ -153,10 +202,22 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
         "{resolution:?}"
     );
     assert_eq!(
-        rt.block_on(registry.lookup(&ni.spec.output.repository, &key))
+        rt.block_on(registry.lookup(&ni.spec.output.repository, &key, secret))
             .unwrap(),
         None
     );
+    if auth {
+        let e = rt.block_on(registry.resolve(&ni.spec, None)).unwrap();
+        assert!(
+            e.build_key.is_none(),
+            "anonymous resolution must fail against the authenticating registry"
+        );
+        let e = rt.block_on(registry.lookup(&ni.spec.output.repository, &key, None));
+        assert!(
+            e.is_err(),
+            "an anonymous lookup is an error, not \"absent\": {e:?}"
+        );
+    }
 
     // Its decision: one build Job, generated from the recorded digests.
     let now = Timestamp::now();
@@ -169,6 +230,7 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
         resolution: Some(&resolution),
         jobs: &[],
         lookup: &Lookup::Absent,
+        secret_error: None,
         now,
     };
     let d = decide::decide(&obs, &policy);
@@ -183,17 +245,19 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
     let job = job::build_job(&ni, &key, 1, &settings(&a)).unwrap();
 
     // A tag moves upstream after the resolution: the Job still builds the recorded digests.
-    rt.block_on(async {
-        fixtures::marker_image("moved")
-            .unwrap()
-            .build()
-            .unwrap()
-            .push(&format!("{a}/fixtures/init:v1"))
-            .await
-            .unwrap();
-    });
+    push(
+        &rt,
+        fixtures::marker_image("moved").unwrap(),
+        &format!("{a}/fixtures/init:v1"),
+        auth,
+    );
 
-    let summary = run_job_container(&job, &bin, &work.path().join("pod"));
+    let summary = run_job_container(
+        &job,
+        &bin,
+        &work.path().join("pod"),
+        auth.then_some(docker_config.as_slice()),
+    );
     let built_key = summary["build"]["buildKey"].as_str().unwrap();
     assert_eq!(
         format!("sha256:{built_key}"),
@@ -210,7 +274,7 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
 
     // The operator's lookup finds that artifact, with the digests the build reported.
     let found = rt
-        .block_on(registry.lookup(&ni.spec.output.repository, &key))
+        .block_on(registry.lookup(&ni.spec.output.repository, &key, secret))
         .unwrap()
         .expect("artifact found");
     assert_eq!(found.digest, pushed_digest);
@@ -261,6 +325,7 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
             resolution: None,
             jobs: &done,
             lookup: &lookup,
+            secret_error: None,
             now,
         },
         &policy,
@@ -276,6 +341,7 @@ fn the_job_command_builds_and_pushes_what_the_operator_then_adopts() {
             resolution: None,
             jobs: &[],
             lookup: &lookup,
+            secret_error: None,
             now,
         },
         &policy,

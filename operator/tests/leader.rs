@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::NodeImageSpec;
 use kitfleet_api::nodeimage::ArtifactStatus;
 use kitfleet_operator::config::{Config, RunArgs};
-use kitfleet_operator::registry::{ArtifactRegistry, RegistryError, Resolution};
+use kitfleet_operator::registry::{ArtifactRegistry, PullSecret, RegistryError, Resolution};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
@@ -27,10 +27,19 @@ const LEASE: &str =
 struct Unused;
 
 impl ArtifactRegistry for Unused {
-    async fn resolve(&self, _: &NodeImageSpec) -> Result<Resolution, RegistryError> {
+    async fn resolve(
+        &self,
+        _: &NodeImageSpec,
+        _: Option<&PullSecret>,
+    ) -> Result<Resolution, RegistryError> {
         panic!("no NodeImage exists: nothing to resolve")
     }
-    async fn lookup(&self, _: &str, _: &str) -> Result<Option<ArtifactStatus>, RegistryError> {
+    async fn lookup(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<&PullSecret>,
+    ) -> Result<Option<ArtifactStatus>, RegistryError> {
         panic!("no NodeImage exists: nothing to look up")
     }
 }

@@ -17,7 +17,9 @@ use kitfleet_operator::controller::{self, Context};
 use kitfleet_operator::decide::{self, ANNOTATION_RESOLVED_AT, ANNOTATION_RESOLVED_REFRESH};
 use kitfleet_operator::job::{self, JobSettings};
 use kitfleet_operator::metrics::Metrics;
-use kitfleet_operator::registry::{ArtifactRegistry, RegistryError, Resolution, artifact_tag};
+use kitfleet_operator::registry::{
+    ArtifactRegistry, PullSecret, RegistryError, Resolution, artifact_tag,
+};
 use kube::client::Body;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -29,6 +31,8 @@ const D: &str = "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddd
 const NI_PATH: &str = "/apis/kitfleet.dev/v1alpha1/nodeimages/demo";
 const JOBS_PATH: &str = "/apis/batch/v1/namespaces/kitfleet-system/jobs";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const SECRET_PATH: &str = "/api/v1/namespaces/kitfleet-system/secrets/push";
+const DOCKER_CONFIG: &[u8] = br#"{"auths":{"127.0.0.1:5000":{"username":"u","password":"p"}}}"#;
 const MANIFEST: &str = "apiVersion: kitfleet.dev/v1alpha1
 kind: NodeImage
 metadata:
@@ -56,8 +60,15 @@ struct FakeRegistry {
 }
 
 impl ArtifactRegistry for FakeRegistry {
-    async fn resolve(&self, spec: &NodeImageSpec) -> Result<Resolution, RegistryError> {
-        self.calls.lock().unwrap().push("resolve".into());
+    async fn resolve(
+        &self,
+        spec: &NodeImageSpec,
+        secret: Option<&PullSecret>,
+    ) -> Result<Resolution, RegistryError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resolve secret={}", secret.is_some()));
         let resolved = spec
             .image
             .references()
@@ -78,7 +89,13 @@ impl ArtifactRegistry for FakeRegistry {
         &self,
         repository: &str,
         build_key: &str,
+        secret: Option<&PullSecret>,
     ) -> Result<Option<ArtifactStatus>, RegistryError> {
+        assert_eq!(
+            secret,
+            Some(&PullSecret(DOCKER_CONFIG.to_vec())),
+            "the push secret's credentials"
+        );
         self.calls
             .lock()
             .unwrap()
@@ -193,6 +210,27 @@ impl ApiServer {
     }
 }
 
+/// The push secret `push` in kitfleet-system.
+fn push_secret() -> Value {
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("push".into()),
+            namespace: Some("kitfleet-system".into()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/dockerconfigjson".into()),
+        data: Some(
+            [(
+                ".dockerconfigjson".to_string(),
+                k8s_openapi::ByteString(DOCKER_CONFIG.to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    serde_json::to_value(secret).unwrap()
+}
+
 /// What a status patch returns (its content does not matter to the reconciler, its shape does).
 fn status_reply() -> Value {
     serde_json::to_value(nodeimage(MANIFEST, true)).unwrap()
@@ -272,6 +310,7 @@ async fn new_nodeimage_gets_the_finalizer_then_one_build_job() {
         ni.clone(),
         FakeRegistry::default(),
         move |mut api| async move {
+            api.expect(Method::GET, SECRET_PATH, push_secret()).await;
             let (q, _) = api.expect(Method::GET, JOBS_PATH, job_list(vec![])).await;
             assert!(
                 q.contains("labelSelector=kitfleet.dev%2Fnodeimage%3Ddemo"),
@@ -345,7 +384,7 @@ async fn new_nodeimage_gets_the_finalizer_then_one_build_job() {
     assert_eq!(
         calls,
         vec![
-            "resolve".to_string(),
+            "resolve secret=true".to_string(),
             format!("lookup 127.0.0.1:5000/kitfleet/demo {KEY}")
         ]
     );
@@ -379,6 +418,7 @@ async fn job_succeeded_writes_the_artifact_into_status() {
         ..Default::default()
     };
     let (r, calls) = run(ni, registry, move |mut api| async move {
+        api.expect(Method::GET, SECRET_PATH, push_secret()).await;
         api.expect(Method::GET, JOBS_PATH, job_list(vec![done]))
             .await;
         let (q, st) = api
@@ -427,6 +467,7 @@ async fn job_failed_reports_the_termination_message() {
                 "message": "pulling 127.0.0.1:5000/fixtures/init\nkitfleet-build: error: registry error: connection refused"}}}]}
     }]});
     let (r, _) = run(ni, FakeRegistry::default(), move |mut api| async move {
+        api.expect(Method::GET, SECRET_PATH, push_secret()).await;
         api.expect(Method::GET, JOBS_PATH, job_list(vec![failed]))
             .await;
         let (q, _) = api
@@ -528,6 +569,7 @@ async fn unchanged_nodeimage_writes_nothing() {
             resolution: None,
             jobs: &jobs,
             lookup: &lookup,
+            secret_error: None,
             now: now(),
         },
         &policy,
@@ -587,6 +629,7 @@ async fn spec_change_during_a_build_supersedes_the_old_job() {
     let new_name = job::job_name(&ni, KEY, 1);
     let reply = serde_json::to_value(&ni).unwrap();
     let (r, calls) = run(ni, FakeRegistry::default(), move |mut api| async move {
+        api.expect(Method::GET, SECRET_PATH, push_secret()).await;
         api.expect(Method::GET, JOBS_PATH, job_list(vec![old.clone()]))
             .await;
         api.expect(Method::PATCH, NI_PATH, reply).await;
@@ -622,7 +665,7 @@ async fn spec_change_during_a_build_supersedes_the_old_job() {
     })
     .await;
     r.unwrap();
-    assert_eq!(calls[0], "resolve");
+    assert_eq!(calls[0], "resolve secret=true");
 }
 
 #[tokio::test]
@@ -631,6 +674,7 @@ async fn a_rejected_job_is_reported_in_status_and_retried() {
     resolved(&mut ni);
     let job_name = job::job_name(&ni, KEY, 1);
     let (r, _) = run(ni, FakeRegistry::default(), move |mut api| async move {
+        api.expect(Method::GET, SECRET_PATH, push_secret()).await;
         api.expect(Method::GET, JOBS_PATH, job_list(vec![])).await;
         let quota = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
             "message": "jobs \"x\" is forbidden: exceeded quota: builds"});
@@ -648,4 +692,29 @@ async fn a_rejected_job_is_reported_in_status_and_retried() {
     .await;
     let err = r.unwrap_err();
     assert!(err.contains("exceeded quota"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_push_secret_is_degraded_without_a_job() {
+    let ni = nodeimage(MANIFEST, true);
+    let (r, calls) = run(ni, FakeRegistry::default(), |mut api| async move {
+        let missing = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "secrets \"push\" not found"});
+        let (req, send) = api.0.next_request().await.unwrap();
+        assert_eq!((req.method(), req.uri().path()), (&Method::GET, SECRET_PATH));
+        send.send_response(Response::builder().status(404).body(Body::from(serde_json::to_vec(&missing).unwrap())).unwrap());
+        api.expect(Method::GET, JOBS_PATH, job_list(vec![])).await;
+        let (_, st) = api.expect(Method::PATCH, &format!("{NI_PATH}/status"), status_reply()).await;
+        let degraded = st["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Degraded").unwrap();
+        assert_eq!((degraded["status"].as_str(), degraded["reason"].as_str()), (Some("True"), Some("PushSecret")));
+        assert_eq!(degraded["message"], "spec.output.pushSecretName: Secret kitfleet-system/push not found");
+        let (_, ev) = api.expect(Method::POST, EVENTS_PATH, Value::Null).await;
+        assert_eq!((ev["reason"].as_str(), ev["type"].as_str()), (Some("PushSecret"), Some("Warning")));
+        api.done().await;
+    })
+    .await;
+    r.unwrap();
+    assert!(
+        calls.is_empty(),
+        "no registry access without the secret: {calls:?}"
+    );
 }
