@@ -297,3 +297,38 @@ async fn stands_by_while_another_replica_holds_the_lease() {
         "a standby leaves the holder's Lease alone"
     );
 }
+
+/// Another replica takes the Lease over (as after a partition): at its next renewal the leader sees it, stops the
+/// controller and exits with an error, so that its restart starts clean. Takes one renewal period (~10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_lease_stops_the_controller_and_fails() {
+    let r = start("op-a", None).await;
+    let st = r.state.clone();
+    wait_until("op-a holds the Lease", || {
+        holder(&st).as_deref() == Some("op-a")
+    })
+    .await;
+    wait_until("the controller lists NodeImages", || {
+        controller_started(&st)
+    })
+    .await;
+    {
+        let mut s = st.lock().unwrap();
+        let spec = &mut s.lease.as_mut().unwrap()["spec"];
+        spec["holderIdentity"] = json!("op-x");
+        spec["renewTime"] = serde_json::to_value(MicroTime(Timestamp::now())).unwrap();
+        spec["leaseDurationSeconds"] = json!(120);
+    }
+    let result = tokio::time::timeout(Duration::from_secs(30), r.task)
+        .await
+        .expect("stops after the next renewal")
+        .unwrap();
+    let err = result.expect_err("losing the Lease is an error exit");
+    assert!(err.to_string().contains("leadership lost"), "{err}");
+    assert_eq!(
+        holder(&r.state).as_deref(),
+        Some("op-x"),
+        "the new holder's Lease is left alone"
+    );
+    drop(r.stop);
+}
