@@ -8,6 +8,9 @@ use kitfleet_api::NodeImage;
 use kitfleet_api::constants::ANNOTATION_REFRESH;
 use kitfleet_api::nodeimage::{ArtifactStatus, FormatArtifact, ResolvedImage};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kitfleet_api::FieldError;
+
 use super::*;
 use crate::registry::Resolution;
 

@@ -3,11 +3,13 @@
 //! metrics.
 #![forbid(unsafe_code)]
 
+pub mod conditions;
 pub mod config;
 pub mod controller;
 pub mod decide;
 pub mod job;
 pub mod metrics;
+pub mod observe;
 pub mod registry;
 pub mod run;
 pub mod server;
