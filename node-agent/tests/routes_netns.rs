@@ -1,0 +1,77 @@
+//! The rtnetlink route executor against the real kernel in a throwaway namespace.
+//! Needs root and netns: fails under CI=true without them, skips with a message otherwise.
+
+use std::collections::BTreeSet;
+
+use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_node_agent::mesh::routes::{NetlinkRoutes, RouteTable};
+use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
+
+#[test]
+fn add_list_delete_only_touch_the_agents_routes() {
+    if !privileged() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "needs root and netns (CI=true: failing)"
+        );
+        eprintln!("skipping: needs root and network namespaces");
+        return;
+    }
+    let ns = format!("rt{}", std::process::id() % 10000);
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .stderr(std::process::Stdio::null())
+        .status();
+    ip(&["netns", "add", &ns]).unwrap();
+    struct Guard(String);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _guard = Guard(ns.clone());
+    ip(&[
+        "-n", &ns, "link", "add", "wgt", "type", "veth", "peer", "name", "wgt-peer",
+    ])
+    .unwrap();
+    ip(&["-n", &ns, "link", "set", "wgt", "up"]).unwrap();
+    ip(&["-n", &ns, "link", "set", "wgt-peer", "up"]).unwrap();
+    // Someone else's route on the same device must be left alone.
+    ip(&["-n", &ns, "route", "add", "10.99.0.0/16", "dev", "wgt"]).unwrap();
+    let ns2 = ns.clone();
+    with_netns(&ns, move || {
+        let c = |s: &str| -> Cidr { s.parse().unwrap() };
+        let mut rt = NetlinkRoutes::open().unwrap();
+        assert!(rt.list("wgt").unwrap().is_empty());
+        rt.add("wgt", c("10.244.1.0/24")).unwrap();
+        rt.add("wgt", c("10.244.2.0/24")).unwrap();
+        rt.add("wgt", c("fd00:1::/64")).unwrap();
+        rt.add("wgt", c("10.244.2.0/24")).unwrap(); // replace is idempotent
+        let want: BTreeSet<Cidr> =
+            [c("10.244.1.0/24"), c("10.244.2.0/24"), c("fd00:1::/64")].into();
+        assert_eq!(rt.list("wgt").unwrap(), want);
+        let shown = ns_output(&ns2, "ip", &["route", "show", "dev", "wgt"]).unwrap();
+        assert!(
+            shown.contains("10.244.1.0/24 proto 75 scope link"),
+            "{shown}"
+        );
+        rt.del("wgt", c("10.244.1.0/24")).unwrap();
+        rt.del("wgt", c("10.244.1.0/24")).unwrap(); // already gone: fine
+        rt.del("wgt", c("fd00:1::/64")).unwrap();
+        assert_eq!(rt.list("wgt").unwrap(), [c("10.244.2.0/24")].into());
+        let shown = ns_output(&ns2, "ip", &["route", "show", "dev", "wgt"]).unwrap();
+        assert!(
+            shown.contains("10.99.0.0/16"),
+            "foreign route kept: {shown}"
+        );
+        let e = rt.add("nope0", c("10.244.3.0/24")).unwrap_err().to_string();
+        assert!(e.contains("nope0"), "{e}");
+        rt.del("nope0", c("10.244.3.0/24")).unwrap();
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+}
