@@ -480,3 +480,88 @@ fn deliver(
     peer.endpoint = Some(outer);
     coalescer.push(pkt, sink);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch() -> TxBatch {
+        TxBatch {
+            buf: vec![0; SEND_BUF],
+            pos: 0,
+            items: Vec::new(),
+            open: false,
+        }
+    }
+
+    fn trains(b: &TxBatch) -> Vec<(SocketAddr, usize, usize, usize)> {
+        b.items
+            .iter()
+            .map(|o| (o.dst, o.off, o.len, o.seg))
+            .collect()
+    }
+
+    #[test]
+    fn equal_datagrams_to_one_peer_form_one_gso_train() {
+        let a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let mut b = batch();
+        for _ in 0..3 {
+            b.commit(a, 1452);
+        }
+        b.commit(a, 700); // a shorter last datagram ends the train
+        b.commit(a, 1452);
+        assert_eq!(
+            trains(&b),
+            [
+                (a, 0, 3 * 1452 + 700, 1452),
+                (a, 3 * 1452 + 700, 1452, 1452)
+            ]
+        );
+    }
+
+    #[test]
+    fn other_peer_or_larger_datagram_starts_a_new_train() {
+        let (a, c): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:51820".parse().unwrap(),
+            "[2001:db8::1]:51820".parse().unwrap(),
+        );
+        let mut b = batch();
+        b.commit(a, 148); // handshake initiation
+        b.commit(a, 1452);
+        b.commit(c, 1452);
+        b.commit(c, 1452);
+        assert_eq!(
+            trains(&b),
+            [
+                (a, 0, 148, 148),
+                (a, 148, 1452, 1452),
+                (c, 1600, 2904, 1452)
+            ]
+        );
+    }
+
+    #[test]
+    fn trains_respect_the_kernel_limits() {
+        let a: SocketAddr = "192.0.2.1:51820".parse().unwrap();
+        let mut b = batch();
+        for _ in 0..100 {
+            b.commit(a, 1452);
+        }
+        assert!(
+            b.items
+                .iter()
+                .all(|t| t.len <= MAX_GSO_BYTES && t.len / t.seg <= MAX_GSO_SEGMENTS)
+        );
+        assert_eq!(b.items.iter().map(|t| t.len).sum::<usize>(), 100 * 1452);
+        assert_eq!(
+            b.items[0].len,
+            44 * 1452,
+            "65 000 bytes fit 44 datagrams of 1452"
+        );
+        let mut b = batch();
+        for _ in 0..100 {
+            b.commit(a, 100);
+        }
+        assert_eq!(b.items[0].len / 100, MAX_GSO_SEGMENTS);
+    }
+}
