@@ -147,31 +147,14 @@ fn note(warning: bool, reason: &str, note: String) -> Option<EventNote> {
 
 /// Decides what to do with one NodeImage (not being deleted; see [`cleanup`]).
 pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
-    let ni = obs.ni;
     let mut d = Draft {
         obs,
-        status: ni.status.clone().unwrap_or_default(),
+        status: obs.ni.status.clone().unwrap_or_default(),
         delete_jobs: Vec::new(),
         annotations: None,
     };
-    if let Err(errors) = validate(&ni.spec) {
-        d.status.observed_generation = ni.metadata.generation;
-        d.cond(COND_DEGRADED, true, "InvalidSpec", &errors.to_string());
-        d.cond(
-            COND_BUILT,
-            false,
-            "InvalidSpec",
-            "the spec is invalid (see Degraded)",
-        );
-        d.cond(
-            COND_PROGRESSING,
-            false,
-            "InvalidSpec",
-            "no build while the spec is invalid",
-        );
-        d.supersede_running(None);
-        let ev = note(true, "InvalidSpec", errors.to_string());
-        return d.finish(Action::Invalid(errors), ev, None);
+    if let Err(errors) = validate(&obs.ni.spec) {
+        return invalid(d, errors);
     }
     if let Some(e) = obs.secret_error {
         d.cond(COND_DEGRADED, true, "PushSecret", e);
@@ -189,59 +172,98 @@ pub fn decide(obs: &Observed<'_>, policy: &Policy) -> Decision {
         );
     }
     if let Some(res) = obs.resolution {
-        // The recorded digests no longer describe the spec (or there are none): a failed resolution replaces them.
-        let stale = ni.status.as_ref().and_then(|s| s.observed_generation)
-            != ni.metadata.generation
-            || ni
-                .status
-                .as_ref()
-                .and_then(|s| s.build_key.as_ref())
-                .is_none();
-        d.status.observed_generation = ni.metadata.generation;
-        match &res.build_key {
-            Some(k) => {
-                d.status.build_key = Some(k.clone());
-                d.status.resolved = res.resolved.clone();
-                let refresh = ni
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(ANNOTATION_REFRESH))
-                    .cloned();
-                d.annotations = Some(BTreeMap::from([
-                    (ANNOTATION_RESOLVED_AT.to_string(), obs.now.to_string()),
-                    (
-                        ANNOTATION_RESOLVED_REFRESH.to_string(),
-                        refresh.unwrap_or_default(),
-                    ),
-                ]));
-            }
-            None => {
-                let why: Vec<String> = res
-                    .resolved
-                    .iter()
-                    .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.reference)))
-                    .collect();
-                let message = format!("unresolved references: {}", why.join("; "));
-                if stale {
-                    d.status.build_key = None;
-                    d.status.resolved = res.resolved.clone();
-                    d.supersede_running(None);
-                    d.cond(
-                        COND_BUILT,
-                        false,
-                        "Unresolved",
-                        "references of the current spec did not resolve",
-                    );
-                }
-                // A failed refresh keeps the recorded digests and key (and their build); no bookkeeping is written,
-                // so the refresh is tried again.
-                d.cond(COND_DEGRADED, true, "Unresolved", &message);
-                let ev = note(true, "Unresolved", message.clone());
-                return d.finish(Action::Unresolved(message), ev, Some(policy.retry_base));
-            }
-        }
+        d = match record_resolution(d, res, policy) {
+            Ok(d) => d,
+            Err(unresolved) => return *unresolved,
+        };
     }
+    for_key(d, policy)
+}
+
+fn invalid(mut d: Draft<'_>, errors: FieldErrors) -> Decision {
+    d.status.observed_generation = d.obs.ni.metadata.generation;
+    d.cond(COND_DEGRADED, true, "InvalidSpec", &errors.to_string());
+    d.cond(
+        COND_BUILT,
+        false,
+        "InvalidSpec",
+        "the spec is invalid (see Degraded)",
+    );
+    d.cond(
+        COND_PROGRESSING,
+        false,
+        "InvalidSpec",
+        "no build while the spec is invalid",
+    );
+    d.supersede_running(None);
+    let ev = note(true, "InvalidSpec", errors.to_string());
+    d.finish(Action::Invalid(errors), ev, None)
+}
+
+/// Records this reconcile's resolution; a failed one ends the decision (`Err`).
+fn record_resolution<'a>(
+    mut d: Draft<'a>,
+    res: &Resolution,
+    policy: &Policy,
+) -> Result<Draft<'a>, Box<Decision>> {
+    let ni = d.obs.ni;
+    // The recorded digests no longer describe the spec (or there are none): a failed resolution replaces them.
+    let stale = ni.status.as_ref().and_then(|s| s.observed_generation) != ni.metadata.generation
+        || ni
+            .status
+            .as_ref()
+            .and_then(|s| s.build_key.as_ref())
+            .is_none();
+    d.status.observed_generation = ni.metadata.generation;
+    if let Some(k) = &res.build_key {
+        d.status.build_key = Some(k.clone());
+        d.status.resolved = res.resolved.clone();
+        let refresh = ni
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_REFRESH))
+            .cloned();
+        d.annotations = Some(BTreeMap::from([
+            (ANNOTATION_RESOLVED_AT.to_string(), d.obs.now.to_string()),
+            (
+                ANNOTATION_RESOLVED_REFRESH.to_string(),
+                refresh.unwrap_or_default(),
+            ),
+        ]));
+        return Ok(d);
+    }
+    let why: Vec<String> = res
+        .resolved
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.reference)))
+        .collect();
+    let message = format!("unresolved references: {}", why.join("; "));
+    if stale {
+        d.status.build_key = None;
+        d.status.resolved = res.resolved.clone();
+        d.supersede_running(None);
+        d.cond(
+            COND_BUILT,
+            false,
+            "Unresolved",
+            "references of the current spec did not resolve",
+        );
+    }
+    // A failed refresh keeps the recorded digests and key (and their build); no bookkeeping is written, so the
+    // refresh is tried again.
+    d.cond(COND_DEGRADED, true, "Unresolved", &message);
+    let ev = note(true, "Unresolved", message.clone());
+    Err(Box::new(d.finish(
+        Action::Unresolved(message),
+        ev,
+        Some(policy.retry_base),
+    )))
+}
+
+/// Decides on the build key in force: up to date, adopt, build, wait, record, or retry.
+fn for_key(mut d: Draft<'_>, policy: &Policy) -> Decision {
+    let (obs, ni) = (d.obs, d.obs.ni);
     let Some(key) = d.status.build_key.clone() else {
         // Only reachable when the caller skipped a resolution that resolve_reason asked for.
         return d.finish(
