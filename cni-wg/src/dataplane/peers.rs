@@ -24,10 +24,14 @@ pub(super) struct Peers {
     by_key: HashMap<PublicKey, u32>,
     /// Allowed IPs, longest prefix first.
     routes: Vec<(Cidr, u32)>,
+    /// Recent destination → peer answers (cleared whenever the routes change, bounded).
+    cache: HashMap<IpAddr, Option<u32>>,
     next_index: u32,
 }
 
 const INDEX_MASK: u32 = 0x00ff_ffff;
+/// Destinations remembered by [`Peers::route`] before the cache starts over.
+const ROUTE_CACHE: usize = 4096;
 
 /// Checks a wanted peer set before anything is changed: no duplicate key, not our own key, no prefix
 /// claimed by two peers.
@@ -62,6 +66,7 @@ impl Peers {
             peers: HashMap::new(),
             by_key: HashMap::new(),
             routes: Vec::new(),
+            cache: HashMap::new(),
             next_index: seed & INDEX_MASK,
         }
     }
@@ -145,6 +150,7 @@ impl Peers {
             .collect();
         self.routes
             .sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then(a.0.cmp(&b.0)));
+        self.cache.clear();
     }
 
     /// Switches every tunnel to a new private key (sessions are dropped and re-established).
@@ -164,12 +170,21 @@ impl Peers {
         Ok(())
     }
 
-    /// The peer whose allowed IPs hold `dst` (longest prefix).
-    pub fn route(&self, dst: IpAddr) -> Option<u32> {
-        self.routes
+    /// The peer whose allowed IPs hold `dst` (longest prefix); answers are cached per destination.
+    pub fn route(&mut self, dst: IpAddr) -> Option<u32> {
+        if let Some(hit) = self.cache.get(&dst) {
+            return *hit;
+        }
+        let found = self
+            .routes
             .iter()
             .find(|(c, _)| c.contains(dst))
-            .map(|(_, i)| *i)
+            .map(|(_, i)| *i);
+        if self.cache.len() >= ROUTE_CACHE {
+            self.cache.clear();
+        }
+        self.cache.insert(dst, found);
+        found
     }
 
     /// The peer owning local session index `receiver_idx` (boringtun puts the peer index in the top 24 bits).
@@ -226,6 +241,11 @@ mod tests {
         .unwrap();
         assert_eq!(t.indices().len(), 2);
         let ia = t.route("10.1.0.9".parse().unwrap()).unwrap();
+        assert_eq!(
+            t.route("10.2.0.1".parse().unwrap()),
+            t.by_key(&b),
+            "now cached"
+        );
         assert_eq!(t.by_key(&a), Some(ia));
         assert_eq!(t.by_receiver(ia << 8 | 3), Some(ia));
         // Endpoint and allowed-IP change: same tunnel index (session kept).
@@ -247,7 +267,11 @@ mod tests {
             Some("192.0.2.7:51820".parse().unwrap())
         );
         assert_eq!(t.by_key(&b), None);
-        assert_eq!(t.route("10.2.0.1".parse().unwrap()), None);
+        assert_eq!(
+            t.route("10.2.0.1".parse().unwrap()),
+            None,
+            "cached answer dropped with the peer"
+        );
     }
 
     #[test]
