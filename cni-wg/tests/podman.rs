@@ -254,7 +254,7 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
                 .contains("default via 169.254.1.1")
         );
         // Pod to pod on the node, through the host routes.
-        pm.ok(&["exec", &cli, "ping", "-c1", "-W2", &web_ip]);
+        pm.ok(&["exec", &cli, "ping", "-c2", "-W2", &web_ip]);
         pm.ok(&["exec", &cli, "wget", "-qO-", &format!("http://{web_ip}/")]);
         // hostPort through the chained reference portmap (it needs our result as prevResult).
         let got = ext.exec(&["curl", "-sS", "-m", "5", "http://198.51.100.1:18080/"]);
@@ -279,7 +279,7 @@ fn podman_run_stop_start_rm_with_conflists_at_1_0_0_and_0_4_0() {
         let web_ip2 = pm.ip_of(&web);
         pm.ok(&["exec", &cli, "wget", "-qO-", &format!("http://{web_ip2}/")]);
         pm.ok(&["restart", "-t", "0", &cli]);
-        pm.ok(&["exec", &cli, "ping", "-c1", "-W2", &web_ip2]);
+        pm.ok(&["exec", &cli, "ping", "-c2", "-W2", &web_ip2]);
         pm.ok(&["rm", "-f", "-t", "0", &web, &cli]);
         assert!(pm.reserved().is_empty(), "{version}: {:?}", pm.reserved());
         let dying = pm.node.data_dir().join("kfwpod/dying");
