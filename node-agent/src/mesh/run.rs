@@ -37,6 +37,9 @@ pub struct MeshConfig {
     pub resync: Duration,
 }
 
+/// How often the status lines are logged.
+const STATUS_EVERY: Duration = Duration::from_secs(60);
+
 enum Wake {
     Stop,
     Nodes(Result<Vec<k8s_openapi::api::core::v1::Node>, super::source::SourceError>),
@@ -57,6 +60,8 @@ struct Mesh<S, R> {
     dirty: bool,
     /// Publishing the annotations failed: retry at the next resync.
     publish_pending: bool,
+    /// When the last status line was logged.
+    last_status: std::time::Instant,
 }
 
 fn infos(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<NodeInfo> {
@@ -144,6 +149,7 @@ pub async fn run<S: NodeSource, R: RouteTable>(
         nodes: Vec::new(),
         dirty: false,
         publish_pending: false,
+        last_status: std::time::Instant::now(),
     };
     mesh.publish_if_needed(&me).await;
     mesh.apply(nodes)?;
@@ -241,6 +247,19 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         self.write_state(self.dp.is_running())
     }
 
+    /// One line per peer: endpoint, handshake age, bytes (what `wg show` would say).
+    fn log_status(&self) {
+        let Ok(st) = self.dp.stats() else { return };
+        let c = &st.counters;
+        tracing::info!(interface = %st.interface, peers = st.peers.len(), gso = c.gso, gro = c.gro,
+            tun_reads = c.tun_reads, tun_writes = c.tun_writes, udp_datagrams_in = c.udp_datagrams_in,
+            dropped_no_peer = c.dropped_no_peer, dropped_bad_source = c.dropped_bad_source, "mesh status");
+        for p in &st.peers {
+            tracing::info!(peer = %p.public_key, endpoint = ?p.endpoint, handshake_age = ?p.last_handshake,
+                tx_bytes = p.tx_bytes, rx_bytes = p.rx_bytes, "mesh peer");
+        }
+    }
+
     fn route_failed(&mut self, e: super::routes::RouteError) {
         tracing::warn!(error = %e, "route change failed; retrying at the next resync");
         self.dirty = true;
@@ -266,6 +285,10 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         }
         if self.publish_pending {
             self.publish().await;
+        }
+        if self.last_status.elapsed() >= STATUS_EVERY {
+            self.last_status = std::time::Instant::now();
+            self.log_status();
         }
         // Routes removed behind our back come back; failed changes are retried.
         let have = self.routes.list(self.dp.interface())?;
