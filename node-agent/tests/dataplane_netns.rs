@@ -130,6 +130,48 @@ fn live_peer_changes_counters_and_tun_reattach() {
         "B → A over the tunnel"
     );
 
+    // IPv6 inside the tunnel: TCP bulk data takes the TSO6 segmentation and coalescing paths.
+    let mut pa = peer(&kb, "192.168.210.2:51820", "10.50.2.0/24");
+    pa.allowed_ips.push("fd50:2::/64".parse().unwrap());
+    let mut pb = peer(&ka, "192.168.210.1:51820", "10.50.1.0/24");
+    pb.allowed_ips.push("fd50:1::/64".parse().unwrap());
+    dpa.set_peers(vec![pa]).unwrap();
+    dpb.set_peers(vec![pb]).unwrap();
+    for (ns, dev, addr, route) in [
+        (&a.0, "wga", "fd50:1::1/128", "fd50:2::/64"),
+        (&b.0, "wgb", "fd50:2::1/128", "fd50:1::/64"),
+    ] {
+        ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]).unwrap();
+        ip(&["-n", ns, "-6", "route", "add", route, "dev", dev]).unwrap();
+    }
+    let payload: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+    let server = with_netns(&b.0, || {
+        let l = std::net::TcpListener::bind("[fd50:2::1]:9100").unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut s, &mut got).unwrap();
+        got
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = payload.clone();
+    with_netns(&a.0, move || {
+        let dst: SocketAddr = "[fd50:2::1]:9100".parse().unwrap();
+        let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(5)).unwrap();
+        std::io::Write::write_all(&mut s, &sent).unwrap();
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(
+        server.join().unwrap().unwrap() == payload,
+        "IPv6 TCP payload intact"
+    );
+    let before = dpb.stats().unwrap().counters;
+    assert!(
+        before.tun_writes < before.udp_datagrams_in,
+        "coalescing wrote fewer packets than arrived: {before:?}"
+    );
+
     let st = dpa.stats().unwrap();
     assert_eq!(st.interface, "wga");
     assert_eq!(st.public_key, ka.public_key());
