@@ -17,8 +17,10 @@ pub const NODEIMAGE_FINALIZER: &str = "kitfleet.dev/build-cleanup";
 
 /// Annotation on a NodeImage asking for its references to be resolved again (any new value triggers one refresh).
 pub const ANNOTATION_REFRESH: &str = "kitfleet.dev/refresh";
-/// Annotation on an artifact manifest (and label on a build Job): the build key.
+/// Annotation on a build Job (Kubernetes objects): the full build key.
 pub const ANNOTATION_BUILD_KEY: &str = "kitfleet.dev/build-key";
+/// Annotation on a published artifact's OCI manifest: the build key (OCI annotations use reverse-DNS keys).
+pub const ARTIFACT_ANNOTATION_BUILD_KEY: &str = "dev.kitfleet.build-key";
 /// Label on a build Job: the NodeImage it builds.
 pub const LABEL_NODEIMAGE: &str = "kitfleet.dev/nodeimage";
 /// Label on a build Job: the (truncated, label-safe) build key.
@@ -46,8 +48,11 @@ pub const SANDBOX_MOUNT: &str = "/.kitfleet";
 pub const MEDIA_TYPE_ARTIFACT: &str = "application/vnd.kitfleet.nodeimage.v1";
 /// Config blob of a published node image: the resolved inputs, JSON.
 pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.kitfleet.nodeimage.config.v1+json";
-/// Prefix of a layer's media type; the output file's role follows (`kernel`, `initrd`, `cmdline`, `tar`, `raw-efi`…).
-pub const MEDIA_TYPE_LAYER_PREFIX: &str = "application/vnd.kitfleet.nodeimage.layer.v1.";
+/// The media type of an artifact layer holding one output file; `part` is the file's role (`kernel`, `initrd`,
+/// `cmdline`, `tar`, `raw-efi`…).
+pub fn layer_media_type(part: &str) -> String {
+    format!("application/vnd.kitfleet.nodeimage.{part}.v1")
+}
 
 /// Port the WireGuard mesh listens on by default.
 pub const WG_DEFAULT_PORT: u16 = 51820;

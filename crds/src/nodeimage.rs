@@ -272,7 +272,7 @@ pub struct NodeImageStatus {
     pub build_key: Option<String>,
     /// Every referenced image with its resolved digest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 512))]
+    #[schemars(length(max = 1024))]
     pub resolved: Vec<ResolvedImage>,
     /// The published artifact.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -16,6 +16,14 @@ use crate::security::{ArgOp, LandlockPolicy, SeccompAction, SeccompPolicy, Secur
 pub fn nodeimage(spec: &NodeImageSpec) -> Result<(), FieldErrors> {
     let mut errs = Errors::default();
     linuxkit_config(&spec.image, "spec.", &mut errs);
+    for (i, f) in spec.image.files.iter().enumerate() {
+        if f.source.is_some() {
+            errs.push(
+                format!("spec.files[{i}].source"),
+                "a build Job cannot read files from your machine: use `contents` (or build with the CLI from LinuxKit YAML)",
+            );
+        }
+    }
     let mut seen = BTreeSet::new();
     if spec.formats.is_empty() {
         errs.push("spec.formats", "at least one format is required");

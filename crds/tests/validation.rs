@@ -326,3 +326,14 @@ fn masked_eq_without_value_two() {
         )
     );
 }
+
+#[test]
+fn a_local_source_file_in_a_nodeimage() {
+    let errs = nodeimage_errors(
+        "  formats:",
+        "  files: [{path: etc/motd, source: ./motd}]\n  formats:",
+    );
+    let (path, msg) = one(errs);
+    assert_eq!(path, "spec.files[0].source");
+    assert!(msg.contains("use `contents`"), "{msg}");
+}
