@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::Node;
 use kitfleet_cni_wg::dataplane::{Cidr, PublicKey};
 
 /// Node annotation holding the node's WireGuard public key (base64).
-pub const ANNOTATION_PUBLIC_KEY: &str = "kitfleet.dev/wg-public-key";
+pub const ANNOTATION_PUBLIC_KEY: &str = kitfleet_api::constants::ANNOTATION_WG_PUBLIC_KEY;
 /// Node annotation holding the node's WireGuard endpoint (`IP:port`).
-pub const ANNOTATION_ENDPOINT: &str = "kitfleet.dev/wg-endpoint";
+pub const ANNOTATION_ENDPOINT: &str = kitfleet_api::constants::ANNOTATION_WG_ENDPOINT;
 /// Default WireGuard UDP port.
-pub const DEFAULT_PORT: u16 = 51820;
+pub const DEFAULT_PORT: u16 = kitfleet_api::constants::WG_DEFAULT_PORT;
 
 /// The mesh-relevant view of one Node.
 #[derive(Debug, Clone, PartialEq, Eq)]
