@@ -38,23 +38,28 @@ pub fn open_dir() -> tempfile::TempDir {
     d
 }
 
-/// The probe program, built once with `gcc -static` into a directory the policies allow.
+/// The probe program, built once per test binary with `gcc -static` into a world-readable
+/// directory under cargo's per-target temp dir (nothing left in /tmp).
 pub fn probe() -> &'static Path {
-    static PROBE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, p) = PROBE.get_or_init(|| {
-        let dir = open_dir();
-        let out = dir.path().join("probe");
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kitfleet-sandbox-{}", env!("CARGO_CRATE_NAME")));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let out = dir.join("probe");
+        let tmp = dir.join("probe.tmp");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/probe.c");
         let st = Command::new("gcc")
             .args(["-static", "-O2", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(&src)
             .status()
             .expect("gcc runs");
         assert!(st.success(), "gcc -static failed");
-        (dir, out)
-    });
-    p
+        std::fs::rename(&tmp, &out).unwrap();
+        out
+    })
 }
 
 /// Compiles `yaml` (one or more SecurityPolicy documents) into `dir/policy.json`.
