@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::constants::ANNOTATION_REFRESH;
 use kitfleet_api::nodeimage::ArtifactStatus;
-use kitfleet_api::{FieldError, FieldErrors, NodeImage, NodeImageSpec, NodeImageStatus};
+use kitfleet_api::{FieldErrors, NodeImage, NodeImageSpec, NodeImageStatus};
 
 use crate::registry::{Resolution, artifact_tag};
 
@@ -62,25 +62,10 @@ pub(crate) fn elapsed(from: Timestamp, to: Timestamp) -> Duration {
     Duration::try_from(to.duration_since(from)).unwrap_or(Duration::ZERO)
 }
 
-/// Validation for in-cluster builds: the API's rules, plus no local `files[].source` (a Job cannot read them).
+/// Validation for in-cluster builds: the API's rules, which include that a NodeImage names no local
+/// `files[].source` (a Job cannot read the author's files).
 pub fn validate(spec: &NodeImageSpec) -> Result<(), FieldErrors> {
-    let mut errs = match kitfleet_api::validate::nodeimage(spec) {
-        Ok(()) => Vec::new(),
-        Err(e) => e.0,
-    };
-    for (i, f) in spec.image.files.iter().enumerate() {
-        if f.source.is_some() {
-            errs.push(FieldError::new(
-                format!("spec.files[{i}].source"),
-                "local sources cannot be read by in-cluster builds; use contents",
-            ));
-        }
-    }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(FieldErrors(errs))
-    }
+    kitfleet_api::validate::nodeimage(spec)
 }
 
 /// A build Job as the decision sees it.
