@@ -90,10 +90,14 @@ impl Config {
 }
 
 /// Reads a LinuxKit YAML document as a generic value, as LinuxKit's parser would.
+///
+/// go-yaml v3 follows YAML 1.2: only `true` and `false` are booleans, so `command: [echo, yes]` is two strings.
 pub fn read_yaml(text: &str) -> Result<serde_json::Value, ParseError> {
-    serde_saphyr::from_str(text).or_else(|e| {
+    let yaml12 = || serde_saphyr::options! { strict_booleans: true };
+    serde_saphyr::from_str_with_options(text, yaml12()).or_else(|e| {
         let fixed = go_yaml_block_comments(text).ok_or_else(|| ParseError::Yaml(e.to_string()))?;
-        serde_saphyr::from_str(&fixed).map_err(|_| ParseError::Yaml(e.to_string()))
+        serde_saphyr::from_str_with_options(&fixed, yaml12())
+            .map_err(|_| ParseError::Yaml(e.to_string()))
     })
 }
 

@@ -142,3 +142,13 @@ fn a_wrong_type_names_its_field() {
     let f = &err.fields().expect("field error").0[0];
     assert_eq!(f.path, "services[0].readonly", "{err}");
 }
+
+#[test]
+fn yes_and_no_are_strings_as_in_go_yaml_v3() {
+    let text = "kernel:\n  image: linuxkit/kernel:6.12.59\nonboot:\n  - name: a\n    image: linuxkit/a:1\n    command: [echo, yes, n, off]\n";
+    let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.onboot[0].config.command.as_deref(),
+        Some(&["echo".to_string(), "yes".into(), "n".into(), "off".into()][..])
+    );
+}
