@@ -409,7 +409,7 @@ pub async fn build(
 
     // Kernel: kernel file + modules member from the cache, unless missing or a tar output needs
     // the entries. Members are referenced by their cache paths and concatenated at the end.
-    let kernel_key = format!("{}-l{}", plan.kernel_key, opts.level);
+    let kernel_key = format!("{}-l{}{}", plan.kernel_key, opts.level, cpio::MEMBER_FORMAT);
     let cache = sources.cache();
     let kcache = |ext: &str| cache.member_path(&kernel_key, ext);
     let mut kernel_file: Option<PathBuf> = None;
@@ -477,7 +477,7 @@ pub async fn build(
     drop(kernel_entries);
 
     for seg in &plan.segments {
-        let member_key = format!("{}-l{}", seg.key, opts.level);
+        let member_key = format!("{}-l{}{}", seg.key, opts.level, cpio::MEMBER_FORMAT);
         let mpath = cache.member_path(&member_key, "cpio.gz");
         let spath = cache.member_path(&member_key, "size");
         let cached_size = match need_initrd && mpath.exists() {

@@ -23,6 +23,9 @@ const S_IFIFO: u32 = 0o010000;
 /// Largest newc archive the builder writes: the format's 32-bit fields cannot describe more.
 pub const MAX_NEWC: u64 = u32::MAX as u64;
 
+/// Version of the member format (chunking and level rules); part of every member's cache key.
+pub const MEMBER_FORMAT: &str = "m3";
+
 /// Uncompressed bytes per chunk (one gzip member each).
 pub const CHUNK_BYTES: u64 = 4 << 20;
 
@@ -143,20 +146,82 @@ pub fn relative_link(path: &str, target: &str) -> String {
     parts.join("/")
 }
 
-/// Splits entries into chunks of about [`CHUNK_BYTES`] at entry boundaries.
-pub fn chunk(entries: &[Entry]) -> Vec<&[Entry]> {
+/// Files at least this large are sampled for compressibility.
+const SAMPLE_MIN: usize = 64 << 10;
+
+/// Whether `data` looks incompressible (already compressed, encrypted or random): the byte
+/// distribution of 16 evenly spaced 4 KiB samples is within 6.25% of uniform by the collision
+/// measure `256·Σc² ≤ 1.0625·n²`. Integer arithmetic only, so the decision (and therefore the
+/// output) is the same on every machine.
+pub fn incompressible(data: &[u8]) -> bool {
+    const BLOCKS: usize = 16;
+    const BS: usize = 4096;
+    if data.len() < SAMPLE_MIN {
+        return false;
+    }
+    let mut hist = [0u64; 256];
+    let step = (data.len() - BS) / (BLOCKS - 1);
+    for i in 0..BLOCKS {
+        for &b in &data[i * step..i * step + BS] {
+            hist[b as usize] += 1;
+        }
+    }
+    let n = (BLOCKS * BS) as u64;
+    let collisions: u64 = hist.iter().map(|c| c * c).sum();
+    256 * collisions <= n * n + n * n / 16
+}
+
+/// A run of entries compressed as one gzip member.
+#[derive(Debug)]
+pub struct Chunk<'a> {
+    /// The entries.
+    pub entries: &'a [Entry],
+    /// Whether its large files are incompressible (stored (gzip level 0): deflate's match search
+    /// costs time there and saves nothing).
+    pub incompressible: bool,
+}
+
+/// Splits entries into chunks of about [`CHUNK_BYTES`] at entry boundaries, also cutting where a
+/// large file's compressibility differs from the chunk's. Depends only on the entries.
+pub fn chunk(entries: &[Entry]) -> Vec<Chunk<'_>> {
     let mut out = Vec::new();
-    let (mut start, mut acc) = (0, 0u64);
+    let (mut start, mut acc, mut class) = (0, 0u64, None::<bool>);
     for (i, e) in entries.iter().enumerate() {
+        let this = match &e.kind {
+            Kind::File(d) if d.len() >= SAMPLE_MIN => Some(incompressible(d)),
+            _ => None,
+        };
+        if let (Some(t), Some(c)) = (this, class)
+            && t != c
+            && i > start
+        {
+            out.push(Chunk {
+                entries: &entries[start..i],
+                incompressible: c,
+            });
+            start = i;
+            acc = 0;
+            class = None;
+        }
+        if class.is_none() {
+            class = this;
+        }
         acc += e.size() + 110 + e.path.len() as u64;
         if acc >= CHUNK_BYTES {
-            out.push(&entries[start..=i]);
+            out.push(Chunk {
+                entries: &entries[start..=i],
+                incompressible: class.unwrap_or(false),
+            });
             start = i + 1;
             acc = 0;
+            class = None;
         }
     }
     if start < entries.len() {
-        out.push(&entries[start..]);
+        out.push(Chunk {
+            entries: &entries[start..],
+            incompressible: class.unwrap_or(false),
+        });
     }
     out
 }
@@ -178,10 +243,15 @@ pub fn compressed_members(entries: &[Entry], level: u32) -> Result<(Vec<u8>, u64
         .into_par_iter()
         .map(|c| {
             let mut w = NewcWriter::new();
-            for e in c {
+            for e in c.entries {
                 w.append(e)?;
             }
             let raw = w.finish()?;
+            let level = if c.incompressible {
+                0
+            } else {
+                level
+            };
             Ok((gzip(&raw, level), raw.len() as u64))
         })
         .collect();
@@ -198,6 +268,49 @@ pub fn compressed_members(entries: &[Entry], level: u32) -> Result<(Vec<u8>, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pseudo_random(n: usize, mut x: u64) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compressibility_probe() {
+        assert!(incompressible(&pseudo_random(1 << 20, 7)));
+        let text: Vec<u8> = b"kernel initrd container namespace "
+            .iter()
+            .copied()
+            .cycle()
+            .take(1 << 20)
+            .collect();
+        assert!(!incompressible(&text));
+        assert!(
+            !incompressible(&pseudo_random(1000, 7)),
+            "small files are not sampled"
+        );
+    }
+
+    #[test]
+    fn chunks_split_where_compressibility_changes() {
+        let entries = vec![
+            Entry::file("a", vec![b'x'; 100_000], 0o644, 0),
+            Entry::file("b", pseudo_random(200_000, 3), 0o644, 0),
+            Entry::file("c", pseudo_random(200_000, 4), 0o644, 0),
+            Entry::file("d", vec![b'y'; 100_000], 0o644, 0),
+        ];
+        let c = chunk(&entries);
+        let shape: Vec<(usize, bool)> = c
+            .iter()
+            .map(|c| (c.entries.len(), c.incompressible))
+            .collect();
+        assert_eq!(shape, vec![(1, false), (2, true), (1, false)]);
+    }
 
     #[test]
     fn relative_links() {
@@ -242,7 +355,8 @@ mod tests {
             .collect();
         let chunks = chunk(&entries);
         assert!(chunks.len() > 2);
-        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 50);
+        assert_eq!(chunks.iter().map(|c| c.entries.len()).sum::<usize>(), 50);
+        assert!(chunks.iter().all(|c| !c.incompressible));
         let (a, _) = compressed_members(&entries, 6).unwrap();
         let (b, _) = compressed_members(&entries, 6).unwrap();
         assert_eq!(a, b);

@@ -331,22 +331,22 @@ files:
                             "{}: {} {what} {:o} {}:{}\n",
                             seg.location, e.path, e.mode, e.uid, e.gid
                         ));
-                        if e.path.ends_with("config.json") {
-                            if let Kind::File(b) = &e.kind {
-                                let spec: serde_json::Value = serde_json::from_slice(b).unwrap();
-                                let binds: Vec<_> = spec["mounts"]
-                                    .as_array()
-                                    .unwrap()
-                                    .iter()
-                                    .filter(|m| m["type"] == "bind")
-                                    .cloned()
-                                    .collect();
-                                listing.push_str(&format!(
-                                    "{}: binds {}\n",
-                                    seg.location,
-                                    serde_json::to_string(&binds).unwrap()
-                                ));
-                            }
+                        if e.path.ends_with("config.json")
+                            && let Kind::File(b) = &e.kind
+                        {
+                            let spec: serde_json::Value = serde_json::from_slice(b).unwrap();
+                            let binds: Vec<_> = spec["mounts"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .filter(|m| m["type"] == "bind")
+                                .cloned()
+                                .collect();
+                            listing.push_str(&format!(
+                                "{}: binds {}\n",
+                                seg.location,
+                                serde_json::to_string(&binds).unwrap()
+                            ));
                         }
                     }
                 }

@@ -144,20 +144,21 @@ async fn build_once(yaml: &Config, cache: &Path, out: &Path) -> Result<(Duration
     Ok((start.elapsed(), r.built_segments))
 }
 
-fn tar_gzip(dir: &Path) -> Result<Duration> {
+fn tar_gzip(dir: &Path) -> Result<(Duration, u64)> {
     let start = Instant::now();
-    let st = Command::new("sh")
+    let out = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "tar -C {} -cf - . | gzip -6 > /dev/null",
+            "tar -C {} -cf - . | gzip -6 | wc -c",
             dir.display()
         ))
-        .status()
+        .output()
         .context("tar | gzip")?;
-    if !st.success() {
-        bail!("tar | gzip failed: {st}");
+    if !out.status.success() {
+        bail!("tar | gzip failed: {}", out.status);
     }
-    Ok(start.elapsed())
+    let size = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok((start.elapsed(), size))
 }
 
 fn main() -> Result<()> {
@@ -215,7 +216,8 @@ fn main() -> Result<()> {
         rt.block_on(build_once(&yaml, &cache, &work.path().join("out-warm")))?;
     let same = std::fs::read(work.path().join("out-cold/bench-initrd.img"))?
         == std::fs::read(work.path().join("out-warm/bench-initrd.img"))?;
-    let tg = tar_gzip(&plain)?;
+    let (tg, tg_size) = tar_gzip(&plain)?;
+    let initrd_size = std::fs::metadata(work.path().join("out-cold/bench-initrd.img"))?.len();
 
     let s = |d: Duration| d.as_secs_f64();
     println!(
@@ -260,5 +262,8 @@ fn main() -> Result<()> {
         }
     );
     println!("initrd identical between cold and warm builds: {same}");
+    println!(
+        "sizes: tar|gzip -6 {tg_size} bytes; initrd {initrd_size} bytes (includes the kernel modules member)"
+    );
     Ok(())
 }
