@@ -247,11 +247,7 @@ pub fn compressed_members(entries: &[Entry], level: u32) -> Result<(Vec<u8>, u64
                 w.append(e)?;
             }
             let raw = w.finish()?;
-            let level = if c.incompressible {
-                0
-            } else {
-                level
-            };
+            let level = if c.incompressible { 0 } else { level };
             Ok((gzip(&raw, level), raw.len() as u64))
         })
         .collect();

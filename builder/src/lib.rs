@@ -1,8 +1,11 @@
 //! kitfleet-builder: a LinuxKit-compatible, reproducible image builder that needs no Docker.
 //!
-//! Layers, bottom up: [`reference`] and [`source`] resolve images to digests and fetch verified
+//! Layers, bottom up: [`mod@reference`] and [`source`] resolve images to digests and fetch verified
 //! blobs through the [`cache`]; [`tree`] flattens untrusted layers; [`cpio`] and [`tarout`] write
-//! deterministic archives.
+//! deterministic archives; [`oci_config`] encodes LinuxKit's `ConfigToOCI`; [`assemble`] plans the
+//! LinuxKit layout; [`build`] resolves, computes the build key and writes the outputs; [`push`]
+//! publishes and pulls the OCI artifact; [`cli`] is `kitfleet-build`; [`disk`] writes the EFI disk
+//! formats; [`fixtures`] supports tests, the benchmark and the demo.
 #![forbid(unsafe_code)]
 
 pub mod assemble;
@@ -20,8 +23,8 @@ pub mod oci;
 pub mod oci_config;
 pub mod progress;
 pub mod push;
-pub mod runtime_spec;
 pub mod reference;
+pub mod runtime_spec;
 pub mod source;
 pub mod tarout;
 pub mod tree;
