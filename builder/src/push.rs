@@ -20,11 +20,11 @@ use crate::oci::{Descriptor, Document, MT_OCI_MANIFEST};
 use crate::source::Sources;
 
 /// `artifactType` of Kitfleet node image artifacts.
-pub const ARTIFACT_TYPE: &str = "application/vnd.kitfleet.nodeimage.v1";
+pub const ARTIFACT_TYPE: &str = kitfleet_api::constants::MEDIA_TYPE_ARTIFACT;
 /// Media type of the artifact's config blob.
-pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.kitfleet.nodeimage.config.v1+json";
+pub const CONFIG_MEDIA_TYPE: &str = kitfleet_api::constants::MEDIA_TYPE_CONFIG;
 /// Annotation holding the hex build key.
-pub const BUILD_KEY_ANNOTATION: &str = "dev.kitfleet.build-key";
+pub const BUILD_KEY_ANNOTATION: &str = kitfleet_api::constants::ARTIFACT_ANNOTATION_BUILD_KEY;
 /// Annotation naming a layer's format.
 pub const FORMAT_ANNOTATION: &str = "dev.kitfleet.format";
 /// Standard title annotation (the file name).
@@ -39,7 +39,7 @@ pub fn layer_media_type(format: &str, role: &str) -> String {
     } else {
         format
     };
-    format!("application/vnd.kitfleet.nodeimage.{part}.v1")
+    kitfleet_api::constants::layer_media_type(part)
 }
 
 /// The config blob of an artifact.

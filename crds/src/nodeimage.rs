@@ -66,7 +66,7 @@ pub enum OutputFormat {
     /// The root filesystem as a tar.
     #[serde(rename = "tar")]
     Tar,
-    /// A tar holding `boot/kernel`, `boot/initrd.img` and `boot/cmdline`.
+    /// A tar holding `kernel`, `initrd.img` and `cmdline` (LinuxKit's layout).
     #[serde(rename = "tar-kernel-initrd")]
     TarKernelInitrd,
     /// An EFI-bootable ISO 9660 image.
