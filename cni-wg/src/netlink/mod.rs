@@ -104,35 +104,15 @@ impl Netlink {
         Ok(self.seq)
     }
 
-    /// Sends a request with NLM_F_ACK and waits for the ACK (or the error).
-    fn request(&mut self, b: Builder) -> std::result::Result<Vec<Vec<u8>>, Errno> {
+    /// Sends a request (an ACKed change or a dump) and collects its replies.
+    fn exchange(&mut self, b: Builder) -> std::result::Result<Vec<Vec<u8>>, Errno> {
         let seq = self.send(b)?;
-        let mut replies = Vec::new();
-        loop {
-            let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
-            for m in messages(&self.buf[..n]) {
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_ERROR => {
-                        let code = u32_at(m.payload, 0) as i32;
-                        return if code == 0 {
-                            Ok(replies)
-                        } else {
-                            Err(Errno::from_raw(-code))
-                        };
-                    }
-                    NLMSG_DONE => return Ok(replies),
-                    _ => replies.push(m.payload.to_vec()),
-                }
-            }
-        }
+        self.replies(seq)
     }
 
-    /// Sends a dump request and collects every reply payload.
-    fn dump(&mut self, b: Builder) -> std::result::Result<Vec<Vec<u8>>, Errno> {
-        let seq = self.send(b)?;
+    /// Collects the payloads answering `seq` until the kernel ends the exchange: an `NLMSG_ERROR` (the ACK of a
+    /// request) or an `NLMSG_DONE` (the end of a dump), both of which carry an error code, 0 meaning success.
+    fn replies(&mut self, seq: u32) -> std::result::Result<Vec<Vec<u8>>, Errno> {
         let mut out = Vec::new();
         loop {
             let n = recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::empty())?;
@@ -141,7 +121,7 @@ impl Netlink {
                     continue;
                 }
                 match m.ty {
-                    NLMSG_DONE => {
+                    NLMSG_ERROR | NLMSG_DONE => {
                         let code = u32_at(m.payload, 0) as i32;
                         return if code == 0 {
                             Ok(out)
@@ -149,7 +129,6 @@ impl Netlink {
                             Err(Errno::from_raw(-code))
                         };
                     }
-                    NLMSG_ERROR => return Err(Errno::from_raw(-(u32_at(m.payload, 0) as i32))),
                     _ => out.push(m.payload.to_vec()),
                 }
             }
@@ -161,7 +140,7 @@ impl Netlink {
         let b = Builder::new(RTM_GETLINK, NLM_F_ACK)
             .ifinfomsg(0, 0, 0)
             .attr_str(IFLA_IFNAME, name);
-        match self.request(b) {
+        match self.exchange(b) {
             Ok(replies) => Ok(replies.first().map(|p| parse_link(p))),
             Err(Errno::ENODEV) => Ok(None),
             Err(errno) => Err(NetlinkError {
@@ -198,7 +177,7 @@ impl Netlink {
             .end(p)
             .end(data)
             .end(info);
-        self.request(b).map(drop).map_err(|errno| NetlinkError {
+        self.exchange(b).map(drop).map_err(|errno| NetlinkError {
             op: "create veth",
             target: host.0.into(),
             errno,
@@ -208,7 +187,7 @@ impl Netlink {
     /// Sets a link up.
     pub fn set_up(&mut self, index: i32) -> Result<()> {
         let b = Builder::new(RTM_NEWLINK, NLM_F_ACK).ifinfomsg(index, IFF_UP, IFF_UP);
-        self.request(b).map(drop).map_err(|errno| NetlinkError {
+        self.exchange(b).map(drop).map_err(|errno| NetlinkError {
             op: "set up",
             target: format!("ifindex {index}"),
             errno,
@@ -219,7 +198,7 @@ impl Netlink {
     /// while a namespace lives (until they wrap), so this never hits a newer link of that name.
     pub fn delete_link_index(&mut self, index: i32) -> Result<bool> {
         let b = Builder::new(RTM_DELLINK, NLM_F_ACK).ifinfomsg(index, 0, 0);
-        match self.request(b) {
+        match self.exchange(b) {
             Ok(_) => Ok(true),
             Err(Errno::ENODEV) => Ok(false),
             Err(errno) => Err(NetlinkError {
@@ -235,7 +214,7 @@ impl Netlink {
         let b = Builder::new(RTM_DELLINK, NLM_F_ACK)
             .ifinfomsg(0, 0, 0)
             .attr_str(IFLA_IFNAME, name);
-        match self.request(b) {
+        match self.exchange(b) {
             Ok(_) => Ok(true),
             Err(Errno::ENODEV) => Ok(false),
             Err(errno) => Err(NetlinkError {
@@ -252,7 +231,7 @@ impl Netlink {
             .ifaddrmsg(prefix, RT_SCOPE_UNIVERSE, index as u32)
             .attr(IFA_LOCAL, &ip.octets())
             .attr(IFA_ADDRESS, &ip.octets());
-        self.request(b).map(drop).map_err(|errno| NetlinkError {
+        self.exchange(b).map(drop).map_err(|errno| NetlinkError {
             op: "add address",
             target: format!("{ip}/{prefix}"),
             errno,
@@ -279,7 +258,7 @@ impl Netlink {
                 .attr_u32(RTAX_ADVMSS, advmss)
                 .end(at);
         }
-        self.request(b).map(drop).map_err(|errno| NetlinkError {
+        self.exchange(b).map(drop).map_err(|errno| NetlinkError {
             op: "add route",
             target: format!("{}/{}", r.dst, r.prefix),
             errno,
@@ -292,7 +271,7 @@ impl Netlink {
             .rtmsg(prefix, RT_SCOPE_NOWHERE)
             .attr(RTA_DST, &dst.octets())
             .attr_u32(RTA_OIF, oif as u32);
-        match self.request(b) {
+        match self.exchange(b) {
             Ok(_) => Ok(true),
             Err(Errno::ESRCH) => Ok(false),
             Err(errno) => Err(NetlinkError {
@@ -309,7 +288,7 @@ impl Netlink {
             .ndmsg(index, NUD_PERMANENT)
             .attr(NDA_DST, &ip.octets())
             .attr(NDA_LLADDR, &mac);
-        self.request(b).map(drop).map_err(|errno| NetlinkError {
+        self.exchange(b).map(drop).map_err(|errno| NetlinkError {
             op: "add neighbour",
             target: ip.to_string(),
             errno,
@@ -319,7 +298,7 @@ impl Netlink {
     /// IPv4 addresses (with prefix length) of a link.
     pub fn addrs(&mut self, index: i32) -> Result<Vec<(Ipv4Addr, u8)>> {
         let b = Builder::new(RTM_GETADDR, NLM_F_DUMP).ifaddrmsg(0, 0, 0);
-        let replies = self.dump(b).map_err(|errno| NetlinkError {
+        let replies = self.exchange(b).map_err(|errno| NetlinkError {
             op: "dump addresses",
             target: String::new(),
             errno,
@@ -342,7 +321,7 @@ impl Netlink {
     /// IPv4 routes of the main table.
     pub fn routes(&mut self) -> Result<Vec<Route>> {
         let b = Builder::new(RTM_GETROUTE, NLM_F_DUMP).rtmsg(0, 0);
-        let replies = self.dump(b).map_err(|errno| NetlinkError {
+        let replies = self.exchange(b).map_err(|errno| NetlinkError {
             op: "dump routes",
             target: String::new(),
             errno,
