@@ -32,7 +32,10 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn template(helm: &str, sets: &[&str]) -> String {
+/// The value every install must give (the chart fails without it); later `--set`s override it.
+const CLUSTER_CIDRS: &str = "nodeAgent.clusterCIDRs={10.244.0.0/16}";
+
+fn template_command(helm: &str, sets: &[&str]) -> Command {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "kitfleet"]).arg(chart()).args([
         "--namespace",
@@ -43,7 +46,13 @@ fn template(helm: &str, sets: &[&str]) -> String {
     for s in sets {
         cmd.args(["--set", s]);
     }
-    run(&mut cmd)
+    cmd
+}
+
+fn template(helm: &str, sets: &[&str]) -> String {
+    let mut all = vec![CLUSTER_CIDRS];
+    all.extend_from_slice(sets);
+    run(&mut template_command(helm, &all))
 }
 
 fn documents(rendered: &str) -> Vec<serde_json::Value> {
@@ -75,7 +84,11 @@ fn kinds(docs: &[serde_json::Value]) -> Vec<String> {
 #[test]
 fn helm_lint_passes() {
     let Some(helm) = tool("helm") else { return };
-    let out = run(Command::new(helm).arg("lint").arg(chart()).arg("--strict"));
+    let out = run(Command::new(helm)
+        .arg("lint")
+        .arg(chart())
+        .arg("--strict")
+        .args(["--set", CLUSTER_CIDRS]));
     assert!(out.contains("0 chart(s) failed"), "{out}");
 }
 
@@ -134,6 +147,53 @@ fn the_chart_installs_what_kitfleet_runs() {
         kinds(&without_agent)
             .iter()
             .all(|k| !k.contains("node-agent") && !k.contains("kitfleet-cni"))
+    );
+}
+
+#[test]
+fn the_cluster_cidrs_are_required() {
+    let Some(helm) = tool("helm") else { return };
+    for sets in [&[][..], &["nodeAgent.clusterCIDRs=null"][..]] {
+        let out = template_command(helm, sets).output().unwrap();
+        assert!(!out.status.success(), "{sets:?} rendered");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("nodeAgent.clusterCIDRs is required"),
+            "{sets:?}: {err}"
+        );
+    }
+    // Without the node agent there is nothing to configure.
+    run(&mut template_command(helm, &["nodeAgent.enabled=false"]));
+}
+
+#[test]
+fn the_images_are_named_per_component() {
+    let Some(helm) = tool("helm") else { return };
+    let docs = documents(&template(helm, &["image.tag=t1"]));
+    let images: Vec<String> = docs
+        .iter()
+        .filter_map(|d| d["spec"]["template"]["spec"]["containers"][0]["image"].as_str())
+        .map(String::from)
+        .collect();
+    assert!(
+        images.contains(&"kitfleet-registry:5000/kitfleet/operator:t1".to_string()),
+        "{images:?}"
+    );
+    assert!(
+        images.contains(&"kitfleet-registry:5000/kitfleet/node-agent:t1".to_string()),
+        "{images:?}"
+    );
+    let operator = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let env = &operator["spec"]["template"]["spec"]["containers"][0]["env"];
+    let builder = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "KITFLEET_BUILDER_IMAGE")
+        .unwrap();
+    assert_eq!(
+        builder["value"],
+        "kitfleet-registry:5000/kitfleet/builder:t1"
     );
 }
 

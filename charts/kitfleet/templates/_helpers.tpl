@@ -1,7 +1,3 @@
-{{- define "kitfleet.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
-{{- end -}}
-
 {{- define "kitfleet.labels" -}}
 app.kubernetes.io/name: kitfleet
 app.kubernetes.io/instance: {{ .Release.Name }}
