@@ -12,11 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::build::controller::{self, Context};
+use crate::build::job::JobSettings;
+use crate::build::registry::{ArtifactRegistry, BuilderRegistry};
 use crate::config::Config;
-use crate::controller::{self, Context};
-use crate::job::JobSettings;
 use crate::metrics::Metrics;
-use crate::registry::{ArtifactRegistry, BuilderRegistry};
 use crate::server::{self, Health};
 
 /// Seconds a Lease is held without renewal.

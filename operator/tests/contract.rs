@@ -13,10 +13,10 @@ use std::process::Command;
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::{NodeImage, NodeImageStatus};
 use kitfleet_builder::fixtures::{self, Registry};
+use kitfleet_operator::build::decide::{self, Action, JobState, JobView, Lookup, Observed, Policy};
+use kitfleet_operator::build::job::{self, ANNOTATION_MANIFEST, JobSettings};
+use kitfleet_operator::build::registry::{ArtifactRegistry, BuilderRegistry, PullSecret};
 use kitfleet_operator::config::BuildSettings;
-use kitfleet_operator::decide::{self, Action, JobState, JobView, Lookup, Observed, Policy};
-use kitfleet_operator::job::{self, ANNOTATION_MANIFEST, JobSettings};
-use kitfleet_operator::registry::{ArtifactRegistry, BuilderRegistry, PullSecret};
 use oci_client::secrets::RegistryAuth;
 
 /// The `kitfleet-build` binary of this workspace, built now so that it matches the builder library linked here.

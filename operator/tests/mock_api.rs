@@ -12,14 +12,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::nodeimage::{ArtifactStatus, FormatArtifact, ResolvedImage};
 use kitfleet_api::{NodeImage, NodeImageSpec, NodeImageStatus};
-use kitfleet_operator::config::BuildSettings;
-use kitfleet_operator::controller::{self, Context};
-use kitfleet_operator::decide::{self, ANNOTATION_RESOLVED_AT, ANNOTATION_RESOLVED_REFRESH};
-use kitfleet_operator::job::{self, JobSettings};
-use kitfleet_operator::metrics::Metrics;
-use kitfleet_operator::registry::{
+use kitfleet_operator::build::controller::{self, Context};
+use kitfleet_operator::build::decide::{self, ANNOTATION_RESOLVED_AT, ANNOTATION_RESOLVED_REFRESH};
+use kitfleet_operator::build::job::{self, JobSettings};
+use kitfleet_operator::build::registry::{
     ArtifactRegistry, PullSecret, RegistryError, Resolution, artifact_tag,
 };
+use kitfleet_operator::config::BuildSettings;
+use kitfleet_operator::metrics::Metrics;
 use kube::client::Body;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};

@@ -1,4 +1,4 @@
-//! The NodeImage controller: gathers what [`decide`](crate::decide::decide) needs, then executes its [`Decision`]
+//! The NodeImage controller: gathers what [`decide`](crate::build::decide::decide) needs, then executes its [`Decision`]
 //! against the API server (server-side apply with the operator's field manager).
 
 use std::collections::HashMap;
@@ -20,10 +20,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument as _, info, instrument, warn};
 
-use crate::decide::{self, Action, Decision, JobView, Lookup, Observed, Policy};
-use crate::job::{self, JobError, JobSettings};
+use crate::build::decide::{self, Action, Decision, JobView, Lookup, Observed, Policy};
+use crate::build::job::{self, JobError, JobSettings};
+use crate::build::registry::{ArtifactRegistry, PullSecret, RegistryError};
 use crate::metrics::Metrics;
-use crate::registry::{ArtifactRegistry, PullSecret, RegistryError};
 
 /// A reconciliation failure (retried by [`error_policy`] with backoff).
 #[derive(Debug, thiserror::Error)]

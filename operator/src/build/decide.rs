@@ -10,10 +10,10 @@ use kitfleet_api::constants::ANNOTATION_REFRESH;
 use kitfleet_api::nodeimage::ArtifactStatus;
 use kitfleet_api::{FieldErrors, NodeImage, NodeImageStatus};
 
-pub use crate::conditions::*;
-pub use crate::observe::*;
-use crate::observe::{artifact_is_for, elapsed};
-use crate::registry::{Resolution, artifact_tag};
+pub use crate::build::conditions::*;
+pub use crate::build::observe::*;
+use crate::build::observe::{artifact_is_for, elapsed};
+use crate::build::registry::{Resolution, artifact_tag};
 
 /// Everything one decision looks at.
 #[derive(Debug, Clone)]
@@ -416,7 +416,7 @@ fn built_message(s: &NodeImageStatus) -> String {
 }
 
 fn start_build(mut d: Draft<'_>, key: &str, attempt: u32, reason: &str) -> Decision {
-    let job = crate::job::job_name(d.obs.ni, key, attempt);
+    let job = crate::build::job::job_name(d.obs.ni, key, attempt);
     d.cond(
         COND_BUILT,
         false,

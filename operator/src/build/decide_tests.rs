@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kitfleet_api::FieldError;
 
 use super::*;
-use crate::registry::Resolution;
+use crate::build::registry::Resolution;
 
 const K1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -91,7 +91,7 @@ fn artifact(key: &str) -> ArtifactStatus {
     ArtifactStatus {
         reference: format!(
             "127.0.0.1:5000/kitfleet/demo:{}@{digest}",
-            crate::registry::artifact_tag(key)
+            crate::build::registry::artifact_tag(key)
         ),
         digest: digest.into(),
         short_digest: digest[7..19].into(),
@@ -598,7 +598,7 @@ fn decisions_settle() {
             .collect();
         if let Action::Build { build_key, attempt } = &d.action {
             jobs.push(JobView {
-                name: crate::job::job_name(&n, build_key, *attempt),
+                name: crate::build::job::job_name(&n, build_key, *attempt),
                 build_key: build_key.clone(),
                 attempt: *attempt,
                 state: JobState::Running,

@@ -24,8 +24,8 @@ use kitfleet_builder::reference::ImageRef;
 use kube::{Resource, ResourceExt};
 use sha2::{Digest as _, Sha256};
 
+use crate::build::decide::{JobState, JobView};
 use crate::config::BuildSettings;
-use crate::decide::{JobState, JobView};
 
 /// Job annotation: the attempt number of this build key (1, 2, …).
 pub const ANNOTATION_ATTEMPT: &str = "kitfleet.dev/attempt";
@@ -191,7 +191,7 @@ pub fn build_command(ni: &NodeImage, s: &JobSettings) -> Vec<String> {
     ]);
     argv.extend([
         "--level".into(),
-        crate::registry::JOB_GZIP_LEVEL.to_string(),
+        crate::build::registry::JOB_GZIP_LEVEL.to_string(),
     ]);
     argv.extend(["--json".into(), "--no-progress".into()]);
     for r in &s.insecure_registries {

@@ -8,7 +8,7 @@ use kitfleet_api::constants::ANNOTATION_REFRESH;
 use kitfleet_api::nodeimage::ArtifactStatus;
 use kitfleet_api::{FieldErrors, NodeImage, NodeImageSpec, NodeImageStatus};
 
-use crate::registry::{Resolution, artifact_tag};
+use crate::build::registry::{Resolution, artifact_tag};
 
 /// Annotation the operator writes on a NodeImage: when its references were last resolved (RFC 3339).
 pub const ANNOTATION_RESOLVED_AT: &str = "kitfleet.dev/resolved-at";
