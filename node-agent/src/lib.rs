@@ -1,4 +1,7 @@
-//! kitfleet-node-agent: the node DaemonSet. Today: the WireGuard mesh ([`mesh`]).
+//! kitfleet-node-agent: the node DaemonSet. Today: the WireGuard mesh ([`mesh`]), the CSI node plugin for the
+//! sandbox volume ([`csi`]) and the seccomp profile files ([`seccomp_profiles`]).
 
+pub mod csi;
 pub mod mesh;
+pub mod seccomp_profiles;
 pub mod testbed;

@@ -32,6 +32,8 @@ enum Cmd {
         #[arg(long, default_value = "kfwg0")]
         interface: String,
     },
+    /// Serve the CSI node plugin for the sandbox volume (sandbox.kitfleet.dev) until SIGTERM/SIGINT.
+    Csi(kitfleet_node_agent::csi::cli::CsiArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,6 +135,15 @@ fn main() -> std::process::ExitCode {
             .map(|k| println!("{}", k.public_key()))
             .map_err(Into::into),
         Cmd::MeshCleanup { interface } => mesh::cleanup(&interface).map_err(Into::into),
+        Cmd::Csi(a) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| {
+                rt.block_on(kitfleet_node_agent::csi::cli::run(a, shutdown_signal()))
+                    .map_err(Into::into)
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
