@@ -128,6 +128,7 @@ fn the_chart_installs_what_kitfleet_runs() {
     assert_eq!(
         kinds(&docs),
         [
+            "CSIDriver/sandbox.kitfleet.dev",
             "ClusterRole/kitfleet-node-agent",
             "ClusterRole/kitfleet-operator",
             "ClusterRoleBinding/kitfleet-node-agent",
@@ -146,7 +147,9 @@ fn the_chart_installs_what_kitfleet_runs() {
     assert!(
         kinds(&without_agent)
             .iter()
-            .all(|k| !k.contains("node-agent") && !k.contains("kitfleet-cni"))
+            .all(|k| !k.contains("node-agent")
+                && !k.contains("kitfleet-cni")
+                && !k.contains("sandbox.kitfleet.dev"))
     );
 }
 
