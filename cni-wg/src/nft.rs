@@ -1,9 +1,12 @@
 //! Masquerade of pod egress leaving the cluster CIDRs, with nftables.
 //!
-//! One table per network, `ip kitfleet_wg_<name>`, replaced atomically (one `nft -f`
-//! transaction). ADD applies it only when a marker in the IPAM directory says this exact ruleset
-//! has not been applied in this network namespace since boot, so the common ADD costs no `nft`
-//! exec; GC re-applies it unconditionally.
+//! One table per network, `ip kitfleet_wg_<name>` (the network name verbatim: its characters,
+//! `[A-Za-z0-9_.-]`, are all valid in an nft identifier, so distinct networks never share a
+//! table), replaced atomically (one `nft -f` transaction). ADD applies it only when a marker in
+//! the IPAM directory says this exact ruleset has been applied in this network namespace since
+//! boot *and* the table the kernel holds is still the one it created (same handle, asked over
+//! netlink), so the common ADD costs no `nft` exec yet a flushed ruleset is restored; GC
+//! re-applies it unconditionally.
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
@@ -13,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::cidr::Ipv4Cidr;
+use crate::netlink;
 
 /// Masquerade errors.
 #[derive(Debug, thiserror::Error)]
@@ -23,21 +27,21 @@ pub enum NftError {
     /// `nft` failed.
     #[error("masquerade: nft -f failed: {0}")]
     Failed(String),
+    /// The ruleset would not be bounded by the cluster CIDRs.
+    #[error("masquerade: {0}")]
+    Unbounded(String),
 }
 
-/// The table name for a network (`nft` identifiers: letters, digits, `_`).
+/// The table name for a network: `kitfleet_wg_` + the name as is. Injective; the caller passes
+/// a validated network name (`[A-Za-z0-9][A-Za-z0-9_.-]*`, checked again by [`script`]).
 pub fn table_name(network: &str) -> String {
-    let safe: String = network
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("kitfleet_wg_{safe}")
+    format!("kitfleet_wg_{network}")
 }
 
-/// Destinations that are never masqueraded: the cluster CIDRs plus the node's pod CIDR, with
-/// any CIDR covered by another removed (nft interval sets reject overlaps).
-pub fn exclusions(pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
-    let mut all: Vec<Ipv4Cidr> = cluster.iter().copied().chain([pod]).collect();
+/// Destinations that are never masqueraded: the cluster CIDRs, with any CIDR covered by another
+/// removed (nft interval sets reject overlaps). The node's pod CIDR lies inside them.
+pub fn exclusions(cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
+    let mut all: Vec<Ipv4Cidr> = cluster.to_vec();
     all.sort_by_key(|c| (c.prefix(), c.network()));
     all.dedup();
     let mut out: Vec<Ipv4Cidr> = Vec::new();
@@ -50,13 +54,37 @@ pub fn exclusions(pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
     out
 }
 
-/// The nft script: creates the table if missing, deletes it, and recreates it, in one transaction.
-pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> String {
-    let t = table_name(network);
-    let ex: Vec<String> = exclusions(pod, cluster)
+/// The nft script: creates the table if missing, deletes it, and recreates it, in one
+/// transaction. Refused unless `pod` lies inside a cluster CIDR and no cluster CIDR is `/0`
+/// (the set must never cover everything), and for a name nft would not take verbatim.
+pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<String, NftError> {
+    let name_ok = network
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && network
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !name_ok {
+        return Err(NftError::Unbounded(format!(
+            "network name {network:?} is not [A-Za-z0-9][A-Za-z0-9_.-]*"
+        )));
+    }
+    if let Some(all) = cluster.iter().find(|c| c.prefix() == 0) {
+        return Err(NftError::Unbounded(format!(
+            "cluster CIDR {all} would exempt every destination"
+        )));
+    }
+    if !cluster
         .iter()
-        .map(|c| c.to_string())
-        .collect();
+        .any(|c| c.prefix() <= pod.prefix() && c.contains(pod.network()))
+    {
+        return Err(NftError::Unbounded(format!(
+            "pod CIDR {pod} is not inside the cluster CIDRs"
+        )));
+    }
+    let t = table_name(network);
+    let ex: Vec<String> = exclusions(cluster).iter().map(|c| c.to_string()).collect();
     let mut s = String::new();
     let _ = writeln!(s, "table ip {t}\ndelete table ip {t}\ntable ip {t} {{");
     let _ = writeln!(
@@ -72,7 +100,7 @@ pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> String {
         s,
         "\t\tip saddr {pod} ip daddr != @cluster masquerade\n\t}}\n}}"
     );
-    s
+    Ok(s)
 }
 
 /// The `nft` binary: `$PATH` first, then the usual sbin directories.
@@ -114,22 +142,49 @@ pub fn apply(script: &str) -> Result<(), NftError> {
 /// A key for "this script in this network namespace since this boot".
 fn marker_key(script: &str) -> String {
     use sha2::{Digest, Sha256};
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot = crate::state::boot_id();
     let ns = std::fs::metadata("/proc/thread-self/ns/net")
         .map(|m| (m.dev(), m.ino()))
         .unwrap_or_default();
     hex::encode(Sha256::digest(format!("{script}\n{boot}\n{ns:?}")))
 }
 
-/// Applies `script` unless the marker file says it already is (or `force`).
-pub fn ensure(script: &str, marker: &Path, force: bool) -> Result<bool, NftError> {
+/// The marker's content: the key, a space, and the handle of the table the kernel gave us.
+fn marker_content(key: &str, handle: Option<u64>) -> String {
+    match handle {
+        Some(h) => format!("{key} {h}"),
+        None => key.to_string(),
+    }
+}
+
+/// The handle of table `ip <table>` in this network namespace (`None`: no such table, or the
+/// question failed, which makes the caller re-apply).
+fn table_handle(table: &str) -> Option<u64> {
+    match netlink::nft_table_handle(table) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot ask the kernel for the masquerade table");
+            None
+        }
+    }
+}
+
+/// Applies `script` for `network` unless the marker file says it already is and the kernel
+/// still holds the table it created (or `force`). Returns whether it applied.
+pub fn ensure(network: &str, script: &str, marker: &Path, force: bool) -> Result<bool, NftError> {
     let key = marker_key(script);
-    if !force && std::fs::read_to_string(marker).is_ok_and(|m| m == key) {
+    let table = table_name(network);
+    if !force
+        && let Ok(m) = std::fs::read_to_string(marker)
+        && m.split_once(' ').is_some_and(|(k, _)| k == key)
+        && m == marker_content(&key, table_handle(&table))
+    {
         return Ok(false);
     }
     apply(script)?;
+    let content = marker_content(&key, table_handle(&table));
     let tmp = marker.with_extension(format!("tmp.{}", std::process::id()));
-    if std::fs::write(&tmp, &key).is_ok() && std::fs::rename(&tmp, marker).is_err() {
+    if std::fs::write(&tmp, content).is_ok() && std::fs::rename(&tmp, marker).is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     Ok(true)
@@ -145,35 +200,29 @@ mod tests {
 
     #[test]
     fn exclusions_table() {
-        let rows: &[(&str, &[&str], &[&str])] = &[
-            ("10.244.1.0/24", &[], &["10.244.1.0/24"]),
-            ("10.244.1.0/24", &["10.244.0.0/16"], &["10.244.0.0/16"]),
+        let rows: &[(&[&str], &[&str])] = &[
+            (&["10.244.0.0/16"], &["10.244.0.0/16"]),
             (
-                "10.244.1.0/24",
                 &["10.244.2.0/24", "10.244.1.0/24"],
                 &["10.244.1.0/24", "10.244.2.0/24"],
             ),
             (
-                "10.244.1.0/24",
                 &["10.96.0.0/12", "10.244.0.0/16", "10.244.3.0/24"],
                 &["10.96.0.0/12", "10.244.0.0/16"],
             ),
         ];
-        for (pod, cluster, want) in rows {
+        for (cluster, want) in rows {
             let cl: Vec<_> = cluster.iter().map(|s| c(s)).collect();
-            let got: Vec<String> = exclusions(c(pod), &cl)
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            assert_eq!(got, *want, "{pod} {cluster:?}");
+            let got: Vec<String> = exclusions(&cl).iter().map(|c| c.to_string()).collect();
+            assert_eq!(got, *want, "{cluster:?}");
         }
     }
 
     #[test]
     fn script_shape() {
-        let s = script("my-net.1", c("10.244.1.0/24"), &[c("10.244.0.0/16")]);
+        let s = script("my-net.1", c("10.244.1.0/24"), &[c("10.244.0.0/16")]).unwrap();
         assert!(
-            s.starts_with("table ip kitfleet_wg_my_net_1\ndelete table ip kitfleet_wg_my_net_1\n"),
+            s.starts_with("table ip kitfleet_wg_my-net.1\ndelete table ip kitfleet_wg_my-net.1\n"),
             "{s}"
         );
         assert!(s.contains("elements = { 10.244.0.0/16 }"), "{s}");
@@ -181,5 +230,29 @@ mod tests {
             s.contains("ip saddr 10.244.1.0/24 ip daddr != @cluster masquerade"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn table_names_are_injective() {
+        let names = ["a-b", "a_b", "a.b", "ab", "a__b", "a-_b"];
+        let tables: std::collections::HashSet<String> =
+            names.iter().map(|n| table_name(n)).collect();
+        assert_eq!(tables.len(), names.len(), "{tables:?}");
+    }
+
+    #[test]
+    fn script_is_bounded_by_the_cluster_cidrs() {
+        let cl = [c("10.244.0.0/16")];
+        for (pod, cluster) in [
+            ("0.0.0.0/0", &cl[..]),
+            ("10.245.1.0/24", &cl[..]),
+            ("10.244.0.0/15", &cl[..]),
+            ("10.244.1.0/24", &[][..]),
+            ("10.244.1.0/24", &[c("0.0.0.0/0")][..]),
+        ] {
+            let e = script("n", c(pod), cluster).unwrap_err().to_string();
+            assert!(e.starts_with("masquerade: "), "{pod} {cluster:?}: {e}");
+        }
+        assert!(script("a b", c("10.244.1.0/24"), &cl).is_err());
     }
 }

@@ -148,7 +148,9 @@ fn gc_reclaims_what_killed_adds_left() {
         .as_i64()
         .unwrap();
     let marker = dir.join("dying").join(format!("{dying_if}@{index}"));
-    std::fs::write(&marker, b"").unwrap();
+    // What DEL writes: the boot ID (a marker of another boot is only removed).
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    std::fs::write(&marker, boot.trim()).unwrap();
     let mut gc = node.conf("1.1.0");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}, {"containerID": "after", "ifname": "eth0"}]);
     node.cni(&Invocation::new("GC", gc)).expect_ok();

@@ -109,7 +109,7 @@ fn verbs_for(v: &str) {
     let status = Invocation::new("STATUS", conf.clone());
     if ge(v, "1.1.0") {
         node.cni(&status).expect_ok();
-        let state = |healthy: bool, cidrs: Value| json!({"podCIDRs": cidrs, "mtu": 1420, "meshHealthy": healthy, "clusterCIDRs": [], "wgInterface": "kfwg0"});
+        let state = |healthy: bool, cidrs: Value| json!({"podCIDRs": cidrs, "mtu": 1420, "meshHealthy": healthy, "clusterCIDRs": ["10.244.0.0/16"], "wgInterface": "kfwg0"});
         node.write_state(state(false, json!(["10.244.1.0/24"])));
         node.cni(&status).expect_code(51);
         node.write_state(state(true, json!([])));

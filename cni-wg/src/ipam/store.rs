@@ -2,7 +2,9 @@
 //! the address, holding the attachment as JSON), `last_reserved_ip`, and `lock`, which every
 //! operation holds with `flock(2)` for its whole duration. The lock is released by the kernel
 //! when a process dies, so a killed ADD never wedges the store; what it reserved stays recorded
-//! under its attachment, and GC reclaims it.
+//! under its attachment, and GC reclaims it. A reservation is durable before `reserve` returns:
+//! the record is fsynced, then the directory (a release is not: one lost in a crash leaves a
+//! reservation of a gone attachment, which GC reclaims).
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -36,6 +38,20 @@ pub struct Entry {
     pub ip: Ipv4Addr,
     /// Its holder.
     pub record: Option<Record>,
+}
+
+/// A pending link deletion (see DEL): marker `dying/<host_if>@<ifindex>`, holding the boot ID
+/// of the boot it was written in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dying {
+    /// The marker file.
+    pub path: PathBuf,
+    /// The host-side veth's name.
+    pub host_if: String,
+    /// Its ifindex (0 when the marker has none).
+    pub index: i32,
+    /// Whether the marker was written in this boot (ifindexes mean nothing across boots).
+    pub this_boot: bool,
 }
 
 /// IPAM store errors.
@@ -159,10 +175,18 @@ impl Store {
             .create_new(true)
             .open(&path)
             .map_err(io(&path))?;
-        f.write_all(&json).map_err(|e| {
-            let _ = fs::remove_file(&path);
-            io(&path)(e)
-        })?;
+        f.write_all(&json)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| {
+                let _ = fs::remove_file(&path);
+                io(&path)(e)
+            })?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| {
+                let _ = fs::remove_file(&path);
+                io(&self.dir)(e)
+            })?;
         write_fixed(&last_path, &ip.to_string()).map_err(io(&last_path))?;
         Ok(ip)
     }
@@ -182,39 +206,41 @@ impl Store {
 
     /// Records that link `host_if` (ifindex `index`) is being deleted in the background (see
     /// DEL), so GC can finish the job if the reaper dies. Returns the marker path
-    /// (`dying/<host_if>@<index>`).
+    /// (`dying/<host_if>@<index>`, holding this boot's ID).
     pub fn mark_dying(&self, host_if: &str, index: i32) -> Result<PathBuf> {
         let dir = self.dir.join("dying");
         fs::create_dir_all(&dir).map_err(io(&dir))?;
         let path = dir.join(format!("{host_if}@{index}"));
-        fs::write(&path, b"").map_err(io(&path))?;
+        fs::write(&path, crate::state::boot_id()).map_err(io(&path))?;
         Ok(path)
     }
 
-    /// Links marked dying: `(marker path, host_if, ifindex)`.
-    pub fn dying(&self) -> Result<Vec<(PathBuf, String, i32)>> {
+    /// Links marked dying.
+    pub fn dying(&self) -> Result<Vec<Dying>> {
         let dir = self.dir.join("dying");
         let rd = match fs::read_dir(&dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(io(&dir)(e)),
             Ok(rd) => rd,
         };
+        let boot = crate::state::boot_id();
         let mut out = Vec::new();
         for e in rd.filter_map(|e| e.ok()) {
             let name = e.file_name().to_string_lossy().into_owned();
-            let (host_if, index) = name.split_once('@').unwrap_or((&name, ""));
-            // A marker without a valid index only gets removed (index 0 matches no link).
-            out.push((e.path(), host_if.to_string(), index.parse().unwrap_or(0)));
+            let written = fs::read_to_string(e.path()).unwrap_or_default();
+            out.push(parse_dying(e.path(), &name, written.trim(), &boot));
         }
         Ok(out)
     }
 
     /// Removes every dying marker of `host_if` (no error if none).
     pub fn clear_dying(&self, host_if: &str) -> Result<()> {
-        for (path, name, _) in self.dying()? {
-            if name == host_if {
-                match fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+        for d in self.dying()? {
+            if d.host_if == host_if {
+                match fs::remove_file(&d.path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io(&d.path)(e));
+                    }
                     _ => {}
                 }
             }
@@ -229,6 +255,19 @@ impl Store {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path)(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// Reads a dying marker named `name` (`<host_if>@<ifindex>`) that holds `written` (a boot ID).
+/// A marker without a valid index gets index 0 (it only gets removed); one without this boot's
+/// ID (`boot`, non-empty) is not of this boot.
+pub fn parse_dying(path: PathBuf, name: &str, written: &str, boot: &str) -> Dying {
+    let (host_if, index) = name.split_once('@').unwrap_or((name, ""));
+    Dying {
+        path,
+        host_if: host_if.to_string(),
+        index: index.parse().unwrap_or(0),
+        this_boot: !boot.is_empty() && written == boot,
     }
 }
 
@@ -333,5 +372,42 @@ mod tests {
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 50);
+    }
+
+    #[test]
+    fn dying_markers_are_keyed_to_the_boot() {
+        let p = PathBuf::from("/x");
+        let b = "8d1f6a0e-0000-4000-8000-000000000001";
+        let rows = [
+            ("kfwa@12", b, "kfwa", 12, true),
+            ("kfwa@12", "", "kfwa", 12, false),
+            ("kfwa@12", "another-boot", "kfwa", 12, false),
+            ("kfwa", b, "kfwa", 0, true),
+            ("kfwa@x", b, "kfwa", 0, true),
+        ];
+        for (name, written, host_if, index, this_boot) in rows {
+            let d = parse_dying(p.clone(), name, written, b);
+            assert_eq!(
+                (d.host_if.as_str(), d.index, d.this_boot),
+                (host_if, index, this_boot),
+                "{name} {written:?}"
+            );
+        }
+        assert!(
+            !parse_dying(p, "kfwa@1", "", "").this_boot,
+            "unknown boot ID"
+        );
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::lock(d.path(), "net").unwrap();
+        let m = s.mark_dying("kfwb", 7).unwrap();
+        assert_eq!(
+            s.dying().unwrap(),
+            vec![Dying {
+                path: m,
+                host_if: "kfwb".into(),
+                index: 7,
+                this_boot: true
+            }]
+        );
     }
 }

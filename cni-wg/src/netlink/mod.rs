@@ -33,6 +33,8 @@ pub type Result<T, E = NetlinkError> = std::result::Result<T, E>;
 /// A link as read back from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
+    /// Name (`IFLA_IFNAME`).
+    pub name: String,
     /// ifindex.
     pub index: i32,
     /// MTU.
@@ -77,6 +79,10 @@ pub fn format_mac(b: &[u8]) -> String {
 impl Netlink {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Self> {
+        Self::open_protocol(SockProtocol::NetlinkRoute)
+    }
+
+    fn open_protocol(protocol: SockProtocol) -> Result<Self> {
         let err = |errno| NetlinkError {
             op: "open socket",
             target: String::new(),
@@ -86,7 +92,7 @@ impl Netlink {
             AddressFamily::Netlink,
             SockType::Raw,
             SockFlag::SOCK_CLOEXEC,
-            SockProtocol::NetlinkRoute,
+            protocol,
         )
         .map_err(err)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(err)?;
@@ -148,6 +154,36 @@ impl Netlink {
                 target: name.into(),
                 errno,
             }),
+        }
+    }
+
+    /// Looks a link up by ifindex; `None` when it does not exist.
+    pub fn link_by_index(&mut self, index: i32) -> Result<Option<Link>> {
+        let b = Builder::new(RTM_GETLINK, NLM_F_ACK).ifinfomsg(index, 0, 0);
+        match self.exchange(b) {
+            Ok(replies) => Ok(replies.first().map(|p| parse_link(p))),
+            Err(Errno::ENODEV) => Ok(None),
+            Err(errno) => Err(NetlinkError {
+                op: "get link",
+                target: format!("ifindex {index}"),
+                errno,
+            }),
+        }
+    }
+
+    /// Deletes the link with ifindex `index` only if it is still named `name` and of `kind`
+    /// (an index may belong to an unrelated link by now: after a reboot, or a wrap). `Ok(false)`
+    /// when there is no such link. The check and the deletion are two requests; the kernel
+    /// hands out a freed index again only after a wrap, so nothing can slip in between.
+    pub fn delete_link_checked(&mut self, index: i32, name: &str, kind: &str) -> Result<bool> {
+        match self.link_by_index(index)? {
+            Some(l) if l.name == name && l.kind == kind => self.delete_link_index(index),
+            Some(l) => {
+                tracing::warn!(index, want = name, want_kind = kind, found = %l.name, found_kind = %l.kind,
+                    "ifindex now belongs to another link; not deleting it");
+                Ok(false)
+            }
+            None => Ok(false),
         }
     }
 
@@ -353,8 +389,32 @@ impl Netlink {
     }
 }
 
+/// The handle of nftables table `ip <name>` in the calling thread's network namespace, `None`
+/// when there is no such table. A table that was deleted (e.g. `nft flush ruleset`) and
+/// created again gets a new handle.
+pub fn nft_table_handle(name: &str) -> Result<Option<u64>> {
+    let mut nl = Netlink::open_protocol(SockProtocol::NetlinkNetFilter)?;
+    let b = Builder::new((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_ACK)
+        .nfgenmsg(NFPROTO_IPV4)
+        .attr_str(NFTA_TABLE_NAME, name);
+    match nl.exchange(b) {
+        Ok(replies) => Ok(replies.first().and_then(|p| {
+            attrs(p.get(4..).unwrap_or_default())
+                .find(|(t, v)| *t == NFTA_TABLE_HANDLE && v.len() == 8)
+                .map(|(_, v)| u64::from_be_bytes(v.try_into().unwrap_or_default()))
+        })),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(NetlinkError {
+            op: "get nft table",
+            target: name.into(),
+            errno,
+        }),
+    }
+}
+
 fn parse_link(p: &[u8]) -> Link {
     let mut l = Link {
+        name: String::new(),
         index: u32_at(p, 4) as i32,
         mtu: 0,
         up: u32_at(p, 8) & IFF_UP != 0,
@@ -364,6 +424,11 @@ fn parse_link(p: &[u8]) -> Link {
     for (t, v) in attrs(p.get(16..).unwrap_or_default()) {
         match t {
             IFLA_MTU => l.mtu = u32_at(v, 0),
+            IFLA_IFNAME => {
+                l.name = String::from_utf8_lossy(v)
+                    .trim_end_matches('\0')
+                    .to_string()
+            }
             IFLA_ADDRESS => l.mac = format_mac(v),
             IFLA_LINKINFO => {
                 if let Some((_, k)) = attrs(v).find(|(t, _)| *t == IFLA_INFO_KIND) {

@@ -106,6 +106,17 @@ pub const AF_INET: u8 = 2;
 /// `AF_UNSPEC`.
 pub const AF_UNSPEC: u8 = 0;
 
+/// `NFNL_SUBSYS_NFTABLES` (`linux/netfilter/nfnetlink.h`): message types are `subsys << 8 | msg`.
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// `NFT_MSG_GETTABLE` (`linux/netfilter/nf_tables.h`).
+pub const NFT_MSG_GETTABLE: u16 = 1;
+/// `NFTA_TABLE_NAME`.
+pub const NFTA_TABLE_NAME: u16 = 1;
+/// `NFTA_TABLE_HANDLE` (big-endian u64).
+pub const NFTA_TABLE_HANDLE: u16 = 4;
+/// `NFPROTO_IPV4`.
+pub const NFPROTO_IPV4: u8 = 2;
+
 /// Builds one netlink message.
 #[derive(Debug)]
 pub struct Builder {
@@ -149,6 +160,11 @@ impl Builder {
             RTN_UNICAST,
         ]);
         self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self
+    }
+    /// `struct nfgenmsg` (nfnetlink): family, version `NFNETLINK_V0`, resource id 0.
+    pub fn nfgenmsg(mut self, family: u8) -> Self {
+        self.buf.extend_from_slice(&[family, 0, 0, 0]);
         self
     }
     /// `struct ndmsg`.

@@ -1,13 +1,15 @@
 //! ADD: masquerade (node-wide, idempotent), reserve an address, create the veth pair with the
 //! pod end directly inside the pod namespace, configure both ends. Anything created after the
-//! reservation is rolled back when a later step fails.
+//! reservation is rolled back when a later step fails. The IPAM store stays locked until both
+//! ends are configured (or rolled back), so a concurrent DEL or GC never sees a reservation
+//! whose links are still being made.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use super::{ipam, kernel, load_state};
+use super::{ipam, kernel, load_state, open_netns, pod_cidr};
 use crate::cidr::Ipv4Cidr;
 use crate::cni::config::NetConf;
 use crate::cni::env::Env;
@@ -21,7 +23,7 @@ use crate::{netns, nft};
 
 pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let state = load_state(conf, code::TRY_AGAIN)?;
-    let cidr = conf.pod_cidr.or_else(|| state.pod_cidr()).ok_or_else(|| {
+    let cidr = pod_cidr(conf, &state)?.ok_or_else(|| {
         CniError::new(
             code::TRY_AGAIN,
             "no pod CIDR: the node state file has no podCIDRs and the conflist no podCIDR",
@@ -30,13 +32,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     if conf.masquerade {
         masquerade(conf, cidr, &state.cluster_cidrs_v4())?;
     }
-    let ns = netns::open(env.netns.as_ref()).map_err(|e| {
-        CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("CNI_NETNS {:?} cannot be opened", env.netns),
-        )
-        .details(e)
-    })?;
+    let ns = open_netns(env)?;
     let mut pod_nl = netns::run_in(&ns, Netlink::open)
         .map_err(|e| {
             CniError::new(
@@ -81,7 +77,6 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         ));
     }
     let ip = store.reserve(cidr, &record).map_err(ipam)?;
-    drop(store);
     let a = Attached {
         host_if,
         host_mac: format_mac(&HOST_MAC),
@@ -92,9 +87,10 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
         mtu: state.mtu,
     };
     if let Err(e) = attach(&mut nl, &mut pod_nl, &ns, &a) {
-        rollback(&mut nl, conf, &a);
+        rollback(&mut nl, &store, &a);
         return Err(e);
     }
+    drop(store);
     tracing::info!(container = %env.container_id, ifname = %env.ifname, ip = %ip, host_if = %a.host_if, port_mappings = conf.port_mappings.len(), "added");
     Ok(result::build(
         &a,
@@ -104,7 +100,8 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<(), CniError> {
-    let script = nft::script(&conf.name, cidr, cluster);
+    let script = nft::script(&conf.name, cidr, cluster)
+        .map_err(|e| CniError::new(code::MASQUERADE, e.to_string()))?;
     let dir = conf.data_dir.join(&conf.name);
     std::fs::create_dir_all(&dir).map_err(|e| {
         CniError::new(
@@ -113,7 +110,7 @@ fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<()
         )
         .details(e)
     })?;
-    match nft::ensure(&script, &dir.join("masquerade.applied"), false) {
+    match nft::ensure(&conf.name, &script, &dir.join("masquerade.applied"), false) {
         Ok(applied) => {
             if applied {
                 tracing::info!(table = %nft::table_name(&conf.name), "masquerade rules applied");
@@ -227,12 +224,13 @@ fn fault_point(point: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Undoes a partial ADD: the veth pair (its routes go with it) and the reservation.
-fn rollback(nl: &mut Netlink, conf: &NetConf, a: &Attached) {
+/// Undoes a partial ADD under the store lock ADD still holds: the veth pair (its routes go with
+/// it) and the reservation.
+fn rollback(nl: &mut Netlink, store: &Store, a: &Attached) {
     if let Err(e) = nl.delete_link(&a.host_if) {
         tracing::warn!(error = %e, "rollback: delete link");
     }
-    if let Err(e) = Store::lock(&conf.data_dir, &conf.name).and_then(|s| s.release_ip(a.ip)) {
+    if let Err(e) = store.release_ip(a.ip) {
         tracing::warn!(error = %e, "rollback: release address");
     }
     tracing::info!(ip = %a.ip, host_if = %a.host_if, "rolled back");

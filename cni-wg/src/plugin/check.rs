@@ -22,13 +22,7 @@ pub(super) fn check(env: &Env, conf: &NetConf) -> Result<(), CniError> {
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "prevResult: is required for CHECK"))?;
     let want = result::expected(prev, &env.ifname, &env.netns)?;
     let mtu = load_state(conf, code::TRY_AGAIN)?.mtu;
-    let ns = netns::open(env.netns.as_ref()).map_err(|e| {
-        CniError::new(
-            code::UNKNOWN_CONTAINER,
-            format!("CNI_NETNS {:?} cannot be opened", env.netns),
-        )
-        .details(e)
-    })?;
+    let ns = super::open_netns(env)?;
     let mut pod_nl = netns::run_in(&ns, Netlink::open)
         .map_err(|e| {
             CniError::new(

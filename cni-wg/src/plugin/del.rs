@@ -17,8 +17,9 @@ use crate::cni::config::NetConf;
 use crate::cni::env::Env;
 use crate::cni::{CniError, code};
 use crate::ipam::host_if_name;
-use crate::ipam::store::Store;
+use crate::ipam::store::{Store, parse_dying};
 use crate::netlink::Netlink;
+use crate::state::boot_id;
 
 /// Environment variable that turns the binary into the link reaper (value: the ifindex).
 pub const REAP_ENV: &str = "KITFLEET_WG_REAP";
@@ -82,7 +83,9 @@ fn spawn_reaper(index: i32, marker: &Path) -> std::io::Result<()> {
 pub const REAP_DELAY_ENV: &str = "KITFLEET_WG_TEST_REAP_DELAY_MS";
 
 /// Reaper mode: deletes the link with ifindex `index` (the pod end goes with it; a newer link
-/// with the same name, from a quick re-ADD, is never touched) and removes the marker.
+/// with the same name, from a quick re-ADD, is never touched) and removes the marker. The
+/// marker is required: it names the link (`<host_if>@<index>`) and the boot; a link whose name
+/// or kind (veth) differs, or a marker of another boot, is left alone.
 pub fn reap(index: &str, marker: Option<&Path>) -> Result<(), CniError> {
     let index: i32 = index.parse().map_err(|_| {
         CniError::new(
@@ -90,6 +93,24 @@ pub fn reap(index: &str, marker: Option<&Path>) -> Result<(), CniError> {
             format!("{REAP_ENV}: {index:?} is not an ifindex"),
         )
     })?;
+    let marker = marker.ok_or_else(|| {
+        CniError::new(code::INVALID_ENV, format!("{REAP_MARKER_ENV}: is required"))
+    })?;
+    let name = marker
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let written = std::fs::read_to_string(marker).unwrap_or_default();
+    let d = parse_dying(marker.into(), &name, written.trim(), &boot_id());
+    if d.index != index || !d.this_boot {
+        return Err(CniError::new(
+            code::INVALID_ENV,
+            format!(
+                "{REAP_MARKER_ENV}: {} is not a marker of ifindex {index} from this boot",
+                marker.display()
+            ),
+        ));
+    }
     if let Some(ms) = std::env::var(REAP_DELAY_ENV)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -97,10 +118,8 @@ pub fn reap(index: &str, marker: Option<&Path>) -> Result<(), CniError> {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
     Netlink::open()
-        .and_then(|mut nl| nl.delete_link_index(index))
+        .and_then(|mut nl| nl.delete_link_checked(index, &d.host_if, "veth"))
         .map_err(kernel)?;
-    if let Some(m) = marker {
-        let _ = std::fs::remove_file(m);
-    }
+    let _ = std::fs::remove_file(marker);
     Ok(())
 }

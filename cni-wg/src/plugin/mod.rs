@@ -93,6 +93,29 @@ fn ipam(e: IpamError) -> CniError {
     CniError::new(c, e.to_string())
 }
 
+/// Opens `CNI_NETNS`: code 3 when it cannot be opened, 4 when it is not a namespace file (a
+/// FIFO is refused without being opened, so it cannot block the plugin).
+fn open_netns(env: &Env) -> Result<std::fs::File, CniError> {
+    crate::netns::open(env.netns.as_ref()).map_err(|e| match e {
+        crate::netns::NetnsError::NotNamespace { .. } => {
+            CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}"))
+        }
+        crate::netns::NetnsError::Open { .. } => CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("CNI_NETNS {:?} cannot be opened", env.netns),
+        )
+        .details(e),
+    })
+}
+
+/// The pod CIDR for `conf` (the `podCIDR` override or the state file's), bounded by the state
+/// file's `clusterCIDRs`: `Ok(None)` when the node has none yet, code 7 for an override outside.
+fn pod_cidr(conf: &NetConf, state: &NodeState) -> Result<Option<crate::cidr::Ipv4Cidr>, CniError> {
+    state
+        .pod_cidr_with(conf.pod_cidr)
+        .map_err(|m| CniError::new(code::INVALID_CONFIG, m))
+}
+
 /// Loads the node state for `conf`; `code` is the CNI error code used when it is unusable.
 fn load_state(conf: &NetConf, code: u32) -> Result<NodeState, CniError> {
     NodeState::load(&conf.state_file).map_err(|e| {

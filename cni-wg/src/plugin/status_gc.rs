@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{ipam, kernel, load_state};
+use super::{ipam, kernel, load_state, pod_cidr};
 use crate::cni::config::{Attachment, NetConf};
 use crate::cni::{CniError, code};
 use crate::ipam::store::Store;
@@ -11,7 +11,8 @@ use crate::nft;
 
 pub(super) fn status(conf: &NetConf) -> Result<(), CniError> {
     let state = load_state(conf, code::NOT_AVAILABLE)?;
-    if conf.pod_cidr.is_none() && state.pod_cidr().is_none() {
+    let bounded = pod_cidr(conf, &state).map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg))?;
+    if bounded.is_none() {
         return Err(CniError::new(
             code::NOT_AVAILABLE,
             "the node has no pod CIDR yet (node state podCIDRs is empty)",
@@ -23,11 +24,8 @@ pub(super) fn status(conf: &NetConf) -> Result<(), CniError> {
             "masquerade is on but nft is not installed",
         ));
     }
-    if !state.mesh_healthy {
-        return Err(CniError::new(
-            code::LIMITED_CONNECTIVITY,
-            "the WireGuard mesh is down (node state meshHealthy is false)",
-        ));
+    if let Some(why) = state.mesh_down(std::time::SystemTime::now()) {
+        return Err(CniError::new(code::LIMITED_CONNECTIVITY, why));
     }
     Ok(())
 }
@@ -63,12 +61,16 @@ pub(super) fn gc(conf: &NetConf) -> Result<(), CniError> {
         reclaimed += 1;
         tracing::info!(ip = %e.ip, record = ?e.record, "gc: reclaimed");
     }
-    for (marker, host_if, index) in store.dying().map_err(ipam)? {
-        if index > 0 {
-            nl.delete_link_index(index).map_err(kernel)?;
-        }
-        let _ = std::fs::remove_file(&marker);
-        tracing::info!(host_if = %host_if, index, "gc: finished a pending link deletion");
+    for d in store.dying().map_err(ipam)? {
+        // A marker of another boot (or without one) names an ifindex that means nothing now.
+        let deleted = d.this_boot
+            && d.index > 0
+            && nl
+                .delete_link_checked(d.index, &d.host_if, "veth")
+                .map_err(kernel)?;
+        let _ = std::fs::remove_file(&d.path);
+        tracing::info!(host_if = %d.host_if, index = d.index, this_boot = d.this_boot, deleted,
+            "gc: finished a pending link deletion");
     }
     drop(store);
     if conf.masquerade {
@@ -83,12 +85,14 @@ fn reapply_masquerade(conf: &NetConf) {
     let Ok(state) = load_state(conf, code::NOT_AVAILABLE) else {
         return;
     };
-    let Some(cidr) = conf.pod_cidr.or_else(|| state.pod_cidr()) else {
+    let Ok(Some(cidr)) = pod_cidr(conf, &state) else {
         return;
     };
     let cluster = state.cluster_cidrs_v4();
     let marker = conf.data_dir.join(&conf.name).join("masquerade.applied");
-    if let Err(e) = nft::ensure(&nft::script(&conf.name, cidr, &cluster), &marker, true) {
+    let applied = nft::script(&conf.name, cidr, &cluster)
+        .and_then(|s| nft::ensure(&conf.name, &s, &marker, true));
+    if let Err(e) = applied {
         tracing::warn!(error = %e, "gc: masquerade re-apply failed");
     }
 }

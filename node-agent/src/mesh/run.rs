@@ -337,10 +337,11 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             mesh_healthy: healthy,
             cluster_cidrs: cluster,
             wg_interface: self.dp.interface().to_string(),
+            heartbeat: None,
         };
-        if NodeState::load(&self.cfg.state_file).ok().as_ref() != Some(&state) {
-            state.store(&self.cfg.state_file)?;
-        }
+        // Rewritten when it changed or its heartbeat is due (the plugin reads a stale one as
+        // "mesh down"), so the resync interval must stay well under HEARTBEAT_EVERY.
+        state.refresh(&self.cfg.state_file, std::time::SystemTime::now())?;
         Ok(())
     }
 }
