@@ -10,7 +10,7 @@ PACKAGES=(
   busybox-static cpio linux-image-cloud-amd64 docker-registry runc skopeo ovmf xorriso mtools dosfstools fdisk
   podman containernetworking-plugins containerd iperf3 tcpdump tshark wireguard-go wireguard-tools iproute2 nftables
   libseccomp-dev systemd-boot-efi binutils gcc libc6-dev sbsigntool openssl unzip curl util-linux iputils-ping
-  debootstrap jq golang-github-containernetworking-plugin-dnsname
+  debootstrap jq golang-github-containernetworking-plugin-dnsname strace
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
