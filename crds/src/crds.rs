@@ -1,18 +1,123 @@
 //! The generated CustomResourceDefinitions, as the YAML `crdgen` writes.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 
 use crate::{NodeImage, SecurityPolicy};
 
 /// Every CRD as `(file name, YAML)`, in a fixed order.
 pub fn all() -> Vec<(&'static str, String)> {
+    definitions()
+        .into_iter()
+        .map(|(file, crd)| (file, to_yaml(&crd)))
+        .collect()
+}
+
+/// Every CRD as `(file name, definition)`, in a fixed order, as the apiserver must receive it: see
+/// [`for_apiserver`].
+pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
-        ("nodeimages.kitfleet.dev.yaml", to_yaml(&NodeImage::crd())),
+        (
+            "nodeimages.kitfleet.dev.yaml",
+            for_apiserver(NodeImage::crd()),
+        ),
         (
             "securitypolicies.kitfleet.dev.yaml",
-            to_yaml(&SecurityPolicy::crd()),
+            for_apiserver(SecurityPolicy::crd()),
         ),
     ]
+}
+
+/// Formats the apiserver knows (it warns `unrecognized format` on any other): k8s.io/apiextensions-apiserver's
+/// supported formats plus the numeric ones OpenAPI defines.
+const KNOWN_FORMATS: &[&str] = &[
+    "bsonobjectid",
+    "uri",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "cidr",
+    "mac",
+    "uuid",
+    "uuid3",
+    "uuid4",
+    "uuid5",
+    "isbn",
+    "isbn10",
+    "isbn13",
+    "creditcard",
+    "ssn",
+    "hexcolor",
+    "rgbcolor",
+    "byte",
+    "password",
+    "date",
+    "duration",
+    "datetime",
+    "date-time",
+    "int32",
+    "int64",
+    "float",
+    "double",
+];
+
+/// schemars describes Rust's unsigned integers with formats the apiserver does not know (`uint8`, `uint16`,
+/// `uint32`, `uint64`, `uint`): they are removed, and the range they stood for is kept as `minimum`/`maximum`
+/// (`uint64` keeps only its minimum: the apiserver's integers are 64-bit signed). Any other unknown format is removed.
+pub fn for_apiserver(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    for v in &mut crd.spec.versions {
+        if let Some(s) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            known_formats_only(s);
+        }
+    }
+    crd
+}
+
+fn known_formats_only(s: &mut JSONSchemaProps) {
+    if let Some(f) = s.format.as_deref()
+        && !KNOWN_FORMATS.contains(&f)
+    {
+        let max = match f {
+            "uint8" => Some(f64::from(u8::MAX)),
+            "uint16" => Some(f64::from(u16::MAX)),
+            "uint32" => Some(f64::from(u32::MAX)),
+            _ => None,
+        };
+        if f.starts_with("uint") {
+            s.minimum.get_or_insert(0.0);
+        }
+        if let Some(max) = max {
+            s.maximum.get_or_insert(max);
+        }
+        s.format = None;
+    }
+    let children = s.properties.iter_mut().flat_map(|p| p.values_mut());
+    let children = children.chain(s.pattern_properties.iter_mut().flat_map(|p| p.values_mut()));
+    let children = children.chain(
+        [&mut s.all_of, &mut s.any_of, &mut s.one_of]
+            .into_iter()
+            .flat_map(|l| l.iter_mut().flatten()),
+    );
+    let children = children.chain(s.not.as_deref_mut());
+    let children = children.chain(match s.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(b)) => vec![&mut **b],
+        Some(JSONSchemaPropsOrArray::Schemas(v)) => v.iter_mut().collect(),
+        None => vec![],
+    });
+    let children = children.chain(match s.additional_properties.as_mut() {
+        Some(JSONSchemaPropsOrBool::Schema(b)) => Some(&mut **b),
+        _ => None,
+    });
+    for c in children {
+        known_formats_only(c);
+    }
 }
 
 /// Every place a generated CRD is checked in: `crds/` and the Helm chart's `crds/`, with the content it must have.

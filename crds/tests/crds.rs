@@ -85,110 +85,62 @@ fn examples_pass_validate() {
     kitfleet_api::validate::security_policy(&sp.spec).unwrap();
 }
 
-/// Applies `edit` to an example and returns the CEL errors.
-fn cel_after(file: &str, crd: &str, edit: impl FnOnce(&mut Value)) -> Vec<String> {
-    let mut obj = example(file);
-    edit(&mut obj);
-    assert_eq!(
-        schema_errors(&crd_schema(crd), &obj),
-        Vec::<String>::new(),
-        "the edit must keep the schema satisfied"
-    );
-    cel_errors(&crd_schema(crd), &obj)
+/// One entry of `testdata/cel-cases.yaml`: an edit of an example and the CEL errors it must produce. The same file
+/// drives the server-side check in `e2e/tests/apiserver.rs`.
+#[derive(serde::Deserialize)]
+struct CelCase {
+    name: String,
+    example: String,
+    set: std::collections::BTreeMap<String, Value>,
+    errors: Vec<String>,
 }
 
-fn nodeimage_cel(edit: impl FnOnce(&mut Value)) -> Vec<String> {
-    cel_after(
-        "nodeimage-minimal.yaml",
-        "nodeimages.kitfleet.dev.yaml",
-        edit,
-    )
+fn cel_cases() -> Vec<CelCase> {
+    let path = format!("{}/testdata/cel-cases.yaml", env!("CARGO_MANIFEST_DIR"));
+    serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn policy_cel(edit: impl FnOnce(&mut Value)) -> Vec<String> {
-    cel_after(
-        "securitypolicy-nginx.yaml",
-        "securitypolicies.kitfleet.dev.yaml",
-        edit,
-    )
-}
-
-#[test]
-fn cel_rejects_max_unavailable_zero_and_above_100_percent() {
-    for (v, ok) in [
-        (json!(0), false),
-        (json!(-1), false),
-        (json!("0%"), false),
-        (json!("101%"), false),
-        (json!("x"), false),
-        (json!(3), true),
-        (json!("100%"), true),
-    ] {
-        let errs = nodeimage_cel(|o| o["spec"]["rollout"]["maxUnavailable"] = v.clone());
-        if ok {
-            assert!(errs.is_empty(), "{v}: {errs:?}");
-        } else {
-            assert_eq!(
-                errs,
-                vec![
-                    "spec.rollout.maxUnavailable: must be an integer > 0 or a percentage in (0%, 100%]"
-                ],
-                "{v}"
-            );
+/// Writes `value` at JSON pointer `pointer` (the parent must exist).
+fn set(obj: &mut Value, pointer: &str, value: Value) {
+    let (parent, key) = pointer.rsplit_once('/').unwrap();
+    match obj
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("{parent} is missing"))
+    {
+        Value::Array(a) => a[key.parse::<usize>().unwrap()] = value,
+        Value::Object(o) => {
+            o.insert(key.to_string(), value);
         }
+        other => panic!("{parent} is {other}"),
+    }
+}
+
+fn crd_of(example: &str) -> &'static str {
+    if example.starts_with("nodeimage") {
+        "nodeimages.kitfleet.dev.yaml"
+    } else {
+        "securitypolicies.kitfleet.dev.yaml"
     }
 }
 
 #[test]
-fn cel_rejects_a_window_whose_start_equals_its_end() {
-    let errs = nodeimage_cel(|o| o["spec"]["rollout"]["window"]["end"] = json!("22:00"));
-    assert_eq!(errs, vec!["spec.rollout.window: start and end must differ"]);
-}
-
-#[test]
-fn cel_rejects_duplicate_formats_and_days() {
-    let errs = nodeimage_cel(|o| o["spec"]["formats"] = json!(["tar", "tar"]));
-    assert_eq!(errs, vec!["spec.formats: formats must be unique"]);
-    let errs = nodeimage_cel(|o| o["spec"]["rollout"]["window"]["days"] = json!(["Sat", "Sat"]));
-    assert_eq!(errs, vec!["spec.rollout.window.days: days must be unique"]);
-}
-
-#[test]
-fn cel_rejects_non_positive_durations() {
-    let errs = nodeimage_cel(|o| o["spec"]["rollout"]["drain"]["timeout"] = json!("0s"));
-    assert_eq!(errs, vec!["spec.rollout.drain.timeout: must be positive"]);
-}
-
-#[test]
-fn cel_rejects_ports_outside_1_to_65535() {
-    let errs =
-        policy_cel(|o| o["spec"]["landlock"]["network"]["bindTcp"] = json!([0, 8080, 70000]));
-    assert_eq!(
-        errs,
-        vec!["spec.landlock.network.bindTcp: ports must be 1-65535"]
-    );
-}
-
-#[test]
-fn cel_rejects_bad_seccomp_argument_conditions() {
-    let errs = policy_cel(|o| o["spec"]["seccomp"]["rules"][2]["args"][0]["index"] = json!(6));
-    assert_eq!(
-        errs,
-        vec!["spec.seccomp.rules[2].args[0].index: argument index must be 0-5"]
-    );
-    let errs =
-        policy_cel(|o| o["spec"]["seccomp"]["rules"][2]["args"][0]["op"] = json!("masked-eq"));
-    assert_eq!(
-        errs,
-        vec![
-            "spec.seccomp.rules[2].args[0]: valueTwo is required by masked-eq and only valid with it"
-        ]
-    );
-    let errs = policy_cel(|o| o["spec"]["seccomp"]["rules"][0]["errno"] = json!(1));
-    assert_eq!(
-        errs,
-        vec!["spec.seccomp.rules[0]: errno is only valid with action errno"]
-    );
+fn cel_rules_answer_every_shared_case() {
+    let cases = cel_cases();
+    assert!(cases.len() >= 15, "{} cases", cases.len());
+    for case in cases {
+        let mut obj = example(&case.example);
+        for (pointer, value) in &case.set {
+            set(&mut obj, pointer, value.clone());
+        }
+        let schema = crd_schema(crd_of(&case.example));
+        assert_eq!(
+            schema_errors(&schema, &obj),
+            Vec::<String>::new(),
+            "{}: the edit must keep the schema satisfied",
+            case.name
+        );
+        assert_eq!(cel_errors(&schema, &obj), case.errors, "{}", case.name);
+    }
 }
 
 #[test]

@@ -1,3 +1,9 @@
-//! Kitfleet's end-to-end suites. `tests/chart.rs` renders and checks the Helm chart with the real `helm` binary and
-//! Kubernetes' own schemas; it runs everywhere. The kind suite (`tests/kind.rs`, later) needs Docker and kind.
-#![forbid(unsafe_code)]
+//! Kitfleet's end-to-end suites and the fixtures they share.
+//!
+//! - [`apiserver`]: a real etcd + kube-apiserver for tests (this crate's and, as a dev-dependency, other crates'),
+//!   with Kitfleet's CRDs installed from the chart.
+//! - `tests/chart.rs` renders and checks the Helm chart with the real `helm` binary and Kubernetes' own schemas.
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod apiserver;
