@@ -1,74 +1,97 @@
-//! The operator's configuration: command-line flags over environment variables over defaults, resolved by the pure
-//! [`Config::parse`] (the process environment is passed in, so every rule is tested without touching it).
+//! The operator's configuration, in one place: clap reads every setting from its flag, else its environment
+//! variable (`#[arg(long, env = "KITFLEET_…")]`), else its default; [`Config::from_matches`] then checks the values
+//! and names the flag or the variable a bad value came from.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kitfleet_api::constants::SYSTEM_NAMESPACE;
 
-/// A flag or variable with a bad value: names both and says why.
+/// A flag or variable with a bad value: names it and says why.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{field}: {reason}")]
 pub struct ConfigError {
-    /// `--flag` (or `VARIABLE` when the value came from the environment).
+    /// `--flag`, or `VARIABLE` when the value came from the environment.
     pub field: String,
     pub reason: String,
 }
 
-/// `kitfleet-operator run` flags. Each falls back to the environment variable named in its help, then to a default.
-#[derive(Debug, Clone, Default, Parser)]
-#[command(name = "kitfleet-operator run", about = "Run the Kitfleet operator")]
+/// `kitfleet-operator run` flags; each falls back to the environment variable shown in `--help`, then to a default.
+#[derive(Debug, Clone, Default, Args)]
 pub struct RunArgs {
-    /// Image of the build Jobs (runs `kitfleet-build`). Env: KITFLEET_BUILDER_IMAGE. Required.
-    #[arg(long)]
+    /// Image of the build Jobs (runs `kitfleet-build`). Required.
+    #[arg(long, env = "KITFLEET_BUILDER_IMAGE")]
     pub builder_image: Option<String>,
-    /// Namespace of build Jobs, push secrets and the leader Lease. Env: KITFLEET_NAMESPACE. Default: kitfleet-system.
-    #[arg(long)]
-    pub namespace: Option<String>,
-    /// PersistentVolumeClaim (in the namespace) used as the build cache; unset: an emptyDir. Env: KITFLEET_CACHE_PVC.
-    #[arg(long)]
+    /// Namespace of build Jobs, push secrets and the leader Lease.
+    #[arg(long, env = "KITFLEET_NAMESPACE", default_value = SYSTEM_NAMESPACE)]
+    pub namespace: String,
+    /// PersistentVolumeClaim (in the namespace) used as the build cache; unset: an emptyDir.
+    #[arg(long, env = "KITFLEET_CACHE_PVC")]
     pub cache_pvc: Option<String>,
-    /// Registries (HOST:PORT) reached over plain HTTP, comma-separated or repeated. Env: KITFLEET_INSECURE_REGISTRIES.
-    #[arg(long = "insecure-registry", value_delimiter = ',')]
+    /// Registries (HOST:PORT) reached over plain HTTP, comma-separated or repeated.
+    #[arg(
+        long = "insecure-registry",
+        env = "KITFLEET_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
     pub insecure_registries: Vec<String>,
-    /// Target architecture of the builds. Env: KITFLEET_ARCH. Default: amd64.
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Address of /healthz, /readyz and /metrics. Env: KITFLEET_LISTEN. Default: 0.0.0.0:8080.
-    #[arg(long)]
-    pub listen: Option<String>,
-    /// Docker config file the operator uses for its own registry reads. Env: KITFLEET_DOCKER_CONFIG.
-    #[arg(long)]
+    /// Target architecture of the builds.
+    #[arg(long, env = "KITFLEET_ARCH", default_value = "amd64")]
+    pub arch: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "KITFLEET_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// Docker config file the operator uses for its own registry reads (NodeImages without a push secret).
+    #[arg(long, env = "KITFLEET_DOCKER_CONFIG")]
     pub docker_config: Option<String>,
-    /// Cache directory for resolved manifests. Env: KITFLEET_CACHE_DIR. Default: $TMPDIR/kitfleet-operator.
-    #[arg(long)]
+    /// Cache directory for resolved manifests. Default: $TMPDIR/kitfleet-operator.
+    #[arg(long, env = "KITFLEET_CACHE_DIR")]
     pub cache_dir: Option<String>,
-    /// Disable leader election (one replica only!). Env: KITFLEET_LEADER_ELECTION=false.
+    /// Leader election on a Lease (`false`: run one replica only!).
+    #[arg(long, env = "KITFLEET_LEADER_ELECTION", default_value = "true", action = clap::ArgAction::Set)]
+    pub leader_election: String,
+    /// Disable leader election (same as `--leader-election false`).
     #[arg(long)]
     pub no_leader_election: bool,
-    /// Name of the leader Lease. Env: KITFLEET_LEASE_NAME. Default: kitfleet-operator.
-    #[arg(long)]
-    pub lease_name: Option<String>,
-    /// Identity in the Lease. Env: POD_NAME, then HOSTNAME.
-    #[arg(long)]
+    /// Name of the leader Lease.
+    #[arg(long, env = "KITFLEET_LEASE_NAME", default_value = "kitfleet-operator")]
+    pub lease_name: String,
+    /// Seconds a Lease is valid without renewal.
+    #[arg(long, env = "KITFLEET_LEASE_DURATION", default_value = "15")]
+    pub lease_duration: String,
+    /// Seconds the leader keeps trying to renew before it stops reconciling (less than the Lease duration).
+    #[arg(long, env = "KITFLEET_LEASE_RENEW_DEADLINE", default_value = "10")]
+    pub lease_renew_deadline: String,
+    /// Seconds between renewals, and between a standby's attempts (less than the renew deadline).
+    #[arg(long, env = "KITFLEET_LEASE_RETRY_PERIOD", default_value = "2")]
+    pub lease_retry_period: String,
+    /// This replica's identity in the Lease (unique per replica). Default: POD_NAME, then HOSTNAME.
+    #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
-    /// CPU request of a build Job. Env: KITFLEET_BUILD_CPU. Default: 500m.
-    #[arg(long)]
-    pub build_cpu: Option<String>,
-    /// Memory request (and limit) of a build Job. Env: KITFLEET_BUILD_MEMORY. Default: 1Gi.
-    #[arg(long)]
-    pub build_memory: Option<String>,
-    /// Deadline of one build Job, seconds. Env: KITFLEET_BUILD_TIMEOUT. Default: 3600.
-    #[arg(long)]
-    pub build_timeout: Option<String>,
-    /// First retry delay after a failed build, seconds (doubles per attempt). Env: KITFLEET_RETRY_BASE. Default: 30.
-    #[arg(long)]
-    pub retry_base: Option<String>,
-    /// Longest retry delay, seconds. Env: KITFLEET_RETRY_MAX. Default: 900.
-    #[arg(long)]
-    pub retry_max: Option<String>,
+    /// The identity's fallback.
+    #[arg(long, env = "HOSTNAME", hide = true)]
+    pub hostname: Option<String>,
+    /// CPU request of a build Job.
+    #[arg(long, env = "KITFLEET_BUILD_CPU", default_value = "500m")]
+    pub build_cpu: String,
+    /// Memory request (and limit) of a build Job.
+    #[arg(long, env = "KITFLEET_BUILD_MEMORY", default_value = "1Gi")]
+    pub build_memory: String,
+    /// Deadline of one build Job, seconds.
+    #[arg(long, env = "KITFLEET_BUILD_TIMEOUT", default_value = "3600")]
+    pub build_timeout: String,
+    /// First retry delay after a failed build, seconds (doubles per attempt).
+    #[arg(long, env = "KITFLEET_RETRY_BASE", default_value = "30")]
+    pub retry_base: String,
+    /// Longest retry delay, seconds.
+    #[arg(long, env = "KITFLEET_RETRY_MAX", default_value = "900")]
+    pub retry_max: String,
+    /// The cache directory's parent when --cache-dir is unset.
+    #[arg(long, env = "TMPDIR", hide = true)]
+    pub tmpdir: Option<String>,
 }
 
 /// The effective configuration.
@@ -83,9 +106,32 @@ pub struct Config {
     pub docker_config: Option<String>,
     pub cache_dir: String,
     pub leader_election: bool,
-    pub lease_name: String,
+    pub lease: LeaseSettings,
     pub identity: String,
     pub build: BuildSettings,
+}
+
+/// Leader election timing (client-go's defaults scaled to a 15 s Lease).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseSettings {
+    pub name: String,
+    /// How long a Lease is valid without renewal.
+    pub duration: Duration,
+    /// The leader stops reconciling when it has not renewed for this long (< `duration`).
+    pub renew_deadline: Duration,
+    /// Between renewals, and between a standby's attempts (< `renew_deadline`).
+    pub retry_period: Duration,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            name: "kitfleet-operator".into(),
+            duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
 }
 
 /// What every build Job gets.
@@ -110,30 +156,6 @@ impl Default for BuildSettings {
     }
 }
 
-/// One setting's raw value and where it came from (for error messages).
-struct Raw {
-    field: String,
-    value: String,
-}
-
-fn pick(
-    flag: Option<&String>,
-    flag_name: &str,
-    var: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Option<Raw> {
-    match flag {
-        Some(v) => Some(Raw {
-            field: format!("--{flag_name}"),
-            value: v.clone(),
-        }),
-        None => env(var).filter(|v| !v.is_empty()).map(|value| Raw {
-            field: var.to_string(),
-            value,
-        }),
-    }
-}
-
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.to_string(),
@@ -142,8 +164,7 @@ fn err(field: &str, reason: impl Into<String>) -> ConfigError {
 }
 
 /// A DNS-1123 label (namespace, PVC and Lease names).
-fn dns_label(r: &Raw) -> Result<String, ConfigError> {
-    let v = &r.value;
+fn dns_label(field: &str, v: &str) -> Result<String, ConfigError> {
     let ok = !v.is_empty()
         && v.len() <= 63
         && v.bytes()
@@ -151,10 +172,10 @@ fn dns_label(r: &Raw) -> Result<String, ConfigError> {
         && !v.starts_with('-')
         && !v.ends_with('-');
     if ok {
-        Ok(v.clone())
+        Ok(v.to_string())
     } else {
         Err(err(
-            &r.field,
+            field,
             format!("{v:?} is not a DNS label ([a-z0-9-], at most 63)"),
         ))
     }
@@ -170,25 +191,18 @@ fn host_port(field: &str, v: &str) -> Result<String, ConfigError> {
     Ok(v.to_string())
 }
 
-fn seconds(r: Option<Raw>, default: Duration) -> Result<Duration, ConfigError> {
-    match r {
-        None => Ok(default),
-        Some(r) => match r.value.parse::<u64>() {
-            Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
-            _ => Err(err(
-                &r.field,
-                format!("{:?} must be a positive number of seconds", r.value),
-            )),
-        },
+fn seconds(field: &str, v: &str) -> Result<Duration, ConfigError> {
+    match v.parse::<u64>() {
+        Ok(s) if s > 0 => Ok(Duration::from_secs(s)),
+        _ => Err(err(
+            field,
+            format!("{v:?} must be a positive number of seconds"),
+        )),
     }
 }
 
 /// A resource quantity such as `500m`, `2`, `1Gi`.
-fn quantity(r: Option<Raw>, default: &Quantity) -> Result<Quantity, ConfigError> {
-    let Some(r) = r else {
-        return Ok(default.clone());
-    };
-    let v = r.value.as_str();
+fn quantity(field: &str, v: &str) -> Result<Quantity, ConfigError> {
     let num_end = v
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(v.len());
@@ -198,384 +212,276 @@ fn quantity(r: Option<Raw>, default: &Quantity) -> Result<Quantity, ConfigError>
     ];
     if num.is_empty() || num.parse::<f64>().is_err() || !SUFFIXES.contains(&suffix) {
         return Err(err(
-            &r.field,
+            field,
             format!("{v:?} is not a resource quantity (e.g. 500m, 2, 1Gi)"),
         ));
     }
     Ok(Quantity(v.to_string()))
 }
 
+/// Where a value came from, as error messages name it: `--flag` or `VARIABLE`.
+struct Sources<'a> {
+    m: &'a ArgMatches,
+}
+
+impl Sources<'_> {
+    fn field(&self, id: &str) -> String {
+        let arg = RunArgs::augment_args(clap::Command::new("run"))
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .map(|a| {
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned());
+                (a.get_long().unwrap_or(id).to_string(), env)
+            });
+        match (arg, self.m.value_source(id)) {
+            (Some((_, Some(env))), Some(ValueSource::EnvVariable)) => env,
+            (Some((long, _)), _) => format!("--{long}"),
+            (None, _) => id.to_string(),
+        }
+    }
+}
+
+/// An optional setting: unset or empty is `None`.
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
+}
+
 impl Config {
-    /// Resolves the flags of `kitfleet-operator run` against `env` (a lookup of environment variables).
-    pub fn parse(
-        args: &RunArgs,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
-        let builder_image = pick(
-            args.builder_image.as_ref(),
-            "builder-image",
-            "KITFLEET_BUILDER_IMAGE",
-            env,
-        )
-        .ok_or_else(|| {
-            err(
-                "--builder-image",
-                "required (or set KITFLEET_BUILDER_IMAGE)",
-            )
-        })?;
-        if builder_image.value.trim() != builder_image.value
-            || builder_image.value.contains(char::is_whitespace)
-        {
+    /// Checks the values clap gathered (flags over environment over defaults) for `kitfleet-operator run`.
+    pub fn from_matches(m: &ArgMatches) -> Result<Config, ConfigError> {
+        let a = RunArgs::from_arg_matches(m).map_err(|e| err("arguments", e.to_string()))?;
+        let s = Sources { m };
+        let f = |id: &str| s.field(id);
+        let builder_image = non_empty(&a.builder_image)
+            .ok_or_else(|| {
+                err(
+                    "--builder-image",
+                    "required (or set KITFLEET_BUILDER_IMAGE)",
+                )
+            })?
+            .to_string();
+        if builder_image.contains(char::is_whitespace) {
             return Err(err(
-                &builder_image.field,
+                &f("builder_image"),
                 "must be an image reference without whitespace",
             ));
         }
-        let namespace = match pick(
-            args.namespace.as_ref(),
-            "namespace",
-            "KITFLEET_NAMESPACE",
-            env,
-        ) {
-            Some(r) => dns_label(&r)?,
-            None => SYSTEM_NAMESPACE.to_string(),
-        };
-        let cache_pvc = pick(
-            args.cache_pvc.as_ref(),
-            "cache-pvc",
-            "KITFLEET_CACHE_PVC",
-            env,
-        )
-        .map(|r| dns_label(&r))
-        .transpose()?;
-        let insecure_registries = if args.insecure_registries.is_empty() {
-            let list = env("KITFLEET_INSECURE_REGISTRIES").unwrap_or_default();
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| host_port("KITFLEET_INSECURE_REGISTRIES", s))
-                .collect::<Result<_, _>>()?
-        } else {
-            args.insecure_registries
-                .iter()
-                .map(|s| host_port("--insecure-registry", s.trim()))
-                .collect::<Result<_, _>>()?
-        };
-        let arch = pick(args.arch.as_ref(), "arch", "KITFLEET_ARCH", env)
-            .map_or_else(|| "amd64".to_string(), |r| r.value);
-        let listen = match pick(args.listen.as_ref(), "listen", "KITFLEET_LISTEN", env) {
-            None => SocketAddr::from(([0, 0, 0, 0], 8080)),
-            Some(r) => r
-                .value
-                .parse()
-                .map_err(|_| err(&r.field, format!("{:?} must be IP:PORT", r.value)))?,
-        };
-        let leader_election = if args.no_leader_election {
-            false
-        } else {
-            match env("KITFLEET_LEADER_ELECTION").as_deref() {
-                None | Some("") | Some("true") => true,
-                Some("false") => false,
-                Some(v) => {
+        let namespace = dns_label(&f("namespace"), &a.namespace)?;
+        let cache_pvc = non_empty(&a.cache_pvc)
+            .map(|v| dns_label(&f("cache_pvc"), v))
+            .transpose()?;
+        let insecure_registries = a
+            .insecure_registries
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| host_port(&f("insecure_registries"), s))
+            .collect::<Result<_, _>>()?;
+        let listen = a
+            .listen
+            .parse()
+            .map_err(|_| err(&f("listen"), format!("{:?} must be IP:PORT", a.listen)))?;
+        let leader_election = !a.no_leader_election
+            && match a.leader_election.as_str() {
+                "" | "true" => true,
+                "false" => false,
+                v => {
                     return Err(err(
-                        "KITFLEET_LEADER_ELECTION",
+                        &f("leader_election"),
                         format!("{v:?} must be true or false"),
                     ));
                 }
-            }
+            };
+        let lease = LeaseSettings {
+            name: dns_label(&f("lease_name"), &a.lease_name)?,
+            duration: seconds(&f("lease_duration"), &a.lease_duration)?,
+            renew_deadline: seconds(&f("lease_renew_deadline"), &a.lease_renew_deadline)?,
+            retry_period: seconds(&f("lease_retry_period"), &a.lease_retry_period)?,
         };
-        let lease_name = match pick(
-            args.lease_name.as_ref(),
-            "lease-name",
-            "KITFLEET_LEASE_NAME",
-            env,
-        ) {
-            Some(r) => dns_label(&r)?,
-            None => "kitfleet-operator".to_string(),
-        };
-        let identity = args
-            .identity
-            .clone()
-            .or_else(|| env("POD_NAME").filter(|v| !v.is_empty()))
-            .or_else(|| env("HOSTNAME").filter(|v| !v.is_empty()))
+        if lease.renew_deadline >= lease.duration {
+            return Err(err(
+                &f("lease_renew_deadline"),
+                "must be shorter than the Lease duration",
+            ));
+        }
+        if lease.retry_period >= lease.renew_deadline {
+            return Err(err(
+                &f("lease_retry_period"),
+                "must be shorter than the renew deadline",
+            ));
+        }
+        let identity = non_empty(&a.identity)
+            .or(non_empty(&a.hostname))
             .ok_or_else(|| {
                 err(
                     "--identity",
                     "unset, and neither POD_NAME nor HOSTNAME is set",
                 )
-            })?;
-        let defaults = BuildSettings::default();
+            })?
+            .to_string();
+        if identity.len() > 100 || identity.contains(char::is_whitespace) {
+            return Err(err(
+                &f("identity"),
+                format!("{identity:?} must be at most 100 characters without whitespace"),
+            ));
+        }
         let build = BuildSettings {
-            cpu: quantity(
-                pick(
-                    args.build_cpu.as_ref(),
-                    "build-cpu",
-                    "KITFLEET_BUILD_CPU",
-                    env,
-                ),
-                &defaults.cpu,
-            )?,
-            memory: quantity(
-                pick(
-                    args.build_memory.as_ref(),
-                    "build-memory",
-                    "KITFLEET_BUILD_MEMORY",
-                    env,
-                ),
-                &defaults.memory,
-            )?,
-            timeout: seconds(
-                pick(
-                    args.build_timeout.as_ref(),
-                    "build-timeout",
-                    "KITFLEET_BUILD_TIMEOUT",
-                    env,
-                ),
-                defaults.timeout,
-            )?,
-            retry_base: seconds(
-                pick(
-                    args.retry_base.as_ref(),
-                    "retry-base",
-                    "KITFLEET_RETRY_BASE",
-                    env,
-                ),
-                defaults.retry_base,
-            )?,
-            retry_max: seconds(
-                pick(
-                    args.retry_max.as_ref(),
-                    "retry-max",
-                    "KITFLEET_RETRY_MAX",
-                    env,
-                ),
-                defaults.retry_max,
-            )?,
+            cpu: quantity(&f("build_cpu"), &a.build_cpu)?,
+            memory: quantity(&f("build_memory"), &a.build_memory)?,
+            timeout: seconds(&f("build_timeout"), &a.build_timeout)?,
+            retry_base: seconds(&f("retry_base"), &a.retry_base)?,
+            retry_max: seconds(&f("retry_max"), &a.retry_max)?,
         };
         if build.retry_max < build.retry_base {
-            return Err(err("--retry-max", "must not be shorter than --retry-base"));
+            return Err(err(
+                &f("retry_max"),
+                "must not be shorter than --retry-base",
+            ));
         }
-        let cache_dir = pick(
-            args.cache_dir.as_ref(),
-            "cache-dir",
-            "KITFLEET_CACHE_DIR",
-            env,
-        )
-        .map_or_else(
-            || {
-                let tmp = env("TMPDIR")
-                    .filter(|v| !v.is_empty())
-                    .unwrap_or_else(|| "/tmp".into());
-                format!("{}/kitfleet-operator", tmp.trim_end_matches('/'))
-            },
-            |r| r.value,
-        );
-        let docker_config = pick(
-            args.docker_config.as_ref(),
-            "docker-config",
-            "KITFLEET_DOCKER_CONFIG",
-            env,
-        )
-        .map(|r| r.value);
+        let cache_dir = match non_empty(&a.cache_dir) {
+            Some(d) => d.to_string(),
+            None => format!(
+                "{}/kitfleet-operator",
+                non_empty(&a.tmpdir).unwrap_or("/tmp").trim_end_matches('/')
+            ),
+        };
         Ok(Config {
-            builder_image: builder_image.value,
+            builder_image,
             namespace,
             cache_pvc,
             insecure_registries,
-            arch,
+            arch: a.arch,
             listen,
-            docker_config,
+            docker_config: non_empty(&a.docker_config).map(String::from),
             cache_dir,
             leader_election,
-            lease_name,
+            lease,
             identity,
             build,
         })
+    }
+
+    /// Parses `kitfleet-operator run`'s arguments (without the program name) and the process environment.
+    pub fn parse_from<I, T>(argv: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let m = RunArgs::augment_args(clap::Command::new("run"))
+            .try_get_matches_from(
+                std::iter::once("run".into()).chain(argv.into_iter().map(Into::into)),
+            )
+            .map_err(|e| err("arguments", e.to_string()))?;
+        Config::from_matches(&m)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
-    fn parse(argv: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let args = RunArgs::try_parse_from(std::iter::once("run").chain(argv.iter().copied()))
-            .expect("flags parse");
-        let vars: BTreeMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::parse(&args, &|k| vars.get(k).cloned())
+    // The process environment of `cargo test` may set HOSTNAME, TMPDIR or KITFLEET_* variables: these tests pass
+    // every setting they check as a flag. The environment layer is tested on the binary (`tests/cli.rs`).
+    fn parse(argv: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = argv.to_vec();
+        for (flag, value) in [
+            ("--builder-image", "reg/kitfleet-build:1"),
+            ("--identity", "op-0"),
+        ] {
+            if !argv.contains(&flag) {
+                all.extend([flag, value]);
+            }
+        }
+        Config::parse_from(all)
     }
 
-    const BASE: &[(&str, &str)] = &[
-        ("KITFLEET_BUILDER_IMAGE", "reg/kitfleet-build:1"),
-        ("HOSTNAME", "op-0"),
-    ];
-
     #[test]
-    fn defaults() {
-        let c = parse(&[], BASE).unwrap();
+    fn flags_and_defaults() {
+        let c = parse(&[
+            "--namespace",
+            "flagns",
+            "--insecure-registry",
+            "10.0.0.1:5000,reg.local:80",
+            "--insecure-registry",
+            "b:1",
+            "--no-leader-election",
+            "--build-timeout",
+            "60",
+            "--cache-dir",
+            "/var/c",
+            "--listen",
+            "127.0.0.1:9",
+        ])
+        .unwrap();
         assert_eq!(c.builder_image, "reg/kitfleet-build:1");
-        assert_eq!(c.namespace, "kitfleet-system");
-        assert_eq!(c.cache_pvc, None);
-        assert!(c.insecure_registries.is_empty());
-        assert_eq!(c.arch, "amd64");
-        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
-        assert!(c.leader_election);
-        assert_eq!(c.lease_name, "kitfleet-operator");
-        assert_eq!(c.identity, "op-0");
-        assert_eq!(c.cache_dir, "/tmp/kitfleet-operator");
-        assert_eq!(c.build, BuildSettings::default());
-    }
-
-    #[test]
-    fn flags_override_env_and_env_overrides_defaults() {
-        let env = [
-            ("KITFLEET_BUILDER_IMAGE", "env/image:1"),
-            ("KITFLEET_NAMESPACE", "from-env"),
-            ("KITFLEET_CACHE_PVC", "cache"),
-            (
-                "KITFLEET_INSECURE_REGISTRIES",
-                "127.0.0.1:5000, reg.local:80",
-            ),
-            ("POD_NAME", "pod-a"),
-            ("HOSTNAME", "host-a"),
-            ("KITFLEET_BUILD_MEMORY", "2Gi"),
-        ];
-        let c = parse(&[], &env).unwrap();
-        assert_eq!(
-            (c.builder_image.as_str(), c.namespace.as_str()),
-            ("env/image:1", "from-env")
-        );
-        assert_eq!(c.cache_pvc.as_deref(), Some("cache"));
+        assert_eq!(c.namespace, "flagns");
         assert_eq!(
             c.insecure_registries,
-            vec!["127.0.0.1:5000", "reg.local:80"]
+            vec!["10.0.0.1:5000", "reg.local:80", "b:1"]
         );
-        assert_eq!(c.identity, "pod-a");
-        assert_eq!(c.build.memory, Quantity("2Gi".into()));
-        let c = parse(
-            &[
-                "--builder-image",
-                "flag/image:2",
-                "--namespace",
-                "flagns",
-                "--insecure-registry",
-                "10.0.0.1:5000",
-                "--no-leader-election",
-                "--identity",
-                "me",
-                "--build-timeout",
-                "60",
-            ],
-            &env,
-        )
-        .unwrap();
-        assert_eq!(
-            (c.builder_image.as_str(), c.namespace.as_str()),
-            ("flag/image:2", "flagns")
-        );
-        assert_eq!(c.insecure_registries, vec!["10.0.0.1:5000"]);
         assert!(!c.leader_election);
-        assert_eq!(c.identity, "me");
+        assert_eq!(c.identity, "op-0");
         assert_eq!(c.build.timeout, Duration::from_secs(60));
+        assert_eq!(c.cache_dir, "/var/c");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9");
+        let c = parse(&["--leader-election", "true", "--lease-name", "x"]).unwrap();
+        assert!(c.leader_election);
+        assert_eq!(c.lease.name, "x");
     }
 
     #[test]
-    fn bad_values_name_their_source() {
-        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-        let cases: &[Case] = &[
-            (&[], &[("HOSTNAME", "h")], "--builder-image: required"),
+    fn bad_flags_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
             (
                 &["--namespace", "Bad_NS"],
-                BASE,
                 "--namespace: \"Bad_NS\" is not a DNS label",
             ),
             (
-                &[],
-                &[
-                    ("KITFLEET_BUILDER_IMAGE", "i"),
-                    ("HOSTNAME", "h"),
-                    ("KITFLEET_NAMESPACE", "-x"),
-                ],
-                "KITFLEET_NAMESPACE: \"-x\" is not a DNS label",
-            ),
-            (
                 &["--cache-pvc", "a/b"],
-                BASE,
                 "--cache-pvc: \"a/b\" is not a DNS label",
             ),
             (
                 &["--insecure-registry", "127.0.0.1"],
-                BASE,
                 "--insecure-registry: \"127.0.0.1\" must be HOST:PORT",
             ),
-            (
-                &[],
-                &[
-                    ("KITFLEET_BUILDER_IMAGE", "i"),
-                    ("HOSTNAME", "h"),
-                    ("KITFLEET_INSECURE_REGISTRIES", "h:x"),
-                ],
-                "KITFLEET_INSECURE_REGISTRIES: \"h:x\" must be HOST:PORT",
-            ),
-            (
-                &["--listen", "8080"],
-                BASE,
-                "--listen: \"8080\" must be IP:PORT",
-            ),
+            (&["--listen", "8080"], "--listen: \"8080\" must be IP:PORT"),
             (
                 &["--build-timeout", "0"],
-                BASE,
                 "--build-timeout: \"0\" must be a positive number of seconds",
             ),
             (
                 &["--build-cpu", "lots"],
-                BASE,
                 "--build-cpu: \"lots\" is not a resource quantity",
             ),
             (
                 &["--build-memory", "1GB"],
-                BASE,
                 "--build-memory: \"1GB\" is not a resource quantity",
             ),
             (
                 &["--retry-base", "60", "--retry-max", "30"],
-                BASE,
                 "--retry-max: must not be shorter",
             ),
-            (&[], &[("KITFLEET_BUILDER_IMAGE", "i")], "--identity: unset"),
             (
-                &[],
-                &[
-                    ("KITFLEET_BUILDER_IMAGE", "i"),
-                    ("HOSTNAME", "h"),
-                    ("KITFLEET_LEADER_ELECTION", "maybe"),
-                ],
-                "KITFLEET_LEADER_ELECTION: \"maybe\"",
+                &["--leader-election", "maybe"],
+                "--leader-election: \"maybe\" must be true or false",
+            ),
+            (
+                &["--lease-duration", "10", "--lease-renew-deadline", "10"],
+                "--lease-renew-deadline: must be shorter than the Lease duration",
+            ),
+            (
+                &["--lease-retry-period", "10"],
+                "--lease-retry-period: must be shorter than the renew deadline",
             ),
             (
                 &["--builder-image", "a b"],
-                BASE,
                 "--builder-image: must be an image reference",
             ),
+            (&["--identity", "a b"], "--identity: \"a b\" must be"),
         ];
-        for (argv, env, want) in cases {
-            let e = parse(argv, env).expect_err(want).to_string();
-            assert!(
-                e.starts_with(want),
-                "{argv:?} {env:?}: got {e:?}, want {want:?}"
-            );
+        for (argv, want) in cases {
+            let e = parse(argv).expect_err(want).to_string();
+            assert!(e.starts_with(want), "{argv:?}: got {e:?}, want {want:?}");
         }
-    }
-
-    #[test]
-    fn leader_election_can_be_disabled_from_env() {
-        let mut env = BASE.to_vec();
-        env.push(("KITFLEET_LEADER_ELECTION", "false"));
-        assert!(!parse(&[], &env).unwrap().leader_election);
     }
 }

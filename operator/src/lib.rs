@@ -4,7 +4,9 @@
 
 pub mod build;
 pub mod config;
+pub mod leader;
 pub mod metrics;
+pub mod rbac;
 pub mod run;
 pub mod server;
 

@@ -1,7 +1,7 @@
 //! `kitfleet-operator`: parse the configuration, set up logging, run.
 #![forbid(unsafe_code)]
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kitfleet_operator::config::{Config, RunArgs};
 
 #[derive(Debug, Parser)]
@@ -17,19 +17,26 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the controllers (flags fall back to KITFLEET_* environment variables).
+    /// Run the controllers (every flag falls back to the environment variable shown in --help).
     Run(RunArgs),
+    /// Check the configuration `run` would use (flags, then environment, then defaults), print it and exit.
+    CheckConfig(RunArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let Command::Run(args) = Cli::parse().command;
-    let config = match Config::parse(&args, &|k| std::env::var(k).ok()) {
+    let matches = Cli::command().get_matches();
+    let (name, sub) = matches.subcommand().expect("a subcommand is required");
+    let config = match Config::from_matches(sub) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kitfleet-operator: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if name == "check-config" {
+        println!("{config:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,kube=warn".into());
     let json = std::env::var("KITFLEET_LOG_FORMAT").is_ok_and(|f| f == "json");

@@ -7,22 +7,18 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::build::controller::{self, Context};
 use crate::build::job::JobSettings;
 use crate::build::registry::{ArtifactRegistry, BuilderRegistry};
 use crate::config::Config;
+use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
-
-/// Seconds a Lease is held without renewal.
-const LEASE_SECONDS: u64 = 15;
-/// Renewal margin before the Lease expires.
-const LEASE_GRACE_SECONDS: u64 = 5;
 
 /// Resolves on SIGTERM or SIGINT.
 async fn signalled() {
@@ -130,59 +126,93 @@ pub async fn run_with<R: ArtifactRegistry>(
 }
 
 /// Waits for the Lease, runs the controller while holding it, releases it on the way out.
+///
+/// The leader renews every retry period. When it has not renewed for the renew deadline (the API server is
+/// unreachable, or another replica took the Lease) it drops the controller at once — in-flight reconciliations are
+/// cancelled, not finished — and returns an error, so that its restart starts clean. On a shutdown signal it lets the
+/// controller finish what is in flight, then releases the Lease so that a standby takes over at its next attempt.
 async fn lead<R: ArtifactRegistry>(
     config: &Config,
     client: Client,
     ctx: Arc<Context<R>>,
     health: &Health,
-    stop_rx: watch::Receiver<bool>,
+    mut stop_rx: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let manager = LeaseManagerBuilder::new(client, &config.lease_name)
-        .with_namespace(&config.namespace)
-        .with_identity(&config.identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
-        .with_field_manager(crate::FIELD_MANAGER)
-        .build()
-        .await
-        .context("creating the lease manager")?;
-    let (leader, lease_task) = manager.watch().await;
+    let mut elector = Elector::new(
+        client,
+        &config.namespace,
+        &config.identity,
+        config.lease.clone(),
+    );
+    let retry = config.lease.retry_period;
+    let deadline = config.lease.renew_deadline;
     health.ready.store(true, Ordering::Release);
-    info!(lease = %config.lease_name, identity = %config.identity, "waiting for leadership");
-    let mut waiting = leader.clone();
-    let mut stop = stop_rx.clone();
-    let outcome = tokio::select! {
-        r = waiting.wait_for(|l| *l) => r.map(|_| true).map_err(|_| anyhow::anyhow!("lease manager stopped")),
-        _ = stop.wait_for(|s| *s) => Ok(false),
-    };
-    drop(waiting);
-    let result = match outcome {
-        Ok(true) => {
-            info!("acquired leadership; starting the NodeImage controller");
-            let mut lost = leader.clone();
-            let mut stop2 = stop_rx.clone();
-            controller::run(ctx, async move {
-                tokio::select! {
-                    _ = lost.wait_for(|l| !*l) => warn!("leadership lost; stopping"),
-                    _ = stop2.wait_for(|s| *s) => {},
+    info!(lease = %config.lease.name, identity = %config.identity, "waiting for leadership");
+    loop {
+        let attempt = Instant::now();
+        match tokio::time::timeout(deadline, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => break,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => warn!(error = %e, "trying to acquire the Lease"),
+            Err(_) => warn!(after = ?deadline, "trying to acquire the Lease: no answer"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(attempt + jitter(retry)) => {}
+            _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+        }
+    }
+    let mut renewed = Instant::now();
+    info!(identity = %config.identity, "acquired leadership; starting the NodeImage controller");
+    let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
+    let mut ctl_stop = ctl_stop_rx;
+    let controller = controller::run(ctx, async move {
+        let _ = ctl_stop.wait_for(|s| *s).await;
+    });
+    tokio::pin!(controller);
+    let mut next = renewed + retry;
+    let lost = loop {
+        tokio::select! {
+            _ = &mut controller => return Err(anyhow::anyhow!("the NodeImage controller stopped")),
+            _ = stop_rx.wait_for(|s| *s) => break None,
+            _ = tokio::time::sleep_until(renewed + deadline) => break Some(format!("not renewed for {deadline:?}")),
+            _ = tokio::time::sleep_until(next) => {
+                let attempt = Instant::now();
+                let left = (renewed + deadline).saturating_duration_since(attempt);
+                match tokio::time::timeout(left, elector.try_acquire_or_renew()).await {
+                    Ok(Ok(true)) => renewed = attempt,
+                    Ok(Ok(false)) => break Some("another replica holds the Lease".to_string()),
+                    Ok(Err(e)) => warn!(error = %e, "renewing the Lease"),
+                    Err(_) => warn!("renewing the Lease: no answer"),
                 }
-            })
-            .await;
-            if *stop_rx.borrow() {
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("leadership lost"))
+                next = Instant::now() + retry;
             }
         }
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
     };
-    // Dropping the last receiver makes the lease manager release the Lease and return.
-    drop(leader);
-    match lease_task.await {
-        Ok(Ok(_)) => info!("lease released"),
-        Ok(Err(e)) => warn!(error = %e, "releasing the lease"),
-        Err(e) => warn!(error = %e, "lease task"),
+    if let Some(why) = lost {
+        // The controller future is no longer polled: its reconciliations stop where they stand, and returning
+        // drops them.
+        warn!(reason = %why, "leadership lost; stopped reconciling");
+        return Err(anyhow::anyhow!("leadership lost: {why}"));
     }
-    result
+    // Finish what is in flight, but never past the point where the Lease may pass to another replica.
+    let _ = ctl_stop_tx.send(true);
+    if tokio::time::timeout_at(renewed + deadline, controller)
+        .await
+        .is_err()
+    {
+        warn!("reconciliations still in flight at the renew deadline were cancelled");
+    }
+    match elector.release().await {
+        Ok(()) => info!("lease released"),
+        Err(e) => warn!(error = %e, "releasing the lease"),
+    }
+    Ok(())
+}
+
+/// `d` plus up to 20 % (from the clock's nanoseconds: replicas started together do not retry in step).
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 5000.0)
 }

@@ -7,16 +7,17 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::constants::{LABEL_MANAGED_BY, NODEIMAGE_FINALIZER, OPERATOR_FIELD_MANAGER};
 use kitfleet_api::{NodeImage, NodeImageStatus};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{self, Event as Finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{Instrument as _, info, instrument, warn};
 
@@ -36,6 +37,8 @@ pub enum Error {
     Job(#[from] JobError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("the {0} cache stopped (its watch ended)")]
+    CacheStopped(&'static str),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,6 +50,7 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Registry(_) => "registry",
             Error::Job(_) => "job",
+            Error::CacheStopped(_) => "cache",
             Error::Finalizer(inner) => match inner.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "finalizer",
@@ -65,6 +69,10 @@ pub struct Context<R> {
     pub recorder: Recorder,
     /// The clock (tests pin it).
     pub now: fn() -> Timestamp,
+    /// The build Jobs and their Pods in the namespace, kept by reflectors that [`run`] feeds.
+    pub jobs: Store<Job>,
+    pub pods: Store<Pod>,
+    writers: Mutex<Option<(Writer<Job>, Writer<Pod>)>>,
     failures: Mutex<HashMap<String, u32>>,
 }
 
@@ -93,7 +101,12 @@ impl<R: ArtifactRegistry> Context<R> {
             retry_base: settings.build.retry_base,
             retry_max: settings.build.retry_max,
         };
+        let (jobs, job_writer) = reflector::store();
+        let (pods, pod_writer) = reflector::store();
         Context {
+            jobs,
+            pods,
+            writers: Mutex::new(Some((job_writer, pod_writer))),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             registry,
@@ -105,7 +118,32 @@ impl<R: ArtifactRegistry> Context<R> {
         }
     }
 
-    fn jobs(&self) -> Api<Job> {
+    /// Fills the Job and Pod caches once, instead of [`run`]'s watches (for reconciling without a controller, as
+    /// tests against a mock API server do). Returns false when the caches were already taken.
+    pub fn prime_caches(&self, jobs: Vec<Job>, pods: Vec<Pod>) -> bool {
+        let Some((mut jw, mut pw)) = self
+            .writers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return false;
+        };
+        jw.apply_watcher_event(&watcher::Event::Init);
+        for j in jobs {
+            jw.apply_watcher_event(&watcher::Event::InitApply(j));
+        }
+        jw.apply_watcher_event(&watcher::Event::InitDone);
+        pw.apply_watcher_event(&watcher::Event::Init);
+        for p in pods {
+            pw.apply_watcher_event(&watcher::Event::InitApply(p));
+        }
+        pw.apply_watcher_event(&watcher::Event::InitDone);
+        // The stores stay readable (and ready) after their writers are dropped.
+        true
+    }
+
+    fn jobs_api(&self) -> Api<Job> {
         Api::namespaced(self.client.clone(), &self.settings.namespace)
     }
 
@@ -129,8 +167,16 @@ pub async fn reconcile<R: ArtifactRegistry>(
             Finalizer::Cleanup(ni) => cleanup(ni, ctx.as_ref()).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // The object was already gone when its finalizer was to be removed (another event for it was queued):
+        // nothing is left to do.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(e))) if e.code == 404 => {
+            tracing::debug!("already deleted");
+            Ok(Requeue::await_change())
+        }
+        r => r.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     if result.is_ok() {
         ctx.failures().remove(&name);
     }
@@ -153,43 +199,71 @@ pub fn error_policy<R: ArtifactRegistry>(
     Requeue::requeue(delay)
 }
 
-/// The NodeImage's own Jobs (labelled for it and owned by its uid).
+/// The NodeImage's own Jobs (owned by its uid), from the Job cache.
 async fn list_jobs<R: ArtifactRegistry>(ni: &NodeImage, ctx: &Context<R>) -> Result<Vec<Job>> {
-    let list = ctx
-        .jobs()
-        .list(&ListParams::default().labels(&job::selector(&ni.name_any())))
-        .await?;
+    ctx.jobs
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheStopped("Job"))?;
     let uid = ni.uid();
-    Ok(list
-        .items
+    Ok(ctx
+        .jobs
+        .state()
         .into_iter()
         .filter(|j| {
             j.owner_references()
                 .iter()
                 .any(|o| Some(&o.uid) == uid.as_ref())
         })
+        .map(|j| (*j).clone())
         .collect())
 }
 
-/// Reads the Jobs back; fetches the termination message of failed Jobs building `key`.
+/// A Job's Pods, from the Pod cache.
+async fn job_pods<R: ArtifactRegistry>(job: &Job, ctx: &Context<R>) -> Result<Vec<Pod>> {
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheStopped("Pod"))?;
+    let name = job.name_any();
+    Ok(ctx
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| p.labels().get("job-name") == Some(&name))
+        .map(|p| (*p).clone())
+        .collect())
+}
+
+/// Reads the Jobs back: the termination message of failed Jobs building `key`, the waiting reason of a build pod
+/// that cannot start.
 async fn views<R: ArtifactRegistry>(
     jobs: &[Job],
     key: Option<&str>,
     ctx: &Context<R>,
 ) -> Result<Vec<JobView>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let mut out = Vec::new();
     for j in jobs {
         let wanted = key.is_some_and(|k| job::job_view(j, None).is_some_and(|v| v.build_key == k));
-        let message = if job::is_failed(j) && wanted {
-            let list = pods
-                .list(&ListParams::default().labels(&format!("job-name={}", j.name_any())))
-                .await?;
-            job::termination_message(&list.items)
+        let pods = if wanted {
+            job_pods(j, ctx).await?
+        } else {
+            Vec::new()
+        };
+        let message = if job::is_failed(j) {
+            job::termination_message(&pods)
         } else {
             None
         };
-        out.extend(job::job_view(j, message.as_deref()));
+        let Some(mut view) = job::job_view(j, message.as_deref()) else {
+            continue;
+        };
+        if view.state == decide::JobState::Running
+            && let Some((reason, message)) = job::stuck(&pods)
+        {
+            view.state = decide::JobState::Stuck { reason, message };
+        }
+        out.push(view);
     }
     Ok(out)
 }
@@ -242,8 +316,9 @@ pub async fn apply<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) ->
         secret_error: secret_error.as_deref(),
         now,
     };
-    let decision = decide::decide(&obs, &ctx.policy);
-    execute(&ni, &jobs, decision, ctx).await
+    let mut decision = decide::decide(&obs, &ctx.policy);
+    let loopback = decide::flag_loopback(&ni, &mut decision, now);
+    execute(&ni, &jobs, decision, loopback, ctx).await
 }
 
 /// The push secret's Docker config; `Ok(Err(why))` when the secret cannot be used (reported in status).
@@ -294,6 +369,7 @@ async fn execute<R: ArtifactRegistry>(
     ni: &NodeImage,
     jobs: &[Job],
     d: Decision,
+    loopback: Option<decide::EventNote>,
     ctx: &Context<R>,
 ) -> Result<Requeue> {
     let name = ni.name_any();
@@ -309,7 +385,7 @@ async fn execute<R: ArtifactRegistry>(
         api.patch(&name, &ssa, &Patch::Apply(&patch)).await?;
     }
     for j in &d.delete_jobs {
-        match ctx.jobs().delete(j, &DeleteParams::background()).await {
+        match ctx.jobs_api().delete(j, &DeleteParams::background()).await {
             Ok(_) => info!(job = %j, "deleted build Job"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -323,7 +399,7 @@ async fn execute<R: ArtifactRegistry>(
         let created = match job::build_job(&with_status, build_key, *attempt, &ctx.settings) {
             Ok(job) => {
                 let job_name = job.name_any();
-                ctx.jobs()
+                ctx.jobs_api()
                     .patch(&job_name, &ssa, &Patch::Apply(&job))
                     .await
                     .map(|_| job_name)
@@ -357,21 +433,25 @@ async fn execute<R: ArtifactRegistry>(
         &name,
         matches!(d.action, Action::Build { .. } | Action::Building { .. }),
     );
-    if let Some(ev) = &d.event {
-        let event = KubeEvent {
-            type_: if ev.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: ev.reason.clone(),
-            note: Some(decide::clamp(&ev.note, 1024)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &ni.object_ref(&())).await {
-            warn!(error = %e, reason = %ev.reason, "could not publish Event");
+    // Each build attempt's Events name its Job as the related object, so they are not folded into the Events of
+    // an earlier attempt (the recorder folds repeats of one reason about one pair of objects into a series).
+    let related = match &d.action {
+        Action::Build { build_key, attempt } => Some(job::job_name(ni, build_key, *attempt)),
+        Action::Building { job } | Action::Built { job, .. } | Action::Failed { job, .. } => {
+            Some(job.clone())
         }
+        _ => None,
+    }
+    .map(|name| ObjectReference {
+        api_version: Some("batch/v1".into()),
+        kind: Some("Job".into()),
+        name: Some(name),
+        namespace: Some(ctx.settings.namespace.clone()),
+        ..Default::default()
+    });
+    for ev in d.event.iter().chain(loopback.iter()) {
+        let related = related.clone().filter(|_| ev.reason != "LoopbackRegistry");
+        publish(ni, ev, related, ctx).await;
     }
     if let Action::RegistryUnavailable(message) = d.action {
         return Err(RegistryError::Request {
@@ -438,6 +518,28 @@ async fn report_job_failure<R: ArtifactRegistry>(
     }
 }
 
+async fn publish<R: ArtifactRegistry>(
+    ni: &NodeImage,
+    ev: &decide::EventNote,
+    related: Option<ObjectReference>,
+    ctx: &Context<R>,
+) {
+    let event = KubeEvent {
+        type_: if ev.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: ev.reason.clone(),
+        note: Some(decide::clamp(&ev.note, 1024)),
+        action: "Reconcile".into(),
+        secondary: related,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &ni.object_ref(&())).await {
+        warn!(error = %e, reason = %ev.reason, "could not publish Event");
+    }
+}
+
 async fn patch_status(
     api: &Api<NodeImage>,
     name: &str,
@@ -458,7 +560,7 @@ pub async fn cleanup<R: ArtifactRegistry>(ni: Arc<NodeImage>, ctx: &Context<R>) 
     let jobs = list_jobs(&ni, ctx).await?;
     let views: Vec<JobView> = jobs.iter().filter_map(|j| job::job_view(j, None)).collect();
     for j in decide::cleanup(&views) {
-        match ctx.jobs().delete(&j, &DeleteParams::background()).await {
+        match ctx.jobs_api().delete(&j, &DeleteParams::background()).await {
             Ok(_) => info!(job = %j, "deleted in-flight build Job of a deleted NodeImage"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
@@ -477,17 +579,41 @@ pub fn owner_of(job: Job) -> Option<ObjectRef<NodeImage>> {
         .map(|o| ObjectRef::new(&o.name))
 }
 
-/// Runs the controller until `shutdown` resolves; then finishes the reconciliations in flight.
+/// The NodeImage a build Pod works for: its Job (`job-name` label) in the Job cache, then the Job's owner.
+fn pod_owner(jobs: &Store<Job>, pod: &Pod) -> Option<ObjectRef<NodeImage>> {
+    let job = pod.labels().get("job-name")?;
+    let ns = pod.namespace()?;
+    let j = jobs.get(&ObjectRef::new(job).within(&ns))?;
+    owner_of((*j).clone())
+}
+
+/// Runs the controller until `shutdown` resolves; then finishes the reconciliations in flight. Jobs and Pods
+/// (those the operator labels as its own, in its namespace) are watched into the context's caches, and each of
+/// their changes reconciles the owning NodeImage.
 pub async fn run<R: ArtifactRegistry>(
     ctx: Arc<Context<R>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Some((job_writer, pod_writer)) =
+        ctx.writers.lock().unwrap_or_else(|p| p.into_inner()).take()
+    else {
+        warn!("the controller of this context already ran");
+        return;
+    };
     let nodeimages: Api<NodeImage> = Api::all(ctx.client.clone());
-    let jobs = ctx.jobs();
-    let jobs_cfg =
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let ours =
         watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={OPERATOR_FIELD_MANAGER}"));
+    let jobs = reflector::reflector(job_writer, watcher(ctx.jobs_api(), ours.clone()))
+        .default_backoff()
+        .touched_objects();
+    let pods = reflector::reflector(pod_writer, watcher(pods, ours))
+        .default_backoff()
+        .touched_objects();
+    let job_store = ctx.jobs.clone();
     Controller::new(nodeimages, watcher::Config::default())
-        .watches(jobs, jobs_cfg, owner_of)
+        .watches_stream(jobs, owner_of)
+        .watches_stream(pods, move |p| pod_owner(&job_store, &p))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

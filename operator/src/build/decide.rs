@@ -111,7 +111,7 @@ impl Draft<'_> {
     /// Marks every running Job not building `keep` for deletion.
     fn supersede_running(&mut self, keep: Option<&str>) {
         for j in self.obs.jobs {
-            if j.state == JobState::Running && Some(j.build_key.as_str()) != keep {
+            if j.state.is_active() && Some(j.build_key.as_str()) != keep {
                 self.delete_jobs.push(j.name.clone());
             }
         }
@@ -236,7 +236,13 @@ fn record_resolution<'a>(
     let why: Vec<String> = res
         .resolved
         .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.reference)))
+        .filter_map(|r| {
+            // Name each reference once, whether or not its error already starts with it.
+            r.error.as_ref().map(|e| {
+                let e = e.strip_prefix(&format!("{}: ", r.reference)).unwrap_or(e);
+                format!("{}: {e}", r.reference)
+            })
+        })
         .collect();
     let message = format!("unresolved references: {}", why.join("; "));
     if stale {
@@ -304,6 +310,26 @@ fn for_key(mut d: Draft<'_>, policy: &Policy) -> Decision {
                 event: None,
                 requeue: None,
             }
+        }
+        (Some(j), _) if matches!(j.state, JobState::Stuck { .. }) => {
+            let JobState::Stuck { reason, message } = &j.state else {
+                unreachable!("matched Stuck")
+            };
+            let text = format!(
+                "build Job {} (attempt {}) cannot start: {reason}: {message}",
+                j.name, j.attempt
+            );
+            d.cond(COND_BUILT, false, reason, &text);
+            d.cond(COND_PROGRESSING, false, reason, "the build pod is waiting");
+            d.cond(COND_DEGRADED, true, reason, &text);
+            let ev = note(true, reason, text.clone());
+            d.finish(
+                Action::Building {
+                    job: j.name.clone(),
+                },
+                ev,
+                None,
+            )
         }
         (Some(j), _) if j.state == JobState::Running => {
             d.cond(
@@ -434,16 +460,14 @@ fn start_build(mut d: Draft<'_>, key: &str, attempt: u32, reason: &str) -> Decis
         reason: reason.to_string(),
         note: format!("created build Job {job} for {key} (attempt {attempt})"),
     });
-    let mut dec = d.finish(
+    d.finish(
         Action::Build {
             build_key: key.to_string(),
             attempt,
         },
+        event,
         None,
-        None,
-    );
-    dec.event = event;
-    dec
+    )
 }
 
 fn failed(
@@ -495,10 +519,85 @@ fn refresh_requeue(ni: &NodeImage, now: Timestamp) -> Option<Duration> {
     )
 }
 
+/// Condition type: a reference names a loopback registry, which the operator may reach but a build pod cannot.
+pub const COND_LOOPBACK: &str = "LoopbackRegistry";
+
+/// Whether an image reference or repository names a registry on the loopback interface.
+fn is_loopback(reference: &str) -> bool {
+    let host = reference.split('/').next().unwrap_or_default();
+    if !reference.contains('/') {
+        return false;
+    }
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost" || name == "::1" || name.starts_with("127.")
+}
+
+/// The spec's references (and the output repository) on a loopback registry, each with its field path.
+pub fn loopback_references(ni: &NodeImage) -> Vec<String> {
+    let mut out: Vec<String> = ni
+        .spec
+        .image
+        .references()
+        .into_iter()
+        .filter(|(_, r)| is_loopback(r))
+        .map(|(path, r)| format!("spec.{path}: {r}"))
+        .collect();
+    if is_loopback(&ni.spec.output.repository) {
+        out.push(format!(
+            "spec.output.repository: {}",
+            ni.spec.output.repository
+        ));
+    }
+    out
+}
+
+/// Adds to a decision the `LoopbackRegistry` condition (or removes it once no reference needs it): the operator
+/// resolved these references, but a build Job's pod has its own loopback and will not reach them. Returns the
+/// Warning Event to publish when the condition appears or changes.
+pub fn flag_loopback(ni: &NodeImage, d: &mut Decision, now: Timestamp) -> Option<EventNote> {
+    if matches!(d.action, Action::Invalid(_)) {
+        return None;
+    }
+    let refs = loopback_references(ni);
+    let current = ni.status.clone().unwrap_or_default();
+    let mut status = d.status.clone().unwrap_or_else(|| current.clone());
+    let before = status.clone();
+    let message = format!(
+        "a build Job's pod has its own loopback interface and cannot reach {}; name a registry address that both \
+         the operator and the build pods reach",
+        refs.join(", ")
+    );
+    if refs.is_empty() {
+        status.conditions.retain(|c| c.type_ != COND_LOOPBACK);
+    } else {
+        set_condition(
+            &mut status.conditions,
+            COND_LOOPBACK,
+            true,
+            "LoopbackRegistry",
+            &clamp(&message, MAX_MESSAGE),
+            ni.metadata.generation,
+            now,
+        );
+    }
+    if status == before {
+        return None;
+    }
+    d.status = (status != current).then_some(status);
+    (!refs.is_empty()).then(|| EventNote {
+        warning: true,
+        reason: "LoopbackRegistry".into(),
+        note: message,
+    })
+}
+
 /// On deletion: the Jobs to delete (every Job still running; finished Jobs and published artifacts stay).
 pub fn cleanup(jobs: &[JobView]) -> Vec<String> {
     jobs.iter()
-        .filter(|j| j.state == JobState::Running)
+        .filter(|j| j.state.is_active())
         .map(|j| j.name.clone())
         .collect()
 }

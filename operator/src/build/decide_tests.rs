@@ -890,3 +890,158 @@ fn conditions_keep_their_transition_time_while_their_status_holds() {
     assert_eq!(conds[0].last_transition_time.0, now());
     assert_eq!(conds.len(), 1);
 }
+
+fn decide_with(n: &NodeImage, jobs: &[JobView], lookup: &Lookup) -> Decision {
+    decide(
+        &Observed {
+            ni: n,
+            resolution: None,
+            jobs,
+            lookup,
+            secret_error: None,
+            now: now(),
+        },
+        &POLICY,
+    )
+}
+
+#[test]
+fn a_build_pod_that_cannot_start_is_reported_by_its_reason() {
+    let n = resolved_to(K1);
+    let stuck = JobState::Stuck {
+        reason: "ImagePullBackOff".into(),
+        message: "Back-off pulling image \"reg/kitfleet-build:1\"".into(),
+    };
+    let d = decide_with(&n, &[job(K1, 1, stuck, None)], &Lookup::Absent);
+    assert!(
+        matches!(d.action, Action::Building { .. }),
+        "{:?}",
+        d.action
+    );
+    let s = d.status.clone().expect("a status change");
+    let built = cond(&s, COND_BUILT);
+    assert_eq!(
+        (built.status.as_str(), built.reason.as_str()),
+        ("False", "ImagePullBackOff")
+    );
+    assert!(
+        built.message.contains(
+            "demo-111111111111-1 (attempt 1) cannot start: ImagePullBackOff: Back-off pulling"
+        ),
+        "{}",
+        built.message
+    );
+    assert_eq!(cond(&s, COND_DEGRADED).status, "True");
+    let ev = d.event.clone().expect("a Warning Event");
+    assert!(ev.warning && ev.reason == "ImagePullBackOff", "{ev:?}");
+    // Settled: the same observation writes nothing more.
+    let again = decide_with(
+        &settle(n.clone(), &d),
+        &[job(
+            K1,
+            1,
+            JobState::Stuck {
+                reason: "ImagePullBackOff".into(),
+                message: "Back-off pulling image \"reg/kitfleet-build:1\"".into(),
+            },
+            None,
+        )],
+        &Lookup::Absent,
+    );
+    assert_eq!((again.status, again.event), (None, None));
+    // A stuck Job of an older key is superseded like a running one; deletion cleans it up.
+    let old = job(
+        K2,
+        1,
+        JobState::Stuck {
+            reason: "ErrImagePull".into(),
+            message: "x".into(),
+        },
+        None,
+    );
+    let d = decide_with(&n, std::slice::from_ref(&old), &Lookup::Absent);
+    assert_eq!(d.delete_jobs, vec![old.name.clone()]);
+    assert_eq!(super::cleanup(std::slice::from_ref(&old)), vec![old.name]);
+}
+
+#[test]
+fn each_build_attempt_has_its_own_event() {
+    let n = resolved_to(K1);
+    let f1 = job(K1, 1, failed("boom 1"), Some(ago(10)));
+    let d1 = decide_with(&n, std::slice::from_ref(&f1), &Lookup::Absent);
+    let n = settle(n, &d1);
+    assert!(
+        d1.event.as_ref().unwrap().note.contains("attempt 1 failed"),
+        "{:?}",
+        d1.event
+    );
+    // Retried after the backoff: attempt 2 starts with its own Event.
+    let d2 = decide_with(
+        &n,
+        &[job(K1, 1, failed("boom 1"), Some(ago(40)))],
+        &Lookup::Absent,
+    );
+    assert_eq!(
+        d2.action,
+        Action::Build {
+            build_key: K1.into(),
+            attempt: 2
+        }
+    );
+    assert!(
+        d2.event.as_ref().unwrap().note.contains("(attempt 2)"),
+        "{:?}",
+        d2.event
+    );
+    let n = settle(n, &d2);
+    let f2 = job(K1, 2, failed("boom 2"), Some(ago(5)));
+    let d3 = decide_with(&n, &[f2], &Lookup::Absent);
+    let ev = d3.event.expect("the second failure is an Event of its own");
+    assert!(
+        ev.note.contains("attempt 2 failed") && ev.note.contains("boom 2"),
+        "{ev:?}"
+    );
+}
+
+#[test]
+fn loopback_registries_are_flagged_with_their_fields() {
+    let n = resolved_to(K1);
+    assert_eq!(
+        loopback_references(&n),
+        vec![
+            "spec.kernel.image: 127.0.0.1:5000/fixtures/kernel:6.1",
+            "spec.init[0]: 127.0.0.1:5000/fixtures/init:v1",
+            "spec.output.repository: 127.0.0.1:5000/kitfleet/demo",
+        ]
+    );
+    let mut d = decide_with(&n, &[job(K1, 1, JobState::Running, None)], &Lookup::Absent);
+    let ev = flag_loopback(&n, &mut d, now()).expect("a Warning Event");
+    assert!(
+        ev.warning
+            && ev
+                .note
+                .contains("spec.kernel.image: 127.0.0.1:5000/fixtures/kernel:6.1"),
+        "{ev:?}"
+    );
+    let s = d.status.clone().unwrap();
+    assert_eq!(cond(&s, COND_LOOPBACK).status, "True");
+    // Once recorded, nothing more is written.
+    let n2 = settle(n.clone(), &d);
+    let mut again = decide_with(&n2, &[job(K1, 1, JobState::Running, None)], &Lookup::Absent);
+    assert_eq!(flag_loopback(&n2, &mut again, now()), None);
+    assert_eq!(again.status, None);
+    // Other hosts are not flagged; the condition goes away.
+    let far = ni(&VALID.replace("127.0.0.1:5000", "registry.lan:5000"));
+    assert!(loopback_references(&far).is_empty());
+    for r in ["localhost:5000/a:1", "[::1]:5000/a:1", "127.1.2.3/a:1"] {
+        assert!(is_loopback(r), "{r}");
+    }
+    for r in [
+        "busybox:1",
+        "library/busybox:1",
+        "reg.local:5000/a:1",
+        "10.0.0.1:5000/a:1",
+    ] {
+        assert!(!is_loopback(r), "{r}");
+    }
+}

@@ -434,6 +434,36 @@ pub fn termination_message(pods: &[Pod]) -> Option<String> {
         .map(|(_, m)| m)
 }
 
+/// Waiting reasons of the build container that will not resolve by themselves while the Job runs (the Job would
+/// otherwise report "running" until its deadline).
+pub const STUCK_REASONS: [&str; 6] = [
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// The build container's waiting reason and message among a Job's Pods, when it is one of [`STUCK_REASONS`].
+pub fn stuck(pods: &[Pod]) -> Option<(String, String)> {
+    pods.iter().find_map(|p| {
+        let cs = p
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == CONTAINER)?;
+        let w = cs.state.as_ref()?.waiting.as_ref()?;
+        let reason = w.reason.as_deref().filter(|r| STUCK_REASONS.contains(r))?;
+        Some((
+            reason.to_string(),
+            tail(w.message.as_deref().unwrap_or("no message")),
+        ))
+    })
+}
+
 /// Reads a Job back (`None` for a Job without a build key, which the operator did not make). `message` is the
 /// build container's termination message, when the caller fetched it.
 pub fn job_view(job: &Job, message: Option<&str>) -> Option<JobView> {

@@ -373,3 +373,32 @@ fn message_tail_and_termination_message() {
     assert_eq!(termination_message(&pods).as_deref(), Some("new"));
     assert_eq!(termination_message(&[]), None);
 }
+
+#[test]
+fn a_build_pod_waiting_for_good_is_stuck() {
+    let pod = |reason: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "status": {"containerStatuses": [{"name": "build", "image": "x", "imageID": "", "ready": false,
+                "restartCount": 0, "state": {"waiting": {"reason": reason, "message": "Back-off pulling image \"x\""}}}]}
+        }))
+        .unwrap()
+    };
+    assert_eq!(
+        stuck(&[pod("ImagePullBackOff")]),
+        Some((
+            "ImagePullBackOff".into(),
+            "Back-off pulling image \"x\"".into()
+        ))
+    );
+    assert_eq!(
+        stuck(&[pod("CreateContainerConfigError")]).unwrap().0,
+        "CreateContainerConfigError"
+    );
+    assert_eq!(
+        stuck(&[pod("ContainerCreating")]),
+        None,
+        "a transient wait is not stuck"
+    );
+    assert_eq!(stuck(&[]), None);
+}

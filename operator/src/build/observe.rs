@@ -91,6 +91,19 @@ pub enum JobState {
         reason: String,
         message: String,
     },
+    /// Still running, but its build container cannot start: `reason` is the container's waiting reason
+    /// (`ImagePullBackOff`, `ErrImagePull`, `CreateContainerConfigError`…), `message` the kubelet's message.
+    Stuck {
+        reason: String,
+        message: String,
+    },
+}
+
+impl JobState {
+    /// Whether the Job still holds a pod (running or stuck): a superseded or orphaned one is deleted.
+    pub fn is_active(&self) -> bool {
+        matches!(self, JobState::Running | JobState::Stuck { .. })
+    }
 }
 
 /// What the registry said about the artifact of the current build key.

@@ -227,9 +227,50 @@ impl ArtifactRegistry for BuilderRegistry {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(RegistryError::Request {
                 reference: whole,
-                message: e.to_string(),
+                message: cause(&e),
             }),
         }
+    }
+}
+
+/// An error with every cause in its chain (the outermost "error sending request" alone hides whether the registry
+/// refused the connection, failed the TLS handshake or speaks plain HTTP), led by what it means when known.
+pub fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        // Wrappers often repeat their source's text: keep each piece once.
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    let chain = parts.join(": ");
+    let lower = chain.to_ascii_lowercase();
+    let hint = if lower.contains("connection refused") {
+        Some("connection refused (nothing listens there)")
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        Some(
+            "TLS handshake failed: the registry speaks plain HTTP (list it with --insecure-registry)",
+        )
+    } else if lower.contains("http request to an https server")
+        || lower.contains("invalid http version")
+    {
+        Some("plain HTTP to a registry that speaks TLS (remove it from --insecure-registry)")
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
+        Some("TLS handshake failed")
+    } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
+        Some("the registry's host name does not resolve")
+    } else if lower.contains("timed out") {
+        Some("timed out")
+    } else {
+        None
+    };
+    match hint {
+        Some(h) => format!("{h}: {chain}"),
+        None => chain,
     }
 }
 

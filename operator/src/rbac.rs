@@ -1,0 +1,41 @@
+//! What the operator's code calls on the API server, as RBAC rules: the list the chart's ClusterRole and Role must
+//! grant exactly (`tests/rbac.rs` renders the chart with `helm` and compares; the real-apiserver tests run the
+//! operator under those rules). Add a rule here and in `charts/kitfleet/templates/operator-rbac.yaml` together with
+//! the code that makes the call.
+
+/// One RBAC rule: `(apiGroup, resource, verbs)` — verbs sorted.
+pub type Rule = (&'static str, &'static str, &'static [&'static str]);
+
+/// The ClusterRole (cluster-scoped objects, and Events of cluster-scoped objects, which land in `default`).
+pub const CLUSTER_RULES: &[Rule] = &[
+    // build/controller.rs: the Controller's list+watch; finalizer and annotation patches (`finalizer()`, SSA).
+    ("kitfleet.dev", "nodeimages", &["list", "patch", "watch"]),
+    // build/controller.rs `patch_status` (SSA on /status).
+    ("kitfleet.dev", "nodeimages/status", &["patch"]),
+    // build/job.rs: Jobs carry an owner reference with blockOwnerDeletion, which the
+    // OwnerReferencesPermissionEnforcement admission plugin allows only with update on the owner's finalizers.
+    ("kitfleet.dev", "nodeimages/finalizers", &["update"]),
+    // build/controller.rs `publish` (kube's Recorder: create, then patch for a repeated Event's series).
+    ("events.k8s.io", "events", &["create", "patch"]),
+];
+
+/// The Role in the operator's namespace (build Jobs, their Pods, push secrets, the Lease).
+pub const NAMESPACE_RULES: &[Rule] = &[
+    // build/controller.rs: the Job reflector (list+watch), SSA create of a Job (patch, and create when it is new),
+    // deletion of superseded and orphaned Jobs.
+    (
+        "batch",
+        "jobs",
+        &["create", "delete", "list", "patch", "watch"],
+    ),
+    // build/controller.rs: the Pod reflector (termination messages, waiting reasons).
+    ("", "pods", &["list", "watch"]),
+    // build/controller.rs `read_secret` (push secrets).
+    ("", "secrets", &["get"]),
+    // leader.rs: get, create when missing, replace (update) to acquire, renew and release.
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["create", "get", "update"],
+    ),
+];
