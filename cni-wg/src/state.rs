@@ -177,7 +177,8 @@ impl NodeState {
             }
         }
         for (i, c) in self.cluster_cidrs.iter().enumerate() {
-            if c.ends_with("/0") {
+            let prefix = c.split_once('/').and_then(|(_, p)| p.parse::<u8>().ok());
+            if prefix == Some(0) {
                 return Err((
                     format!("clusterCIDRs[{i}]"),
                     format!("{c} bounds nothing: list the cluster's pod networks"),
@@ -395,8 +396,14 @@ mod tests {
             field == "podCIDRs[0]" && why.contains("--cluster-cidr"),
             "{why}"
         );
-        s.cluster_cidrs = vec!["0.0.0.0/0".into()];
-        assert_eq!(s.validate().unwrap_err().0, "clusterCIDRs[0]");
+        for everything in ["0.0.0.0/0", "0.0.0.0/00", "::/0"] {
+            s.cluster_cidrs = vec!["10.244.0.0/16".into(), everything.into()];
+            assert_eq!(
+                s.validate().unwrap_err().0,
+                "clusterCIDRs[1]",
+                "{everything}"
+            );
+        }
         s.cluster_cidrs = vec!["10.244.1.0/24".into()];
         assert_eq!(s.validate(), Ok(()), "equal is inside");
         let s = sample();
