@@ -19,7 +19,7 @@ use crate::linuxkit;
     status = "NodeImageStatus",
     shortname = "ni",
     category = "kitfleet",
-    printcolumn = r#"{"name":"Built","type":"string","jsonPath":".status.conditions[?(@.type==\"Built\")].status"}"#,
+    printcolumn = r#"{"name":"Built","type":"string","description":"The Built condition's reason: Built, Adopted, Building, BuildFailed, InvalidSpec, Unresolved, ImagePullBackOff…","jsonPath":".status.conditions[?(@.type==\"Built\")].reason"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.artifact.shortDigest"}"#,
     printcolumn = r#"{"name":"Updated","type":"string","jsonPath":".status.nodes.progress"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
