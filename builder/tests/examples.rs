@@ -7,8 +7,21 @@ use std::process::Command;
 
 use kitfleet_api::linuxkit::Config;
 
+/// `$KITFLEET_SHARED/linuxkit-examples` (default: `../shared` beside the workspace). A fresh clone has no corpus: then
+/// no examples and the test skips, except under `CI=true`, where it fails.
 fn examples() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/linuxkit-examples");
+    let shared = std::env::var_os("KITFLEET_SHARED").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        PathBuf::from,
+    );
+    let dir = shared.join("linuxkit-examples");
+    if !dir.is_dir() && std::env::var("CI").as_deref() != Ok("true") {
+        eprintln!(
+            "skipping: {} is missing (set KITFLEET_SHARED to the shared/ folder holding linuxkit-examples/)",
+            dir.display()
+        );
+        return Vec::new();
+    }
     let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())

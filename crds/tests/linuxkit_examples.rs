@@ -6,15 +6,28 @@ use kitfleet_api::linuxkit::Config;
 use kitfleet_api::nodeimage::OutputSpec;
 use kitfleet_api::{NodeImage, OutputFormat, validate};
 
-fn examples_dir() -> PathBuf {
-    match std::env::var_os("KITFLEET_SHARED") {
-        Some(d) => PathBuf::from(d).join("linuxkit-examples"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/linuxkit-examples"),
+/// `$KITFLEET_SHARED/linuxkit-examples` (default: `../shared` beside the workspace). A fresh clone has no corpus: then
+/// `None` and the tests skip, except under `CI=true`, where they fail.
+fn examples_dir() -> Option<PathBuf> {
+    let shared = std::env::var_os("KITFLEET_SHARED").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+        PathBuf::from,
+    );
+    let dir = shared.join("linuxkit-examples");
+    if dir.is_dir() || std::env::var("CI").as_deref() == Ok("true") {
+        return Some(dir);
     }
+    eprintln!(
+        "skipping: {} is missing (set KITFLEET_SHARED to the shared/ folder holding linuxkit-examples/)",
+        dir.display()
+    );
+    None
 }
 
 fn examples() -> Vec<(String, String)> {
-    let dir = examples_dir();
+    let Some(dir) = examples_dir() else {
+        return Vec::new();
+    };
     let mut out: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| {
             panic!(
@@ -53,10 +66,11 @@ fn normalize(v: &mut serde_json::Value, top: bool) {
 
 #[test]
 fn the_corpus_is_there() {
+    let Some(dir) = examples_dir() else { return };
     assert!(
         examples().len() >= 30,
         "expected LinuxKit's examples in {}",
-        examples_dir().display()
+        dir.display()
     );
 }
 
