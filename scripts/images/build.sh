@@ -31,8 +31,12 @@ src=$repo
 if [ "${KITFLEET_IMAGES_FROM_HEAD:-0}" = 1 ]; then
   # The committed tree, not the working tree (which others may be editing): exported outside the clone.
   src="$cache/src-head"
-  rm -rf "$src"; mkdir -p "$src"
-  git -C "$repo" archive HEAD | tar -x -C "$src"
+  head=$(git -C "$repo" rev-parse HEAD)
+  if [ "$(cat "$src/.commit" 2>/dev/null)" != "$head" ]; then
+    rm -rf "$src"; mkdir -p "$src"
+    git -C "$repo" archive HEAD | tar -x -C "$src"
+    echo "$head" > "$src/.commit"
+  fi
   echo "images: building $(git -C "$repo" rev-parse --short HEAD) (KITFLEET_IMAGES_FROM_HEAD=1)" >&2
 fi
 echo "images: static release build into $CARGO_TARGET_DIR" >&2

@@ -8,6 +8,7 @@
 #   bash scripts/kind/up.sh               # idempotent: reuses a complete cluster, replaces a half-made one
 #   bash scripts/kind/up.sh --fresh       # always a new cluster
 #   bash scripts/kind/up.sh --no-install  # the cluster only (nodes stay NotReady: no CNI)
+#   KITFLEET_IMAGE_TAG=0.1.0-abc bash scripts/kind/up.sh   # install images pushed earlier instead of building them
 #
 # Prints the kubeconfig path on its last stdout line. scripts/kind/down.sh removes everything.
 set -euo pipefail
@@ -118,7 +119,8 @@ kubectl -n kube-system get configmap coredns -o json \
 kubectl -n kube-system rollout restart deployment coredns >/dev/null
 
 if $install; then
-  tag=$(bash "$repo/scripts/images/build.sh" "$REGISTRY" | tail -1)
+  # KITFLEET_IMAGE_TAG: images already pushed by scripts/images/build.sh (skips the build).
+  tag=${KITFLEET_IMAGE_TAG:-$(bash "$repo/scripts/images/build.sh" "$REGISTRY" | tail -1)}
   phase "images $REGISTRY/kitfleet/*:$tag pushed"
   cidrs=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' \
     | awk '/podSubnet:/ {print $2}' | tr -d '"')
