@@ -28,16 +28,25 @@ pub const LABEL_BUILD_KEY: &str = "kitfleet.dev/build-key";
 /// Label on Kitfleet's own objects.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
-/// Node annotation: the node's WireGuard public key (base64).
-pub const ANNOTATION_WG_PUBLIC_KEY: &str = "kitfleet.dev/wg-public-key";
-/// Node annotation: the node's WireGuard endpoint (`IP:port`).
-pub const ANNOTATION_WG_ENDPOINT: &str = "kitfleet.dev/wg-endpoint";
-/// Node annotation: the NodeImage artifact digest the node booted.
-pub const ANNOTATION_BOOTED_DIGEST: &str = "kitfleet.dev/booted-digest";
+// Node annotations have one writer each, told by the prefix: `operator.kitfleet.dev/` (the operator) or
+// `agent.kitfleet.dev/` (the node's own agent). The chart's ValidatingAdmissionPolicy `kitfleet-node-agent` lets a
+// node agent change only its own Node (the node claim of its pod-bound token) and there only `agent.kitfleet.dev/`
+// annotations, as NodeRestriction does for kubelets.
+
+/// Node annotation (agent): the node's WireGuard public key (base64).
+pub const ANNOTATION_WG_PUBLIC_KEY: &str = "agent.kitfleet.dev/wg-public-key";
+/// Node annotation (agent): the node's WireGuard endpoint (`IP:port`).
+pub const ANNOTATION_WG_ENDPOINT: &str = "agent.kitfleet.dev/wg-endpoint";
+/// Node annotation (agent): the NodeImage artifact digest the node booted.
+pub const ANNOTATION_BOOTED_DIGEST: &str = "agent.kitfleet.dev/booted-digest";
+/// Prefix of the Node annotations only the operator writes (rollout bookkeeping).
+pub const OPERATOR_ANNOTATION_PREFIX: &str = "operator.kitfleet.dev/";
+/// Prefix of the Node annotations only the node's own agent writes.
+pub const AGENT_ANNOTATION_PREFIX: &str = "agent.kitfleet.dev/";
 /// Node annotation: the rollout state of the node (`Pending`, `Staging`, …).
 pub const ANNOTATION_ROLLOUT_STATE: &str = "kitfleet.dev/rollout-state";
-/// Node annotation: the Landlock ABI the node's kernel offers.
-pub const ANNOTATION_LANDLOCK_ABI: &str = "kitfleet.dev/landlock-abi";
+/// Node annotation (agent): the Landlock ABI the node's kernel offers.
+pub const ANNOTATION_LANDLOCK_ABI: &str = "agent.kitfleet.dev/landlock-abi";
 
 /// The CSI driver that provides the sandbox volume.
 pub const CSI_DRIVER: &str = "sandbox.kitfleet.dev";

@@ -41,7 +41,7 @@ fn template_command(helm: &str, sets: &[&str]) -> Command {
         "--namespace",
         "kitfleet-system",
         "--kube-version",
-        "1.33.0",
+        "1.36.0",
     ]);
     for s in sets {
         cmd.args(["--set", s]);
@@ -115,7 +115,7 @@ fn rendered_manifests_pass_kubernetes_schemas() {
         let path = dir.path().join(format!("rendered-{i}.yaml"));
         std::fs::write(&path, template(helm, sets)).unwrap();
         let out = run(Command::new(validate)
-            .args(["--kubernetes-version", "1.33.0", "--strict", "--quiet"])
+            .args(["--kubernetes-version", "1.36.0", "--strict", "--quiet"])
             .arg(&path));
         assert!(!out.contains("failed"), "{sets:?}: {out}");
     }
@@ -141,6 +141,8 @@ fn the_chart_installs_what_kitfleet_runs() {
             "Service/kitfleet-operator-metrics",
             "ServiceAccount/kitfleet-node-agent",
             "ServiceAccount/kitfleet-operator",
+            "ValidatingAdmissionPolicy/kitfleet-node-agent",
+            "ValidatingAdmissionPolicyBinding/kitfleet-node-agent",
         ]
     );
     let without_agent = documents(&template(helm, &["nodeAgent.enabled=false"]));

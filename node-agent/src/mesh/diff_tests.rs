@@ -69,7 +69,7 @@ fn desired_table() {
                 node("b", None, &["10.244.1.0/24"], Some("192.0.2.2"), None),
             ],
             peers: vec![],
-            skipped: vec!["b: no valid kitfleet.dev/wg-public-key annotation yet"],
+            skipped: vec!["b: no valid agent.kitfleet.dev/wg-public-key annotation yet"],
         },
         Case {
             name: "own key reused",

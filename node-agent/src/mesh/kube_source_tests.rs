@@ -182,7 +182,7 @@ async fn initial_list_then_watch_events_give_full_views() {
 #[tokio::test]
 async fn publish_is_a_server_side_apply_of_the_annotations() {
     let (client, handle) = mock();
-    let ann = json!({"kitfleet.dev/wg-endpoint": "192.0.2.1:51820", "kitfleet.dev/wg-public-key": "S2V5"});
+    let ann = json!({"agent.kitfleet.dev/wg-endpoint": "192.0.2.1:51820", "agent.kitfleet.dev/wg-public-key": "S2V5"});
     let server = tokio::spawn(serve(
         handle,
         vec![Step::Patch {
@@ -200,7 +200,7 @@ async fn publish_is_a_server_side_apply_of_the_annotations() {
 #[tokio::test]
 async fn publish_surfaces_apiserver_refusal() {
     let (client, handle) = mock();
-    let ann = json!({"kitfleet.dev/wg-public-key": "S2V5"});
+    let ann = json!({"agent.kitfleet.dev/wg-public-key": "S2V5"});
     let server = tokio::spawn(serve(
         handle,
         vec![Step::Patch {

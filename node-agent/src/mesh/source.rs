@@ -205,7 +205,10 @@ mod tests {
                 .await
                 .is_err()
         );
-        let ann = BTreeMap::from([("kitfleet.dev/wg-public-key".to_string(), "k".to_string())]);
+        let ann = BTreeMap::from([(
+            "agent.kitfleet.dev/wg-public-key".to_string(),
+            "k".to_string(),
+        )]);
         s.publish("n1", &ann).await.unwrap();
         let nodes = s.next().await.unwrap();
         let n1 = nodes
@@ -213,7 +216,7 @@ mod tests {
             .find(|n| n.metadata.name.as_deref() == Some("n1"))
             .unwrap();
         assert_eq!(
-            n1.metadata.annotations.as_ref().unwrap()["kitfleet.dev/wg-public-key"],
+            n1.metadata.annotations.as_ref().unwrap()["agent.kitfleet.dev/wg-public-key"],
             "k"
         );
         assert_eq!(
