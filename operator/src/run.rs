@@ -158,7 +158,7 @@ async fn lead<R: ArtifactRegistry>(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(attempt + jitter(retry)) => {}
-            _ = stop_rx.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(&mut stop_rx) => return Ok(()),
         }
     }
     let mut renewed = Instant::now();
@@ -173,7 +173,7 @@ async fn lead<R: ArtifactRegistry>(
     let lost = loop {
         tokio::select! {
             _ = &mut controller => return Err(anyhow::anyhow!("the NodeImage controller stopped")),
-            _ = stop_rx.wait_for(|s| *s) => break None,
+            _ = stopped(&mut stop_rx) => break None,
             _ = tokio::time::sleep_until(renewed + deadline) => break Some(format!("not renewed for {deadline:?}")),
             _ = tokio::time::sleep_until(next) => {
                 let attempt = Instant::now();
@@ -207,6 +207,11 @@ async fn lead<R: ArtifactRegistry>(
         Err(e) => warn!(error = %e, "releasing the lease"),
     }
     Ok(())
+}
+
+/// Resolves once the stop flag is set (the flag's read guard never lives across an await).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 /// `d` plus up to 20 % (from the clock's nanoseconds: replicas started together do not retry in step).

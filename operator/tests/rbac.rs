@@ -60,6 +60,8 @@ fn the_chart_grants_exactly_what_the_code_calls() {
             "kitfleet-system",
             "--kube-version",
             "1.36.0",
+            "--set",
+            "nodeAgent.clusterCIDRs={10.244.0.0/16}",
             "--show-only",
             "templates/operator-rbac.yaml",
         ])
