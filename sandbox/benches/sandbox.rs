@@ -36,12 +36,7 @@ fn allow_list() -> Vec<(u32, bool)> {
 }
 
 fn kitfleet_filter() -> Vec<kitfleet_sandbox::seccomp::bpf::SockFilter> {
-    let eq0 = Cond {
-        index: 0,
-        op: CmpOp::Eq,
-        value: 0,
-        value_two: 0,
-    };
+    let eq0 = Cond::wide(0, CmpOp::Eq, 0, 0);
     let syscalls: BTreeMap<u32, SyscallRule> = allow_list()
         .into_iter()
         .map(|(nr, cond)| {

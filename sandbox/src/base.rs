@@ -97,12 +97,8 @@ pub fn runtime_default(arch: Arch) -> BTreeMap<u32, SyscallRule> {
         .collect();
     if let Some(nr) = arch.lookup("clone") {
         // Flags are argument 0 of clone on both x86_64 and aarch64.
-        let no_ns = Cond {
-            index: 0,
-            op: CmpOp::MaskedEq,
-            value: CLONE_NAMESPACE_FLAGS,
-            value_two: 0,
-        };
+        // `unsigned long flags`: a full-width argument.
+        let no_ns = Cond::wide(0, CmpOp::MaskedEq, CLONE_NAMESPACE_FLAGS, 0);
         out.insert(
             nr,
             SyscallRule {

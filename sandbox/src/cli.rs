@@ -174,6 +174,7 @@ fn compile_files(
     for note in &c.notes {
         eprintln!("note: {note}");
     }
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let write = |name: &str, text: String| {
         let p = out_dir.join(name);
         std::fs::write(&p, text).map_err(|e| format!("{}: {e}", p.display()))

@@ -1,15 +1,16 @@
 //! `kitfleet-sandbox exec`: apply the compiled policy to this process, report, then execve the workload.
 //!
 //! Order: read the policy → open every rule path and build every ruleset (nothing enforced yet,
-//! so a refusal leaves no half-applied state) → `no_new_privs` → Landlock → report → seccomp
-//! (the policy's exact filter, installed last) → `execvp` with the environment unchanged.
+//! so a refusal leaves no half-applied state) → `no_new_privs` → Landlock → seccomp (the
+//! policy's exact filter, installed last) → report `enforced` → `execvp` with the environment
+//! unchanged. Every write the launcher makes under its filters is first checked against them.
 
 use crate::landlock::{self, sys};
 use crate::policy::{CompiledPolicy, SeccompLayer};
-use crate::report::{Channel, Outcome, SeccompLayerReport, SeccompReport};
-use crate::seccomp::{Arch, install::install};
+use crate::report::{Channel, Outcome, SeccompLayerReport, SeccompReport, write_checked};
+use crate::seccomp::bpf::{SeccompData, run};
+use crate::seccomp::{Action, Arch, install::install};
 use std::ffi::{CString, OsString};
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 
 /// Exit codes of the launcher when it does not exec the workload.
@@ -85,7 +86,7 @@ pub fn exec(policy_path: &str, report_socket: Option<&str>, argv: &[OsString]) -
         Ok(p) => p,
         Err(e) => {
             let r = Refusal::new(exit::USAGE, e.to_string());
-            return fail(Channel::open(report_socket), Outcome::new(r.event), r);
+            return fail(Channel::open(report_socket), Outcome::new(r.event), r, &[]);
         }
     };
     let channel = Channel::open(report_socket.or(policy.report_socket.as_deref()));
@@ -94,21 +95,49 @@ pub fn exec(policy_path: &str, report_socket: Option<&str>, argv: &[OsString]) -
     outcome.program = argv.first().map(|a| a.to_string_lossy().into_owned());
     match apply(&policy, argv, &mut outcome, channel) {
         Ok(never) => match never {},
-        Err((channel, r)) => match channel {
-            Some(c) => fail(c, outcome, r),
-            None => {
-                // The outcome was already sent: add a plain line (best effort, a filter may be in force).
-                // Never eprintln!: it panics when the write fails (e.g. denied by the filter).
-                let _ = writeln!(std::io::stderr(), "kitfleet-sandbox: {}", r.reason);
-                r.code
+        Err((channel, r, installed)) => {
+            let installed = native_layers(&policy)
+                .map(|l| &l[..installed.min(l.len())])
+                .unwrap_or_default();
+            match channel {
+                Some(c) => fail(c, outcome, r, installed),
+                None => {
+                    // The outcome was already sent: add a plain line, only if the filters in
+                    // force let it through. Never eprintln!: it panics when the write fails.
+                    let line = format!("kitfleet-sandbox: {}\n", r.reason);
+                    let _ = write_checked(libc::STDERR_FILENO, line.as_bytes(), &|a| {
+                        write_passes(installed, a)
+                    });
+                    r.code
+                }
             }
-        },
+        }
     }
 }
 
 enum Never {}
 
-type Failed = (Option<Channel>, Refusal);
+/// Why the launcher stopped: the channel if the outcome is not sent yet, the refusal, and how
+/// many seccomp filters are already installed.
+type Failed = (Option<Channel>, Refusal, usize);
+
+/// Whether every filter in `layers` lets `write(args…)` through (`ALLOW` or `LOG`), evaluated
+/// with the same BPF semantics the kernel applies.
+pub fn write_passes(layers: &[SeccompLayer], args: &[u64; 6]) -> bool {
+    let Some(arch) = Arch::native() else {
+        return layers.is_empty();
+    };
+    let d = SeccompData {
+        nr: libc::SYS_write as u32,
+        arch: arch.audit_arch(),
+        ip: 0,
+        args: *args,
+    };
+    layers.iter().all(|l| {
+        let ret = run(&l.program, &d).map(|r| r & 0xffff_0000);
+        ret == Some(Action::Allow.ret()) || ret == Some(Action::Log.ret())
+    })
+}
 
 fn apply(
     policy: &CompiledPolicy,
@@ -118,11 +147,11 @@ fn apply(
 ) -> Result<Never, Failed> {
     let argv_c = match cstrings(argv) {
         Ok(a) => a,
-        Err(r) => return Err((Some(channel), r)),
+        Err(r) => return Err((Some(channel), r, 0)),
     };
     let layers = match native_layers(policy) {
         Ok(l) => l,
-        Err(r) => return Err((Some(channel), r)),
+        Err(r) => return Err((Some(channel), r, 0)),
     };
     let abi = match sys::abi() {
         Ok(a) => a,
@@ -130,23 +159,25 @@ fn apply(
             return Err((
                 Some(channel),
                 Refusal::new(exit::ENFORCE, format!("landlock ABI probe: {e}")),
+                0,
             ));
         }
     };
     outcome.landlock_abi = Some(abi);
     let prepared = match landlock::prepare(&policy.landlock, abi) {
         Ok(p) => p,
-        Err(e) => return Err((Some(channel), e.into())),
+        Err(e) => return Err((Some(channel), e.into(), 0)),
     };
     outcome.landlock = prepared.reports.clone();
     if let Err(e) = sys::set_no_new_privs() {
         return Err((
             Some(channel),
             Refusal::new(exit::ENFORCE, format!("prctl(PR_SET_NO_NEW_PRIVS): {e}")),
+            0,
         ));
     }
     if let Err(e) = prepared.enforce() {
-        return Err((Some(channel), e.into()));
+        return Err((Some(channel), e.into(), 0));
     }
     if !layers.is_empty() {
         outcome.seccomp = Some(SeccompReport {
@@ -164,15 +195,28 @@ fn apply(
                 .collect(),
         });
     }
-    channel.send(outcome);
-    for l in layers {
+    // The report says "enforced" only once every filter is installed. The launcher then writes
+    // it under the filters, so it first checks (with the filters' own BPF) that they let that
+    // write through; if they would not, the report goes out before the filters as "enforcing".
+    let all = |a: &[u64; 6]| write_passes(layers, a);
+    outcome.event = "enforced";
+    let mut report = Some(channel.encode(outcome));
+    if !report.as_ref().is_some_and(|r| r.first_write_passes(&all)) {
+        outcome.event = "enforcing";
+        let channel = report.take().expect("encoded above").into_channel();
+        channel.encode(outcome).write(&|_| true);
+    }
+    for (i, l) in layers.iter().enumerate() {
         if let Err(e) = install(&l.program, l.log) {
             let r = Refusal::new(
                 exit::ENFORCE,
                 format!("policy {}: seccomp filter: {e}", l.policy),
             );
-            return Err((None, r));
+            return Err((report.map(|r| r.into_channel()), r, i));
         }
+    }
+    if let Some(r) = report {
+        r.write(&all);
     }
     let mut ptrs: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
@@ -187,6 +231,7 @@ fn apply(
     Err((
         None,
         Refusal::new(code, format!("exec {}: {e}", argv[0].to_string_lossy())),
+        layers.len(),
     ))
 }
 
@@ -205,16 +250,18 @@ fn cstrings(argv: &[OsString]) -> Result<Vec<CString>, Refusal> {
         .collect()
 }
 
-fn fail(channel: Channel, mut outcome: Outcome, r: Refusal) -> i32 {
+fn fail(channel: Channel, mut outcome: Outcome, r: Refusal, installed: &[SeccompLayer]) -> i32 {
     outcome.event = r.event;
     outcome.reason = Some(r.reason);
     outcome.exit_code = Some(r.code);
     let to_socket = matches!(channel, Channel::Socket(_));
-    channel.send(&outcome);
+    let passes = |a: &[u64; 6]| write_passes(installed, a);
+    channel.encode(&outcome).write(&passes);
     if to_socket {
         // The reason also goes to stderr, where `kubectl logs` shows it.
         let reason = outcome.reason.as_deref().unwrap_or_default();
-        let _ = writeln!(std::io::stderr(), "kitfleet-sandbox: error: {reason}");
+        let line = format!("kitfleet-sandbox: error: {reason}\n");
+        let _ = write_checked(libc::STDERR_FILENO, line.as_bytes(), &passes);
     }
     r.code
 }

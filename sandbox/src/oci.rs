@@ -54,6 +54,7 @@ pub const LAUNCHER_NEEDS: &[&str] = &[
     "nanosleep",
     "newfstatat",
     "openat",
+    "openat2",
     "poll",
     "ppoll",
     "prctl",
@@ -222,13 +223,22 @@ fn op_name(op: CmpOp) -> &'static str {
     }
 }
 
-fn oci_arg(c: &Cond) -> OciArg {
-    OciArg {
+/// The profile's form of `c`, when it has one. libseccomp compares all 64 bits of an argument,
+/// so a condition on a narrow (`int`) argument is written as a masked comparison of its low
+/// bits: exact for `eq` and `masked-eq`, inexpressible for the others.
+fn oci_arg(c: &Cond) -> Option<OciArg> {
+    let (op, value, value_two) = match (c.bits, c.op) {
+        (64, op) => (op, c.value, c.value_two),
+        (bits, CmpOp::Eq) => (CmpOp::MaskedEq, crate::seccomp::args::mask(bits), c.value),
+        (_, CmpOp::MaskedEq) => (CmpOp::MaskedEq, c.value, c.value_two),
+        _ => return None,
+    };
+    Some(OciArg {
         index: c.index as u32,
-        value: c.value,
-        value_two: c.value_two,
-        op: op_name(c.op).into(),
-    }
+        value,
+        value_two,
+        op: op_name(op).into(),
+    })
 }
 
 fn errno_ret(a: Action) -> Option<u32> {
@@ -286,8 +296,17 @@ pub fn profile(layers: &[NamedLayer], arches: &[Arch]) -> (OciProfile, Vec<Strin
             merged = m;
         }
         if LAUNCHER_NEEDS.contains(&name) && !(merged.clauses.is_empty() && merged.action.runs()) {
+            notes.push(format!(
+                "{name}: the launcher (or runc's init) needs it before the launcher's own filters are in force; \
+                 the profile allows it (the launcher's filters stay exact)"
+            ));
             merged = SyscallRule::always(Action::Allow);
         }
+        let args: Option<Vec<Vec<OciArg>>> = merged
+            .clauses
+            .iter()
+            .map(|c| c.iter().map(oci_arg).collect())
+            .collect();
         let mut add = |action: Action, args: Vec<OciArg>| {
             let key = (action.oci_name().to_string(), errno_ret(action), args);
             groups.entry(key).or_default().push(name.to_string());
@@ -296,9 +315,20 @@ pub fn profile(layers: &[NamedLayer], arches: &[Arch]) -> (OciProfile, Vec<Strin
             if merged.action != default {
                 add(merged.action, Vec::new());
             }
-        } else if merged.otherwise == default {
-            for clause in &merged.clauses {
-                add(merged.action, clause.iter().map(oci_arg).collect());
+        } else if let (true, Some(args)) = (merged.otherwise == default, &args) {
+            for clause in args {
+                add(merged.action, clause.clone());
+            }
+        } else if args.is_none() {
+            let loose = least(merged.action, merged.otherwise);
+            notes.push(format!(
+                "{name}: a condition other than eq/masked-eq on a 32-bit argument cannot be written in an OCI \
+                 profile (libseccomp compares all 64 bits); the profile answers {} unconditionally (the \
+                 launcher's filters stay exact)",
+                loose.oci_name()
+            ));
+            if loose != default {
+                add(loose, Vec::new());
             }
         } else {
             let loose = least(merged.action, merged.otherwise);

@@ -3,7 +3,7 @@
 use super::{CompileError, Ctx, NamedLayer};
 use crate::base;
 use crate::policy::SeccompLayer;
-use crate::seccomp::{Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, generate};
+use crate::seccomp::{Action, Arch, CmpOp, Cond, FilterSpec, SyscallRule, args, generate};
 use kitfleet_api::security::{ArgOp, PolicyMode, SeccompAction, SeccompBase, SeccompPolicy};
 use std::collections::BTreeMap;
 
@@ -122,6 +122,7 @@ pub(super) fn seccomp_layer(
                 cx.err(format!("{field}.names[{j}]"), msg);
                 continue;
             }
+            let clause = narrowed(cx, &field, name, &clause);
             match own.get_mut(name) {
                 Some((k, prev)) if prev.action != action => {
                     let msg = format!(
@@ -213,11 +214,55 @@ fn conditions(cx: &mut Ctx<'_>, field: &str, r: &kitfleet_api::security::Seccomp
                 "valueTwo is only valid with masked-eq",
             ),
         }
-        out.push(Cond {
-            index: a.index.min(5),
+        out.push(Cond::wide(
+            a.index.min(5),
             op,
-            value: a.value,
-            value_two: a.value_two.unwrap_or(0),
+            a.value,
+            a.value_two.unwrap_or(0),
+        ));
+    }
+    out
+}
+
+/// `clause` as it applies to `name`: conditions on arguments the kernel truncates (an `int`, a
+/// `umode_t`) compare only the bits the kernel uses, so the upper half of the register cannot
+/// steer a call past a rule. A value that does not fit the argument is an error.
+fn narrowed(cx: &mut Ctx<'_>, field: &str, name: &str, clause: &[Cond]) -> Vec<Cond> {
+    let mut out = Vec::with_capacity(clause.len());
+    for (k, c) in clause.iter().enumerate() {
+        let bits = args::arg_bits(name, c.index);
+        if bits == 64 {
+            out.push(*c);
+            continue;
+        }
+        let kind = if bits == 32 {
+            "a 32-bit int"
+        } else {
+            "a 16-bit umode_t"
+        };
+        let mut fit = |key: &str, v: u64| {
+            args::narrow(v, bits).unwrap_or_else(|| {
+                cx.err(
+                    format!("{field}.args[{k}].{key}"),
+                    format!(
+                        "argument {} of {name} is {kind} (the kernel uses only the low {bits} bits): {v:#x} does not fit",
+                        c.index
+                    ),
+                );
+                0
+            })
+        };
+        let value = fit("value", c.value);
+        let value_two = if c.op == CmpOp::MaskedEq {
+            fit("valueTwo", c.value_two)
+        } else {
+            0
+        };
+        out.push(Cond {
+            value,
+            value_two,
+            bits,
+            ..*c
         });
     }
     out

@@ -257,14 +257,7 @@ fn profile_merge_is_exact_or_looser_never_stricter() {
             return SyscallRule::always(action);
         }
         let clauses = (0..1 + next() % 2)
-            .map(|_| {
-                vec![Cond {
-                    index: (next() % 2) as u8,
-                    op: CmpOp::Eq,
-                    value: next() % 3,
-                    value_two: 0,
-                }]
-            })
+            .map(|_| vec![Cond::wide((next() % 2) as u8, CmpOp::Eq, next() % 3, 0)])
             .collect();
         SyscallRule {
             clauses,
@@ -328,4 +321,119 @@ fn a_filter_over_the_kernel_limit_is_an_error() {
         "{e:?}"
     );
     assert!(e[1].contains("aarch64"), "{e:?}");
+}
+
+fn raw(c: &Compiled, nr: u32, args: [u64; 6]) -> u32 {
+    let arch = Arch::X86_64;
+    let d = SeccompData {
+        nr,
+        arch: arch.audit_arch(),
+        ip: 0,
+        args,
+    };
+    run(&c.policy.seccomp[&arch][0].program, &d).unwrap()
+}
+
+#[test]
+fn int_arguments_compare_only_the_low_32_bits() {
+    let p = named(
+        "net",
+        "  seccomp:\n    defaultAction: allow\n    rules:\n      - {names: [socket], action: errno, errno: 97, args: [{index: 0, op: eq, value: 2}]}\n      - {names: [lseek], action: errno, errno: 75, args: [{index: 1, op: gt, value: 4294967296}]}\n      - {names: [openat], action: errno, errno: 9, args: [{index: 0, op: eq, value: 18446744073709551516}]}\n",
+    );
+    let c = compile(&[p], &Options::default()).unwrap();
+    let no_af = Action::Errno(97).ret();
+    let allow = Action::Allow.ret();
+    assert_eq!(decide(&c, 0, "socket", [2, 1, 0, 0, 0, 0]), no_af);
+    // The kernel truncates `int family` to 32 bits: these are AF_INET too.
+    assert_eq!(
+        decide(&c, 0, "socket", [0x1_0000_0002, 1, 0, 0, 0, 0]),
+        no_af
+    );
+    assert_eq!(
+        decide(&c, 0, "socket", [0xffff_ffff_0000_0002, 1, 0, 0, 0, 0]),
+        no_af
+    );
+    assert_eq!(decide(&c, 0, "socket", [10, 1, 0, 0, 0, 0]), allow);
+    // lseek's offset is an off_t (64-bit): both halves still count.
+    assert_eq!(
+        decide(&c, 0, "lseek", [0, 0x2_0000_0000, 0, 0, 0, 0]),
+        Action::Errno(75).ret()
+    );
+    assert_eq!(
+        decide(&c, 0, "lseek", [0, 0x1_0000_0000, 0, 0, 0, 0]),
+        allow
+    );
+    // AT_FDCWD (-100) written sign-extended matches however the caller extends it.
+    let at_fdcwd = Action::Errno(9).ret();
+    assert_eq!(
+        decide(&c, 0, "openat", [0xffff_ffff_ffff_ff9c, 0, 0, 0, 0, 0]),
+        at_fdcwd
+    );
+    assert_eq!(
+        decide(&c, 0, "openat", [0xffff_ff9c, 0, 0, 0, 0, 0]),
+        at_fdcwd
+    );
+    assert_eq!(decide(&c, 0, "openat", [3, 0, 0, 0, 0, 0]), allow);
+}
+
+#[test]
+fn a_value_that_does_not_fit_an_int_argument_is_an_error() {
+    let p = named(
+        "wide",
+        "  seccomp:\n    defaultAction: allow\n    rules:\n      - {names: [socket], action: errno, args: [{index: 0, op: eq, value: 4294967298}]}\n",
+    );
+    assert_eq!(
+        errors(&[p]),
+        [
+            "policy ns/wide: spec.seccomp.rules[0].args[0].value: argument 0 of socket is a 32-bit int \
+          (the kernel uses only the low 32 bits): 0x100000002 does not fit"
+        ]
+    );
+}
+
+#[test]
+fn unassigned_numbers_get_the_default_action() {
+    let p = named(
+        "strict",
+        "  seccomp:\n    defaultAction: errno\n    base: runtime/default\n",
+    );
+    let c = compile(&[p], &Options::default()).unwrap();
+    let eperm = Action::Errno(1).ret();
+    // 337-423 and 463+ name no syscall in the table (336 is uprobe, which the base allows), but
+    // a newer kernel may run them.
+    for nr in [337, 400, 423, 470, 1000] {
+        assert_eq!(raw(&c, nr, [0; 6]), eperm, "nr {nr}");
+    }
+    assert_eq!(
+        raw(&c, 334, [0; 6]),
+        Action::Allow.ret(),
+        "rseq is in the base"
+    );
+}
+
+#[test]
+fn every_widened_profile_rule_has_a_note() {
+    let p = named(
+        "narrow",
+        "  seccomp:\n    defaultAction: allow\n    rules:\n      - {names: [prctl], action: kill-process}\n      - {names: [socket], action: errno, args: [{index: 0, op: ne, value: 2}]}\n      - {names: [kill], action: errno, args: [{index: 1, op: eq, value: 9}]}\n",
+    );
+    let c = compile(&[p], &Options::default()).unwrap();
+    let notes = c.notes.join("\n");
+    assert!(notes.contains("prctl:"), "{notes}");
+    assert!(notes.contains("socket:"), "{notes}");
+    assert!(
+        !notes.contains("kill:"),
+        "eq on an int is exact in the profile: {notes}"
+    );
+    let kill = c
+        .profile
+        .syscalls
+        .iter()
+        .find(|s| s.names.contains(&"kill".to_string()))
+        .unwrap();
+    assert_eq!(kill.args[0].op, "SCMP_CMP_MASKED_EQ");
+    assert_eq!(
+        (kill.args[0].value, kill.args[0].value_two),
+        (0xffff_ffff, 9)
+    );
 }

@@ -339,13 +339,21 @@ fn build(
     Ok(ruleset)
 }
 
-/// Opens `path` with `O_PATH` (following symlinks); returns the descriptor and whether it is a directory.
+/// Opens `path` with `O_PATH` without following any symlink in any component
+/// (`openat2` with `RESOLVE_NO_SYMLINKS`): a rule must not follow a link the image planted to
+/// somewhere else. Returns the descriptor and whether it is a directory.
 fn open_path(path: &str) -> io::Result<(OwnedFd, bool)> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH)
-        .open(path)?;
+    let fd = sys::open_no_symlinks(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            io::Error::new(
+                e.kind(),
+                "the path is a symlink or passes through one (rule paths are opened without following links)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let f = std::fs::File::from(fd);
     let dir = f.metadata()?.is_dir();
     Ok((f.into(), dir))
 }

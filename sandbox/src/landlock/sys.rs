@@ -162,3 +162,27 @@ pub fn set_no_new_privs() -> io::Result<()> {
     };
     check(ret as libc::c_long).map(drop)
 }
+
+/// `openat2(AT_FDCWD, path, {O_PATH | O_CLOEXEC, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS})`:
+/// fails with `ELOOP` when any component of `path` is a symlink (Linux 5.6+, older than Landlock).
+pub fn open_no_symlinks(path: &str) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: `open_how` is plain data; all-zero is a valid value that is then filled in.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `c` is a NUL-terminated string and `how` a valid `open_how` of the size passed;
+    // both outlive the call.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}

@@ -44,16 +44,30 @@ pub struct Cond {
     pub index: u8,
     /// Comparison.
     pub op: CmpOp,
-    /// Operand (the mask for `MaskedEq`).
+    /// Operand (the mask for `MaskedEq`), already within `bits`.
     pub value: u64,
     /// Expected masked value for `MaskedEq`; unused otherwise.
     pub value_two: u64,
+    /// How many low bits of the argument the kernel uses (64, or 32/16 for `int`/`umode_t`
+    /// arguments, see [`super::args`]); only those are compared.
+    pub bits: u8,
 }
 
 impl Cond {
+    /// A condition on a full 64-bit argument.
+    pub const fn wide(index: u8, op: CmpOp, value: u64, value_two: u64) -> Self {
+        Cond {
+            index,
+            op,
+            value,
+            value_two,
+            bits: 64,
+        }
+    }
+
     /// Evaluates the condition (reference semantics for tests and merging).
     pub fn matches(&self, args: &[u64; 6]) -> bool {
-        let a = args[self.index as usize];
+        let a = args[self.index as usize] & super::args::mask(self.bits);
         match self.op {
             CmpOp::Eq => a == self.value,
             CmpOp::Ne => a != self.value,
@@ -123,7 +137,7 @@ enum Leaf {
 
 impl FilterSpec {
     /// Reference semantics of the program [`generate`] emits (the return value), exact for
-    /// every number the table assigns and every number above the table.
+    /// every syscall number.
     pub fn decide(&self, d: &SeccompData) -> u32 {
         if d.arch != self.arch.audit_arch() {
             return Action::KillProcess.ret();
@@ -146,8 +160,9 @@ impl FilterSpec {
     }
 
     /// The syscall-number axis cut into ranges `[start, next start)` with one leaf each.
-    /// Numbers the table leaves unassigned below its highest entry cannot name a syscall, so
-    /// they join the range on their left (the kernel answers them with `ENOSYS` either way).
+    /// Numbers the table leaves unassigned get the default action like any unlisted call: a
+    /// kernel newer than the table may implement them (x86_64's 335–423 gap holds `uretprobe`
+    /// and `uprobe` on 6.11+).
     fn ranges(&self) -> Vec<(u32, Leaf)> {
         let mut out: Vec<(u32, Leaf)> = Vec::new();
         let top = self
@@ -162,12 +177,7 @@ impl FilterSpec {
         }
         let default = Leaf::Ret(self.default.ret());
         for nr in 0..=top {
-            let assigned = self.arch.is_assigned(nr) || self.syscalls.contains_key(&nr);
-            if assigned || nr == 0 {
-                push(&mut out, nr, self.leaf_of(nr));
-            } else if matches!(out.last(), Some((_, Leaf::Rule(_)))) {
-                push(&mut out, nr, default);
-            }
+            push(&mut out, nr, self.leaf_of(nr));
         }
         let kill = Leaf::Ret(Action::KillProcess.ret());
         push(&mut out, top + 1, default);
@@ -228,6 +238,9 @@ fn rule(asm: &mut Asm, r: &SyscallRule) {
 
 /// Emits a test of `c` that jumps to `pass` or `fail`.
 fn cond(asm: &mut Asm, c: &Cond, pass: Label, fail: Label) {
+    if c.bits < 64 {
+        return narrow_cond(asm, c, pass, fail);
+    }
     let lo_off = OFF_ARGS + 8 * c.index as u32;
     let hi_off = lo_off + 4;
     let (vhi, vlo) = ((c.value >> 32) as u32, c.value as u32);
@@ -277,6 +290,29 @@ fn cond(asm: &mut Asm, c: &Cond, pass: Label, fail: Label) {
             asm.jcc(JMP_JEQ_K, elo, pass, fail);
         }
     }
+}
+
+/// A condition on an argument the kernel truncates: only the low word (masked to `bits`).
+fn narrow_cond(asm: &mut Asm, c: &Cond, pass: Label, fail: Label) {
+    let m = super::args::mask(c.bits) as u32;
+    asm.ld(OFF_ARGS + 8 * c.index as u32);
+    let v = c.value as u32 & m;
+    let (code, k, t, f) = match c.op {
+        CmpOp::Eq => (JMP_JEQ_K, v, pass, fail),
+        CmpOp::Ne => (JMP_JEQ_K, v, fail, pass),
+        CmpOp::Gt => (JMP_JGT_K, v, pass, fail),
+        CmpOp::Ge => (JMP_JGE_K, v, pass, fail),
+        CmpOp::Lt => (JMP_JGE_K, v, fail, pass),
+        CmpOp::Le => (JMP_JGT_K, v, fail, pass),
+        CmpOp::MaskedEq => {
+            asm.and(v);
+            (JMP_JEQ_K, c.value_two as u32 & v, pass, fail)
+        }
+    };
+    if m != u32::MAX && c.op != CmpOp::MaskedEq {
+        asm.and(m);
+    }
+    asm.jcc(code, k, t, f);
 }
 
 fn vhi_vlo(v: u64) -> (u32, u32) {

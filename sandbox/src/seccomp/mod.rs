@@ -2,6 +2,7 @@
 
 pub mod action;
 pub mod arch;
+pub mod args;
 pub mod bpf;
 pub mod codegen;
 pub mod install;
