@@ -2,6 +2,7 @@
 //! sandbox volume ([`csi`]) and the seccomp profile files ([`seccomp_profiles`]).
 
 pub mod csi;
+pub mod forge;
 pub mod mesh;
 pub mod seccomp_profiles;
 pub mod testbed;

@@ -61,8 +61,10 @@ struct MeshArgs {
     /// Underlay MTU (default: MTU of the interface holding the endpoint IP).
     #[arg(long)]
     underlay_mtu: Option<u32>,
-    /// Cluster CIDR for the state file (repeatable; default: every Node's podCIDRs).
-    #[arg(long = "cluster-cidr")]
+    /// The cluster's pod CIDR (required, repeatable): only podCIDRs inside them are routed, and
+    /// traffic inside them is not masqueraded.
+    #[arg(long = "cluster-cidr", env = "KITFLEET_CLUSTER_CIDRS", value_delimiter = ',',
+          required = true, value_parser = mesh::guard::parse_cluster_cidr)]
     cluster_cidrs: Vec<Cidr>,
     /// Persistent keepalive in seconds (off by default).
     #[arg(long)]

@@ -2,13 +2,16 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
+use super::handshake::{self, Budget, Kind, Outcome};
 use super::offload::{self, Coalescer, PacketSink, VnetHdr};
 use super::peers::{Peer, Peers};
 use super::tun::{Tun, VNET_HDR_LEN};
@@ -28,6 +31,12 @@ pub(super) struct Loop {
     tun: Tun,
     udp: Udp,
     private: PrivateKey,
+    /// `private`'s public key, computed once (an X25519 operation) per key.
+    public: x25519::PublicKey,
+    /// mac1/cookie checks and the under-load state, shared by every tunnel.
+    limiter: Arc<RateLimiter>,
+    /// Handshake messages that may still reach Diffie-Hellman this second.
+    budget: Budget,
     listen_port: u16,
     rx: mpsc::Receiver<Command>,
     wake: OwnedFd,
@@ -90,6 +99,10 @@ impl PacketSink for TunSink<'_> {
     }
 }
 
+fn limiter_for(public: &x25519::PublicKey) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(public, handshake::UNDER_LOAD))
+}
+
 fn random_seed() -> u32 {
     let mut b = [0u8; 4];
     // SAFETY: writes at most 4 bytes into the live array; a short read only weakens the seed.
@@ -105,10 +118,14 @@ impl Loop {
         rx: mpsc::Receiver<Command>,
         wake: OwnedFd,
     ) -> Self {
+        let public = x25519::PublicKey::from(cfg.private_key.public_key().0);
         Loop {
             tun,
             udp,
             private: cfg.private_key,
+            public,
+            limiter: limiter_for(&public),
+            budget: Budget::new(handshake::HANDSHAKE_BUDGET),
             listen_port: cfg.listen_port,
             rx,
             wake,
@@ -177,9 +194,10 @@ impl Loop {
             if fds[0].revents != 0 && !self.handle_tun() {
                 return;
             }
-            if last_tick.elapsed() >= TIMER_TICK {
+            let elapsed = last_tick.elapsed();
+            if elapsed >= TIMER_TICK {
                 last_tick = Instant::now();
-                self.tick_timers();
+                self.tick_timers(elapsed);
             }
         }
     }
@@ -192,17 +210,21 @@ impl Loop {
         loop {
             match self.rx.try_recv() {
                 Ok(Command::SetPeers(peers, reply)) => {
-                    let r = self.peers.apply(&self.private, peers);
+                    let r = self.peers.apply(&self.private, &self.limiter, peers);
                     if let Ok(fresh) = &r {
                         self.initiate(fresh);
                     }
                     let _ = reply.send(r.map(drop));
                 }
                 Ok(Command::SetPrivateKey(key, reply)) => {
-                    let r = self.peers.set_private(&key);
+                    let public = x25519::PublicKey::from(key.public_key().0);
+                    let limiter = limiter_for(&public);
+                    let r = self.peers.set_private(&key, &limiter);
                     if r.is_ok() {
                         tracing::info!(public_key = %key.public_key(), "private key rotated");
                         self.private = key;
+                        self.public = public;
+                        self.limiter = limiter;
                         self.initiate(&self.peers.indices());
                     }
                     let _ = reply.send(r);
@@ -237,7 +259,7 @@ impl Loop {
         peers.sort_by_key(|p| p.public_key);
         Stats {
             interface: self.tun.name().to_string(),
-            public_key: self.private.public_key(),
+            public_key: PublicKey(self.public.to_bytes()),
             listen_port: self.listen_port,
             peers,
             counters,
@@ -324,28 +346,73 @@ impl Loop {
         self.flush_tx();
     }
 
-    fn peer_for(&self, data: &[u8]) -> Option<u32> {
-        match Tunn::parse_incoming_packet(data).ok()? {
-            Packet::HandshakeInit(p) => {
-                let public = x25519::PublicKey::from(self.private.public_key().0);
-                let half = parse_handshake_anon(self.private.secret(), &public, &p).ok()?;
-                self.peers.by_key(&PublicKey(half.peer_static_public))
-            }
-            Packet::HandshakeResponse(p) => self.peers.by_receiver(p.receiver_idx),
-            Packet::PacketCookieReply(p) => self.peers.by_receiver(p.receiver_idx),
+    /// Finds the peer a datagram is for. Handshake messages pass mac1, then (under load) the cookie
+    /// check, then the handshake budget, before the one X25519 that finds an initiator's key.
+    /// `None`: dropped and counted, or answered with a cookie reply (already queued).
+    fn admit(
+        &mut self,
+        buf: usize,
+        off: usize,
+        end: usize,
+        src: SocketAddr,
+    ) -> Option<(u32, Kind)> {
+        let data = &self.recv_bufs[buf][off..end];
+        let Ok(packet) = Tunn::parse_incoming_packet(data) else {
+            self.counters.dropped_invalid += 1;
+            return None;
+        };
+        let kind = Kind::of(&packet);
+        let found = match packet {
             Packet::PacketData(p) => self.peers.by_receiver(p.receiver_idx),
+            Packet::PacketCookieReply(p) => self.peers.by_receiver(p.receiver_idx),
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_) => {
+                let tx = &mut self.tx;
+                let checked =
+                    self.limiter
+                        .verify_packet(Some(src.ip()), data, &mut tx.buf[tx.pos..]);
+                let packet = match checked {
+                    Ok(p) => p,
+                    Err(TunnResult::WriteToNetwork(cookie)) => {
+                        let len = cookie.len();
+                        tx.commit(src, len);
+                        self.counters.cookie_replies += 1;
+                        return None;
+                    }
+                    Err(_) => {
+                        self.counters.dropped_bad_mac += 1;
+                        return None;
+                    }
+                };
+                if !self.budget.take() {
+                    self.counters.dropped_handshake_budget += 1;
+                    return None;
+                }
+                self.counters.handshakes += 1;
+                match packet {
+                    Packet::HandshakeInit(p) => {
+                        parse_handshake_anon(self.private.secret(), &self.public, &p)
+                            .ok()
+                            .and_then(|half| self.peers.by_key(&PublicKey(half.peer_static_public)))
+                    }
+                    Packet::HandshakeResponse(p) => self.peers.by_receiver(p.receiver_idx),
+                    _ => None,
+                }
+            }
+        };
+        if found.is_none() {
+            self.counters.dropped_no_peer += 1;
         }
+        found.map(|i| (i, kind))
     }
 
     fn handle_datagram(&mut self, buf: usize, off: usize, end: usize, src: SocketAddr) {
         if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
             self.flush_tx();
         }
-        let data = &self.recv_bufs[buf][off..end];
-        let Some(idx) = self.peer_for(data) else {
-            self.counters.dropped_no_peer += 1;
+        let Some((idx, kind)) = self.admit(buf, off, end, src) else {
             return;
         };
+        let data = &self.recv_bufs[buf][off..end];
         let Some(peer) = self.peers.get_mut(idx) else {
             return;
         };
@@ -353,47 +420,49 @@ impl Loop {
             tun: &self.tun,
             writes: &mut self.counters.tun_writes,
         };
-        match peer.tunn.decapsulate(Some(src.ip()), data, &mut self.plain) {
+        let outcome = match peer.tunn.decapsulate(Some(src.ip()), data, &mut self.plain) {
             TunnResult::WriteToNetwork(out) => {
+                // A handshake response or cookie reply goes back where the message came from.
                 let len = out.len();
+                let ty = out[0];
                 self.tx.buf[self.tx.pos..self.tx.pos + len].copy_from_slice(out);
                 self.tx.commit(src, len);
-                peer.endpoint = Some(src);
-                // Packets queued while the handshake was pending leave now.
-                loop {
-                    if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
-                        flush(&mut self.udp, &mut self.tx, &mut self.counters);
-                    }
-                    let tx = &mut self.tx;
-                    let TunnResult::WriteToNetwork(out) =
-                        peer.tunn.decapsulate(None, &[], &mut tx.buf[tx.pos..])
-                    else {
-                        break;
-                    };
-                    let len = out.len();
-                    tx.commit(src, len);
-                }
+                Outcome::Sent(ty)
             }
-            TunnResult::WriteToTunnelV4(pkt, ip) => deliver(
-                peer,
-                pkt,
-                ip.into(),
-                src,
-                &mut self.coalescer,
-                &mut sink,
-                &mut self.counters.dropped_bad_source,
-            ),
-            TunnResult::WriteToTunnelV6(pkt, ip) => deliver(
-                peer,
-                pkt,
-                ip.into(),
-                src,
-                &mut self.coalescer,
-                &mut sink,
-                &mut self.counters.dropped_bad_source,
-            ),
-            TunnResult::Done => {}
-            TunnResult::Err(e) => tracing::trace!(error = ?e, %src, "datagram rejected"),
+            TunnResult::WriteToTunnelV4(pkt, ip) => {
+                let bad = &mut self.counters.dropped_bad_source;
+                deliver(peer, pkt, ip.into(), &mut self.coalescer, &mut sink, bad)
+            }
+            TunnResult::WriteToTunnelV6(pkt, ip) => {
+                let bad = &mut self.counters.dropped_bad_source;
+                deliver(peer, pkt, ip.into(), &mut self.coalescer, &mut sink, bad)
+            }
+            TunnResult::Done => Outcome::Done,
+            TunnResult::Err(e) => {
+                tracing::trace!(error = ?e, %src, "datagram rejected");
+                Outcome::Rejected
+            }
+        };
+        if handshake::authenticates(kind, outcome) && peer.endpoint != Some(src) {
+            tracing::debug!(peer = %peer.key, from = ?peer.endpoint, to = %src, "peer endpoint roamed");
+            peer.endpoint = Some(src);
+        }
+        if let Outcome::Sent(_) = outcome {
+            // Packets queued while the handshake was pending leave now, to the peer's endpoint.
+            let dst = peer.endpoint.unwrap_or(src);
+            loop {
+                if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
+                    flush(&mut self.udp, &mut self.tx, &mut self.counters);
+                }
+                let tx = &mut self.tx;
+                let TunnResult::WriteToNetwork(out) =
+                    peer.tunn.decapsulate(None, &[], &mut tx.buf[tx.pos..])
+                else {
+                    break;
+                };
+                let len = out.len();
+                tx.commit(dst, len);
+            }
         }
     }
 
@@ -420,7 +489,9 @@ impl Loop {
         self.flush_tx();
     }
 
-    fn tick_timers(&mut self) {
+    fn tick_timers(&mut self, elapsed: Duration) {
+        self.limiter.reset_count();
+        self.budget.refill(elapsed);
         for idx in self.peers.indices() {
             if self.tx.pos + SEND_HEADROOM > self.tx.buf.len() {
                 self.flush_tx();
@@ -464,21 +535,21 @@ fn encrypt_one(peer: &mut Peer, dst: SocketAddr, seg: &[u8], tx: &mut TxBatch) {
     }
 }
 
+/// Hands a decrypted packet to the coalescer if its inner source is one the peer may use.
 fn deliver(
     peer: &mut Peer,
     pkt: &[u8],
     inner_src: std::net::IpAddr,
-    outer: SocketAddr,
     coalescer: &mut Coalescer,
     sink: &mut TunSink<'_>,
     dropped: &mut u64,
-) {
+) -> Outcome {
     if !peer.allowed.iter().any(|c| c.contains(inner_src)) {
         *dropped += 1;
-        return;
+        return Outcome::Rejected;
     }
-    peer.endpoint = Some(outer);
     coalescer.push(pkt, sink);
+    Outcome::Delivered
 }
 
 #[cfg(test)]

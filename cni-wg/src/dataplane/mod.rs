@@ -10,6 +10,7 @@
 
 mod cidr;
 mod event_loop;
+pub mod handshake;
 pub mod keys;
 pub mod offload;
 mod peers;
@@ -100,6 +101,16 @@ pub struct LoopStats {
     pub tun_writes: u64,
     pub dropped_no_peer: u64,
     pub dropped_bad_source: u64,
+    /// Datagrams that are no WireGuard message (wrong type or length).
+    pub dropped_invalid: u64,
+    /// Handshake messages whose mac1 (or, under load, mac2 source) did not verify.
+    pub dropped_bad_mac: u64,
+    /// Cookie replies sent instead of processing a handshake (under load, no valid mac2).
+    pub cookie_replies: u64,
+    /// Handshake messages dropped because the per-second handshake budget was spent.
+    pub dropped_handshake_budget: u64,
+    /// Handshake messages admitted to Diffie-Hellman.
+    pub handshakes: u64,
     pub gso: bool,
     pub gro: bool,
 }

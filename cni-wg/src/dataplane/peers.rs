@@ -3,8 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use boringtun::noise::Tunn;
+use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
 use super::{Cidr, Error, PeerConfig, PrivateKey, PublicKey, Result};
@@ -82,8 +84,14 @@ impl Peers {
     }
 
     /// Makes the table equal to `wanted`, keeping the sessions of peers whose key and keepalive stay.
-    /// Returns the indices of the peers that got a fresh tunnel (they should handshake right away).
-    pub fn apply(&mut self, private: &PrivateKey, wanted: Vec<PeerConfig>) -> Result<Vec<u32>> {
+    /// Every tunnel shares `limiter` (mac1, cookies, the under-load state). Returns the indices of
+    /// the peers that got a fresh tunnel (they should handshake right away).
+    pub fn apply(
+        &mut self,
+        private: &PrivateKey,
+        limiter: &Arc<RateLimiter>,
+        wanted: Vec<PeerConfig>,
+    ) -> Result<Vec<u32>> {
         validate(private.public_key(), &wanted)?;
         let keep: HashSet<PublicKey> = wanted.iter().map(|p| p.public_key).collect();
         let gone: Vec<u32> = self
@@ -120,7 +128,7 @@ impl Peers {
                         None,
                         w.persistent_keepalive,
                         index,
-                        None,
+                        Some(limiter.clone()),
                     );
                     tracing::info!(peer = %w.public_key, endpoint = ?w.endpoint, "peer added");
                     self.by_key.insert(w.public_key, index);
@@ -153,8 +161,9 @@ impl Peers {
         self.cache.clear();
     }
 
-    /// Switches every tunnel to a new private key (sessions are dropped and re-established).
-    pub fn set_private(&mut self, private: &PrivateKey) -> Result<()> {
+    /// Switches every tunnel to a new private key (sessions are dropped and re-established) and to
+    /// the rate limiter made for its public key.
+    pub fn set_private(&mut self, private: &PrivateKey, limiter: &Arc<RateLimiter>) -> Result<()> {
         let own = private.public_key();
         if let Some(p) = self.peers.values().find(|p| p.key == own) {
             return Err(Error::Peer {
@@ -165,7 +174,7 @@ impl Peers {
         let public = x25519::PublicKey::from(own.0);
         for p in self.peers.values_mut() {
             p.tunn
-                .set_static_private(private.secret().clone(), public, None);
+                .set_static_private(private.secret().clone(), public, Some(limiter.clone()));
         }
         Ok(())
     }
@@ -214,6 +223,13 @@ impl Peers {
 mod tests {
     use super::*;
 
+    fn limiter(own: &PrivateKey) -> Arc<RateLimiter> {
+        Arc::new(RateLimiter::new(
+            &x25519::PublicKey::from(own.public_key().0),
+            100,
+        ))
+    }
+
     fn peer(key: &PublicKey, cidrs: &[&str], ep: Option<&str>) -> PeerConfig {
         PeerConfig {
             public_key: *key,
@@ -231,8 +247,10 @@ mod tests {
             PrivateKey::generate().unwrap().public_key(),
         );
         let mut t = Peers::new(7);
+        let rl = limiter(&own);
         t.apply(
             &own,
+            &rl,
             vec![
                 peer(&a, &["10.1.0.0/24"], Some("192.0.2.1:51820")),
                 peer(&b, &["10.2.0.0/24"], None),
@@ -252,6 +270,7 @@ mod tests {
         let fresh = t
             .apply(
                 &own,
+                &rl,
                 vec![peer(
                     &a,
                     &["10.1.0.0/24", "10.9.0.0/16"],
@@ -284,6 +303,7 @@ mod tests {
         let mut t = Peers::new(0);
         t.apply(
             &own,
+            &limiter(&own),
             vec![
                 peer(&a, &["10.0.0.0/8"], None),
                 peer(&b, &["10.5.0.0/16"], None),
@@ -299,7 +319,8 @@ mod tests {
         let own = PrivateKey::generate().unwrap();
         let a = PrivateKey::generate().unwrap().public_key();
         let mut t = Peers::new(0);
-        t.apply(&own, vec![peer(&a, &["10.1.0.0/24"], None)])
+        let rl = limiter(&own);
+        t.apply(&own, &rl, vec![peer(&a, &["10.1.0.0/24"], None)])
             .unwrap();
         let cases = [
             (vec![peer(&own.public_key(), &[], None)], "own public key"),
@@ -309,12 +330,13 @@ mod tests {
             ),
         ];
         for (set, why) in cases {
-            let e = t.apply(&own, set).unwrap_err().to_string();
+            let e = t.apply(&own, &rl, set).unwrap_err().to_string();
             assert!(e.contains(why), "{e}");
         }
         let b = PrivateKey::generate().unwrap().public_key();
         let e = t.apply(
             &own,
+            &rl,
             vec![
                 peer(&a, &["10.1.0.0/24"], None),
                 peer(&b, &["10.1.0.0/24"], None),

@@ -2,6 +2,12 @@
 //! "nodes", side by side for: plain routing (no encryption), the Kitfleet data plane (the
 //! `kitfleet-node-agent mesh` binary next to this one), and Debian's wireguard-go configured with `wg`.
 //! Prints a table. Needs root, iperf3, ping, wireguard-go and wg.
+//!
+//! `--flood`: the Kitfleet data plane alone, with and without forged handshake initiations sent to
+//! the receiving node (see `mesh_bench/flood.rs`). Needs root and iperf3.
+
+#[path = "mesh_bench/flood.rs"]
+mod flood;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -30,6 +36,18 @@ struct Args {
     /// Only these data planes (plain, kitfleet, wireguard-go); default all.
     #[arg(long = "only")]
     only: Vec<String>,
+    /// Handshake-flood benchmark instead: throughput with and without forged initiations.
+    #[arg(long)]
+    flood: bool,
+    /// Forged initiations per second.
+    #[arg(long, default_value_t = 20_000)]
+    flood_rate: u64,
+    /// What the flood sends during the throughput run: garbage, mac1 or claim.
+    #[arg(long, default_value = "mac1")]
+    flood_kind: String,
+    /// Seconds of flood (and of idle baseline) per CPU-per-datagram measurement.
+    #[arg(long, default_value_t = 3)]
+    cpu_seconds: u64,
 }
 
 const POD_MTU: u32 = 1420;
@@ -97,6 +115,8 @@ fn spawn_agent(agent: &Path, node: &NodeNs, dir: &Path, work: &Path) -> Result<P
         key.to_str().unwrap_or_default(),
         "--state-file",
         state.to_str().unwrap_or_default(),
+        "--cluster-cidr",
+        "10.244.0.0/16",
     ];
     let agent = agent.to_str().unwrap_or_default();
     Ok(Proc(
@@ -295,6 +315,18 @@ fn measure(plane: Plane, args: &Args, agent: &Path, round: usize) -> Result<Samp
     let (p1, p2) = (&tb.nodes[0].pods[0], &tb.nodes[1].pods[0]);
     let ping = tb.ping(p1, p2, args.pings, "0.005")?;
     let (rtt_avg_ms, rtt_max_ms) = parse_rtt(&ping)?;
+    let (gbits, retransmits) = iperf(&tb, args.seconds)?;
+    Ok(Sample {
+        gbits,
+        retransmits,
+        rtt_avg_ms,
+        rtt_max_ms,
+    })
+}
+
+/// iperf3 TCP from node 1's first pod to node 2's: (Gbit/s received, retransmits).
+fn iperf(tb: &Testbed, seconds: u32) -> Result<(f64, f64)> {
+    let (p1, p2) = (&tb.nodes[0].pods[0], &tb.nodes[1].pods[0]);
     let server = Proc(
         in_ns(&p2.netns, "iperf3", &["-s", "-1", "-B", &p2.ip.to_string()])
             .stdout(Stdio::null())
@@ -309,7 +341,7 @@ fn measure(plane: Plane, args: &Args, agent: &Path, round: usize) -> Result<Samp
             "-c",
             &p2.ip.to_string(),
             "-t",
-            &args.seconds.to_string(),
+            &seconds.to_string(),
             "-O",
             "1",
             "-J",
@@ -321,12 +353,118 @@ fn measure(plane: Plane, args: &Args, agent: &Path, round: usize) -> Result<Samp
         .as_f64()
         .context("iperf3 JSON has no end.sum_received")?;
     let retransmits = v["end"]["sum_sent"]["retransmits"].as_f64().unwrap_or(0.0);
-    Ok(Sample {
-        gbits: bps / 1e9,
-        retransmits,
-        rtt_avg_ms,
-        rtt_max_ms,
-    })
+    Ok((bps / 1e9, retransmits))
+}
+
+/// One round of the flood benchmark: (clean Gbit/s, flooded Gbit/s, forged datagrams/s achieved,
+/// agent CPU µs per forged datagram for each kind).
+fn flood_round(
+    args: &Args,
+    agent: &Path,
+    round: usize,
+    kind: flood::Forgery,
+) -> Result<(f64, f64, f64, Vec<f64>)> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut tb = Testbed::new(&format!("f{}{}", std::process::id() % 1000, round), 2, 1)?;
+    let attacker = flood::add_attacker(&mut tb)?;
+    let work = tempfile::tempdir()?;
+    let procs = setup(Plane::Kitfleet, &tb, work.path(), agent)?;
+    let dir = work.path().join("nodes");
+    let target = flood::published_key(&dir, &tb.nodes[1].name)?;
+    let claimed = flood::published_key(&dir, &tb.nodes[0].name)?;
+    let dst = std::net::SocketAddr::new(tb.nodes[1].ip.into(), 51820);
+    let flooded = || -> Result<(f64, f64)> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pool = flood::pool(kind, &target, &claimed);
+        let started = Instant::now();
+        let f = flood::start_flood(&attacker, dst, pool, args.flood_rate, stop.clone());
+        std::thread::sleep(Duration::from_secs(1));
+        let r = iperf(&tb, args.seconds);
+        stop.store(true, Ordering::Relaxed);
+        let sent = f
+            .join()
+            .map_err(|_| anyhow::anyhow!("flood thread panicked"))???;
+        Ok((r?.0, sent as f64 / started.elapsed().as_secs_f64()))
+    };
+    let (clean, (with_flood, rate)) = if round.is_multiple_of(2) {
+        let c = iperf(&tb, args.seconds)?.0;
+        (c, flooded()?)
+    } else {
+        let f = flooded()?;
+        (iperf(&tb, args.seconds)?.0, f)
+    };
+    let mut cpu = Vec::new();
+    for k in [
+        flood::Forgery::Garbage,
+        flood::Forgery::Mac1,
+        flood::Forgery::Claim,
+    ] {
+        let pool = flood::pool(k, &target, &claimed);
+        let (us, _) = flood::cpu_per_datagram(
+            &procs[1],
+            &attacker,
+            dst,
+            pool,
+            args.flood_rate,
+            args.cpu_seconds,
+        )?;
+        cpu.push(us);
+    }
+    Ok((clean, with_flood, rate, cpu))
+}
+
+fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
+    let kind = flood::Forgery::parse(&args.flood_kind)?;
+    let mut rows = Vec::new();
+    for round in 0..args.rounds.max(1) {
+        let r = flood_round(args, agent, round, kind)
+            .with_context(|| format!("flood round {round}"))?;
+        eprintln!(
+            "round {round}: clean {:.2} Gbit/s, under {:.0} forged/s {:.2} Gbit/s ({:.0}%), CPU µs/datagram {:.2?}",
+            r.0,
+            r.2,
+            r.1,
+            100.0 * r.1 / r.0,
+            r.3
+        );
+        rows.push(r);
+    }
+    let clean = median(rows.iter().map(|r| r.0).collect());
+    let with_flood = median(rows.iter().map(|r| r.1).collect());
+    let rate = median(rows.iter().map(|r| r.2).collect());
+    let ratio = median(rows.iter().map(|r| r.1 / r.0).collect());
+    println!(
+        "\nhandshake flood against node 2 (the iperf3 receiver), agent {}, iperf3 -t {} (median of {} rounds)",
+        agent.display(),
+        args.seconds,
+        args.rounds.max(1)
+    );
+    println!("| run | TCP Gbit/s | vs clean | forged initiations/s |");
+    println!("|---|---:|---:|---:|");
+    println!("| clean | {clean:.2} | 100% | 0 |");
+    println!(
+        "| flood: {} | {with_flood:.2} | {:.0}% | {rate:.0} |",
+        kind.label(),
+        100.0 * ratio
+    );
+    println!(
+        "\n| forged datagram ({} /s for {} s) | node 2 agent CPU per datagram (µs) |",
+        args.flood_rate, args.cpu_seconds
+    );
+    println!("|---|---:|");
+    for (i, k) in [
+        flood::Forgery::Garbage,
+        flood::Forgery::Mac1,
+        flood::Forgery::Claim,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let us = median(rows.iter().map(|r| r.3[i]).collect());
+        println!("| {} | {us:.2} |", k.label());
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -348,7 +486,12 @@ fn bench(args: Args) -> Result<()> {
     if !privileged() {
         bail!("needs root, /dev/net/tun and network namespaces");
     }
-    for tool in ["iperf3", "ping", "wireguard-go", "wg"] {
+    let tools: &[&str] = if args.flood {
+        &["iperf3", "ping"]
+    } else {
+        &["iperf3", "ping", "wireguard-go", "wg"]
+    };
+    for tool in tools {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .stdout(Stdio::null())
@@ -370,6 +513,9 @@ fn bench(args: Args) -> Result<()> {
             "agent binary {} not found (build it: cargo build --release -p kitfleet-node-agent)",
             agent.display()
         );
+    }
+    if args.flood {
+        return flood_bench(&args, &agent);
     }
     let planes: Vec<Plane> = [Plane::Plain, Plane::Kitfleet, Plane::WireguardGo]
         .into_iter()

@@ -4,7 +4,26 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kitfleet_cni_wg::dataplane::{Cidr, PeerConfig, PublicKey};
 
+use super::guard::{Guard, overlaps};
 use super::nodes::NodeInfo;
+
+/// A Node, or one of its podCIDRs, left out of the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skip {
+    pub node: String,
+    /// The refused podCIDR; `None` when the whole Node is left out.
+    pub prefix: Option<Cidr>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.prefix {
+            Some(p) => write!(f, "{}: podCIDR {p}: {}", self.node, self.reason),
+            None => write!(f, "{}: {}", self.node, self.reason),
+        }
+    }
+}
 
 /// What this node's mesh should look like.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -13,8 +32,8 @@ pub struct Desired {
     pub peers: BTreeMap<PublicKey, PeerConfig>,
     /// Routes through the WireGuard interface: the peers' podCIDRs.
     pub routes: BTreeSet<Cidr>,
-    /// Nodes left out, with the reason (`node: reason`).
-    pub skipped: Vec<String>,
+    /// Nodes and podCIDRs left out, with the reason.
+    pub skipped: Vec<Skip>,
 }
 
 /// What is installed now.
@@ -45,18 +64,17 @@ impl Plan {
     }
 }
 
-fn overlaps(a: &Cidr, b: &Cidr) -> bool {
-    a.contains(b.addr()) || b.contains(a.addr())
-}
-
 /// Computes the desired mesh for node `own_name` (whose key is `own_key`) from every Node.
-/// Nodes are taken in name order; a Node that cannot be a peer is skipped with a reason: no key
-/// annotation yet, no endpoint, no podCIDR, a key or podCIDR already taken by an earlier Node.
+/// Nodes are taken in name order; a podCIDR that `guard` refuses (outside the cluster CIDRs, a
+/// local address, someone else's route) is left out with its reason; a Node that cannot be a peer
+/// is skipped with a reason: no key annotation yet, no endpoint, no usable podCIDR, a key or
+/// podCIDR already taken by an earlier Node.
 pub fn desired(
     own_name: &str,
     own_key: &PublicKey,
     nodes: &[NodeInfo],
     keepalive: Option<u16>,
+    guard: &Guard,
 ) -> Desired {
     let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -68,7 +86,14 @@ pub fn desired(
     let mut out = Desired::default();
     let mut key_owner: BTreeMap<PublicKey, String> = BTreeMap::new();
     for n in sorted.into_iter().filter(|n| n.name != own_name) {
-        let mut skip = |reason: String| out.skipped.push(format!("{}: {reason}", n.name));
+        let skip_node = |out: &mut Desired, reason: String| {
+            out.skipped.push(Skip {
+                node: n.name.clone(),
+                prefix: None,
+                reason,
+            })
+        };
+        let mut skip = |reason: String| skip_node(&mut out, reason);
         let Some(key) = n.public_key else {
             skip(format!(
                 "no valid {} annotation yet",
@@ -92,23 +117,37 @@ pub fn desired(
             skip("no podCIDR".into());
             continue;
         }
-        if let Some((c, (_, owner))) = n
-            .pod_cidrs
+        let mut cidrs = Vec::new();
+        for c in &n.pod_cidrs {
+            match guard.check(c) {
+                Ok(()) => cidrs.push(*c),
+                Err(why) => out.skipped.push(Skip {
+                    node: n.name.clone(),
+                    prefix: Some(*c),
+                    reason: why.to_string(),
+                }),
+            }
+        }
+        if cidrs.is_empty() {
+            skip_node(&mut out, "no podCIDR the agent may route".into());
+            continue;
+        }
+        if let Some((c, (_, owner))) = cidrs
             .iter()
             .find_map(|c| taken.iter().find(|(t, _)| overlaps(c, t)).map(|t| (c, t)))
         {
-            skip(format!("podCIDR {c} overlaps node {owner}"));
+            skip_node(&mut out, format!("podCIDR {c} overlaps node {owner}"));
             continue;
         }
         key_owner.insert(key, n.name.clone());
-        taken.extend(n.pod_cidrs.iter().map(|c| (*c, n.name.clone())));
-        out.routes.extend(n.pod_cidrs.iter().copied());
+        taken.extend(cidrs.iter().map(|c| (*c, n.name.clone())));
+        out.routes.extend(cidrs.iter().copied());
         out.peers.insert(
             key,
             PeerConfig {
                 public_key: key,
                 endpoint: Some(endpoint),
-                allowed_ips: n.pod_cidrs.clone(),
+                allowed_ips: cidrs,
                 persistent_keepalive: keepalive,
             },
         );

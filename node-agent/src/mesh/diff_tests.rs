@@ -1,4 +1,5 @@
 use super::*;
+use crate::mesh::guard::{ForeignRoute, HostView};
 
 fn key(b: u8) -> PublicKey {
     PublicKey([b; 32])
@@ -21,6 +22,36 @@ fn peer(k: u8, ep: &str, cidrs: &[&str]) -> PeerConfig {
         endpoint: Some(ep.parse().unwrap()),
         allowed_ips: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
         persistent_keepalive: None,
+    }
+}
+
+fn c(s: &str) -> Cidr {
+    s.parse().unwrap()
+}
+
+/// Cluster CIDRs 10.244.0.0/16 and fd00::/16; the host routes 192.168.1.0/24 and holds 10.244.200.1.
+fn guard() -> Guard {
+    Guard {
+        cluster_cidrs: vec![c("10.244.0.0/16"), c("fd00::/16")],
+        host: HostView {
+            foreign: vec![
+                ForeignRoute {
+                    dst: c("0.0.0.0/0"),
+                    what: "via 192.168.1.254 dev eth0".into(),
+                    local: false,
+                },
+                ForeignRoute {
+                    dst: c("10.244.9.0/24"),
+                    what: "via 192.168.1.253 dev eth0".into(),
+                    local: false,
+                },
+                ForeignRoute {
+                    dst: c("10.244.200.1/32"),
+                    what: "local".into(),
+                    local: true,
+                },
+            ],
+        },
     }
 }
 
@@ -106,10 +137,10 @@ fn desired_table() {
             name: "overlaps own podCIDR",
             nodes: vec![
                 me(),
-                node("b", Some(2), &["10.244.0.0/16"], Some("192.0.2.2"), None),
+                node("b", Some(2), &["10.244.0.0/23"], Some("192.0.2.2"), None),
             ],
             peers: vec![],
-            skipped: vec!["b: podCIDR 10.244.0.0/16 overlaps node a"],
+            skipped: vec!["b: podCIDR 10.244.0.0/23 overlaps node a"],
         },
         Case {
             name: "overlaps an earlier peer",
@@ -140,14 +171,74 @@ fn desired_table() {
             )],
             skipped: vec![],
         },
+        Case {
+            name: "podCIDRs outside the cluster CIDRs, own Node without podCIDR",
+            nodes: vec![
+                node("a", Some(1), &[], Some("192.0.2.1"), None),
+                node("b", Some(2), &["0.0.0.0/0"], Some("192.0.2.2"), None),
+                node(
+                    "c",
+                    Some(3),
+                    &["169.254.169.254/32"],
+                    Some("192.0.2.3"),
+                    None,
+                ),
+                node("d", Some(4), &["192.168.1.0/24"], Some("192.0.2.4"), None),
+                node("e", Some(5), &["10.244.5.0/24"], Some("192.0.2.5"), None),
+            ],
+            peers: vec![peer(5, "192.0.2.5:51820", &["10.244.5.0/24"])],
+            skipped: vec![
+                "b: podCIDR 0.0.0.0/0: outside the configured cluster CIDRs",
+                "b: no podCIDR the agent may route",
+                "c: podCIDR 169.254.169.254/32: outside the configured cluster CIDRs",
+                "c: no podCIDR the agent may route",
+                "d: podCIDR 192.168.1.0/24: outside the configured cluster CIDRs",
+                "d: no podCIDR the agent may route",
+            ],
+        },
+        Case {
+            name: "someone else's route, a local address; a refused prefix takes nothing",
+            nodes: vec![
+                me(),
+                node("b", Some(2), &["10.244.9.0/24"], Some("192.0.2.2"), None),
+                node("c", Some(3), &["10.244.200.0/24"], Some("192.0.2.3"), None),
+                node("d", Some(4), &["10.244.9.0/25"], Some("192.0.2.4"), None),
+                node("e", Some(5), &["10.244.10.0/24"], Some("192.0.2.5"), None),
+            ],
+            peers: vec![peer(5, "192.0.2.5:51820", &["10.244.10.0/24"])],
+            skipped: vec![
+                "b: podCIDR 10.244.9.0/24: overlaps the route 10.244.9.0/24 via 192.168.1.253 dev eth0, which the agent does not own",
+                "b: no podCIDR the agent may route",
+                "c: podCIDR 10.244.200.0/24: holds this host's address 10.244.200.1",
+                "c: no podCIDR the agent may route",
+                "d: podCIDR 10.244.9.0/25: overlaps the route 10.244.9.0/24 via 192.168.1.253 dev eth0, which the agent does not own",
+                "d: no podCIDR the agent may route",
+            ],
+        },
+        Case {
+            name: "dual-stack: the refused prefix is dropped, the peer stays",
+            nodes: vec![
+                me(),
+                node(
+                    "b",
+                    Some(2),
+                    &["10.244.1.0/24", "fd01::/64"],
+                    Some("192.0.2.2"),
+                    None,
+                ),
+            ],
+            peers: vec![peer(2, "192.0.2.2:51820", &["10.244.1.0/24"])],
+            skipped: vec!["b: podCIDR fd01::/64: outside the configured cluster CIDRs"],
+        },
     ];
     for c in cases {
-        let d = desired("a", &key(1), &c.nodes, None);
+        let d = desired("a", &key(1), &c.nodes, None, &guard());
         let got: Vec<PeerConfig> = d.peers.values().cloned().collect();
         assert_eq!(got, c.peers, "{}", c.name);
         let routes: BTreeSet<Cidr> = c.peers.iter().flat_map(|p| p.allowed_ips.clone()).collect();
         assert_eq!(d.routes, routes, "{}", c.name);
-        assert_eq!(d.skipped, c.skipped, "{}", c.name);
+        let skipped: Vec<String> = d.skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(skipped, c.skipped, "{}", c.name);
     }
 }
 
@@ -161,6 +252,7 @@ fn keepalive_is_passed_to_every_peer() {
             node("b", Some(2), &["10.244.1.0/24"], Some("192.0.2.2"), None),
         ],
         Some(25),
+        &guard(),
     );
     assert!(d.peers.values().all(|p| p.persistent_keepalive == Some(25)));
 }

@@ -5,6 +5,7 @@
 //! the node state file; [`source`] and [`kube_source`] read Nodes and publish this node's annotations).
 
 pub mod diff;
+pub mod guard;
 pub mod keyfile;
 pub mod kube_source;
 pub mod nodes;
@@ -32,6 +33,8 @@ pub enum MeshError {
         "data plane on {interface} stopped (interface deleted?); restart the agent to recreate it"
     )]
     DataPlaneStopped { interface: String },
+    #[error("cluster CIDRs: {0}")]
+    ClusterCidrs(String),
     #[error("node {node}: no InternalIP in status.addresses and no --endpoint given")]
     NoEndpoint { node: String },
 }

@@ -1,11 +1,14 @@
 //! Routes to other nodes' podCIDRs through the WireGuard interface, over rtnetlink. Only routes the
-//! agent made (its own `rtm_protocol`) on that interface are listed or deleted.
+//! agent made (its own `rtm_protocol`) on that interface are listed or deleted; routes are created
+//! exclusively (`NLM_F_EXCL`, never `NLM_F_REPLACE`), so a route someone else owns is never replaced.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use kitfleet_cni_wg::dataplane::Cidr;
+
+use super::guard::{ForeignRoute, HostView};
 
 /// `rtm_protocol` marking the agent's routes (values above RTPROT_STATIC are free for daemons).
 pub const RTPROT_KITFLEET: u8 = 0x4b;
@@ -15,6 +18,8 @@ pub const RTPROT_KITFLEET: u8 = 0x4b;
 pub enum RouteError {
     #[error("interface {name:?}: not found")]
     NoInterface { name: String },
+    #[error("route {target}: exists and is not the agent's; left alone")]
+    NotOurs { target: String },
     #[error("netlink {op} {target}: {source}")]
     Netlink {
         op: &'static str,
@@ -27,7 +32,10 @@ pub enum RouteError {
 pub trait RouteTable: Send {
     /// The agent's routes through `dev`.
     fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError>;
-    /// Adds or replaces the route `cidr dev <dev>`.
+    /// Everything in the routing tables (every table) except the agent's own routes through `dev`.
+    fn host_view(&mut self, dev: &str) -> Result<HostView, RouteError>;
+    /// Creates the route `cidr dev <dev>`; an existing route for it that is not the agent's is
+    /// [`RouteError::NotOurs`] (never replaced), one that is the agent's is fine.
     fn add(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError>;
     /// Deletes it; a route already gone is not an error.
     fn del(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError>;
@@ -38,7 +46,7 @@ const RTM_DELROUTE: u16 = 25;
 const RTM_GETROUTE: u16 = 26;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
-const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
@@ -47,8 +55,10 @@ const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_TABLE: u16 = 15;
 const RT_TABLE_MAIN: u8 = 254;
+const RTA_PRIORITY: u16 = 6;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
 
 /// rtnetlink implementation, bound to the network namespace it was opened in.
 #[derive(Debug)]
@@ -184,14 +194,62 @@ impl NetlinkRoutes {
     }
 }
 
-/// Parses one RTM_NEWROUTE payload: our protocol, main table, given oif → destination prefix.
-fn parse_route(p: &[u8], oif: u32) -> Option<Cidr> {
-    if p.len() < 12 || p[5] != RTPROT_KITFLEET {
+/// One route from a dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    dst: Cidr,
+    table: u32,
+    protocol: u8,
+    kind: u8,
+    oif: Option<u32>,
+    metric: Option<u32>,
+}
+
+impl Entry {
+    fn ours(&self, oif: u32) -> bool {
+        self.protocol == RTPROT_KITFLEET
+            && self.table == u32::from(RT_TABLE_MAIN)
+            && self.oif == Some(oif)
+    }
+
+    /// How `ip route` would describe it (for the log).
+    fn describe(&self) -> String {
+        let mut s = match self.kind {
+            RTN_LOCAL => "local".to_string(),
+            RTN_UNICAST => String::new(),
+            k => format!("type {k}"),
+        };
+        if let Some(name) = self.oif.and_then(ifname) {
+            s.push_str(&format!(" dev {name}"));
+        }
+        s.push_str(&format!(" proto {} table {}", self.protocol, self.table));
+        if let Some(m) = self.metric {
+            s.push_str(&format!(" metric {m}"));
+        }
+        s.trim_start().to_string()
+    }
+}
+
+fn ifname(index: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has IF_NAMESIZE bytes, as if_indextoname requires; it NUL-terminates on success.
+    let p = unsafe { libc::if_indextoname(index, buf.as_mut_ptr()) };
+    if p.is_null() {
         return None;
     }
-    let (family, dst_len) = (p[0], p[1]);
+    // SAFETY: on success `buf` holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// Parses one RTM_NEWROUTE payload.
+fn parse_entry(p: &[u8]) -> Option<Entry> {
+    if p.len() < 12 {
+        return None;
+    }
+    let (family, dst_len, protocol, kind) = (p[0], p[1], p[5], p[7]);
     let mut table = u32::from(p[4]);
-    let (mut dst, mut got_oif) = (None, None);
+    let (mut dst, mut oif, mut metric) = (None, None, None);
     let mut a = &p[12..];
     while a.len() >= 4 {
         let len = usize::from(u16::from_ne_bytes([a[0], a[1]]));
@@ -200,6 +258,7 @@ fn parse_route(p: &[u8], oif: u32) -> Option<Cidr> {
             break;
         }
         let v = &a[4..len];
+        let u32_of = |v: &[u8]| u32::from_ne_bytes([v[0], v[1], v[2], v[3]]);
         match (ty, v.len()) {
             (RTA_DST, 4) => dst = Some(IpAddr::V4(Ipv4Addr::new(v[0], v[1], v[2], v[3]))),
             (RTA_DST, 16) => {
@@ -207,49 +266,91 @@ fn parse_route(p: &[u8], oif: u32) -> Option<Cidr> {
                     .ok()
                     .map(|b| IpAddr::V6(Ipv6Addr::from(b)))
             }
-            (RTA_OIF, 4) => got_oif = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]])),
-            (RTA_TABLE, 4) => table = u32::from_ne_bytes([v[0], v[1], v[2], v[3]]),
+            (RTA_OIF, 4) => oif = Some(u32_of(v)),
+            (RTA_TABLE, 4) => table = u32_of(v),
+            (RTA_PRIORITY, 4) => metric = Some(u32_of(v)),
             _ => {}
         }
         a = &a[len.next_multiple_of(4).min(a.len())..];
     }
-    let dst = dst.unwrap_or(if family == libc::AF_INET6 as u8 {
-        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-    } else {
-        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-    });
-    (table == u32::from(RT_TABLE_MAIN) && got_oif == Some(oif))
-        .then(|| Cidr::new(dst, dst_len))
-        .flatten()
+    let dst = match (dst, family) {
+        (Some(d), _) => d,
+        (None, f) if f == libc::AF_INET6 as u8 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        (None, f) if f == libc::AF_INET as u8 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    Some(Entry {
+        dst: Cidr::new(dst, dst_len)?,
+        table,
+        protocol,
+        kind,
+        oif,
+        metric,
+    })
 }
 
-impl RouteTable for NetlinkRoutes {
-    fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError> {
-        let oif = ifindex(dev)?;
+impl NetlinkRoutes {
+    fn dump(&mut self, dev: &str) -> Result<Vec<Entry>, RouteError> {
         let msg = self.message(RTM_GETROUTE, NLM_F_DUMP, None, 0);
         let replies = self.exchange(&msg).map_err(|source| RouteError::Netlink {
             op: "dump routes",
             target: dev.into(),
             source,
         })?;
-        Ok(replies.iter().filter_map(|p| parse_route(p, oif)).collect())
+        Ok(replies.iter().filter_map(|p| parse_entry(p)).collect())
+    }
+}
+
+impl RouteTable for NetlinkRoutes {
+    fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError> {
+        let oif = ifindex(dev)?;
+        Ok(self
+            .dump(dev)?
+            .into_iter()
+            .filter(|e| e.ours(oif))
+            .map(|e| e.dst)
+            .collect())
+    }
+
+    fn host_view(&mut self, dev: &str) -> Result<HostView, RouteError> {
+        let oif = ifindex(dev).ok();
+        let foreign = self
+            .dump(dev)?
+            .into_iter()
+            .filter(|e| oif.is_none_or(|o| !e.ours(o)))
+            .map(|e| ForeignRoute {
+                dst: e.dst,
+                what: e.describe(),
+                local: e.kind == RTN_LOCAL,
+            })
+            .collect();
+        Ok(HostView { foreign })
     }
 
     fn add(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {
         let oif = ifindex(dev)?;
         let msg = self.message(
             RTM_NEWROUTE,
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
             Some(cidr),
             oif,
         );
-        self.exchange(&msg)
-            .map(drop)
-            .map_err(|source| RouteError::Netlink {
+        let target = || format!("{cidr} dev {dev}");
+        match self.exchange(&msg) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                if self.list(dev)?.contains(&cidr) {
+                    Ok(())
+                } else {
+                    Err(RouteError::NotOurs { target: target() })
+                }
+            }
+            Err(source) => Err(RouteError::Netlink {
                 op: "add route",
-                target: format!("{cidr} dev {dev}"),
+                target: target(),
                 source,
-            })
+            }),
+        }
     }
 
     fn del(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {

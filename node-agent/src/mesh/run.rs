@@ -11,10 +11,11 @@ use kitfleet_cni_wg::dataplane::{self, Cidr, Config, DataPlane, PrivateKey};
 use kitfleet_cni_wg::state::NodeState;
 
 use super::MeshError;
-use super::diff::{self, Actual};
+use super::diff::{self, Actual, Skip};
+use super::guard::{self, Guard};
 use super::keyfile;
 use super::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, NodeInfo};
-use super::routes::RouteTable;
+use super::routes::{RouteError, RouteTable};
 use super::source::NodeSource;
 use super::underlay;
 
@@ -30,7 +31,8 @@ pub struct MeshConfig {
     pub endpoint: Option<SocketAddr>,
     /// Underlay MTU; default the MTU of the interface holding the InternalIP (1500 if none).
     pub underlay_mtu: Option<u32>,
-    /// Cluster CIDRs for the state file; default every Node's podCIDRs.
+    /// The cluster's pod CIDRs (required): only podCIDRs inside them are routed; the state file
+    /// lists them (not masqueraded).
     pub cluster_cidrs: Vec<Cidr>,
     pub keepalive: Option<u16>,
     /// How often the key file, own annotations and health are re-checked.
@@ -62,6 +64,8 @@ struct Mesh<S, R> {
     publish_pending: bool,
     /// When the last status line was logged.
     last_status: std::time::Instant,
+    /// Nodes and podCIDRs left out at the last apply (logged when this changes).
+    skipped: Vec<Skip>,
 }
 
 fn infos(nodes: &[k8s_openapi::api::core::v1::Node]) -> Vec<NodeInfo> {
@@ -96,6 +100,12 @@ pub async fn run<S: NodeSource, R: RouteTable>(
     routes: R,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), MeshError> {
+    if cfg.cluster_cidrs.is_empty() {
+        return Err(MeshError::ClusterCidrs("none given".into()));
+    }
+    for c in &cfg.cluster_cidrs {
+        guard::check_cluster_cidr(c).map_err(MeshError::ClusterCidrs)?;
+    }
     let key = keyfile::load_or_create(&cfg.key_file)?;
     let mut shutdown = std::pin::pin!(shutdown);
     let (me, nodes) = tokio::select! {
@@ -150,6 +160,7 @@ pub async fn run<S: NodeSource, R: RouteTable>(
         dirty: false,
         publish_pending: false,
         last_status: std::time::Instant::now(),
+        skipped: Vec::new(),
     };
     mesh.publish_if_needed(&me).await;
     mesh.apply(nodes)?;
@@ -212,14 +223,20 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
 
     /// Makes peers and routes equal to what `nodes` ask for, then rewrites the state file.
     fn apply(&mut self, nodes: Vec<NodeInfo>) -> Result<(), MeshError> {
+        let guard = Guard {
+            cluster_cidrs: self.cfg.cluster_cidrs.clone(),
+            host: self.routes.host_view(self.dp.interface())?,
+        };
         let want = diff::desired(
             &self.cfg.node_name,
             &self.key.public_key(),
             &nodes,
             self.cfg.keepalive,
+            &guard,
         );
-        for s in &want.skipped {
-            tracing::info!(skipped = %s, "Node is not a peer");
+        if want.skipped != self.skipped {
+            log_skips(&want.skipped);
+            self.skipped = want.skipped.clone();
         }
         let plan = diff::diff(&self.actual, &want);
         if !plan.is_empty() {
@@ -251,7 +268,7 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
     fn log_status(&self) {
         let Ok(st) = self.dp.stats() else { return };
         let c = &st.counters;
-        tracing::info!(interface = %st.interface, peers = st.peers.len(), gso = c.gso, gro = c.gro,
+        tracing::info!(interface = %st.interface, peers = st.peers.len(), skipped = self.skipped.len(), gso = c.gso, gro = c.gro,
             tun_reads = c.tun_reads, tun_writes = c.tun_writes, udp_datagrams_in = c.udp_datagrams_in,
             dropped_no_peer = c.dropped_no_peer, dropped_bad_source = c.dropped_bad_source, "mesh status");
         for p in &st.peers {
@@ -260,7 +277,12 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         }
     }
 
-    fn route_failed(&mut self, e: super::routes::RouteError) {
+    fn route_failed(&mut self, e: RouteError) {
+        if let RouteError::NotOurs { target } = &e {
+            // Someone else routes it (it appeared after the check): leave it, do not retry.
+            tracing::warn!(route = %target, reason = %e, "route skipped");
+            return;
+        }
         tracing::warn!(error = %e, "route change failed; retrying at the next resync");
         self.dirty = true;
     }
@@ -314,23 +336,10 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
                     .collect()
             })
             .unwrap_or_default();
-        let cluster: Vec<String> = if self.cfg.cluster_cidrs.is_empty() {
-            let mut all: Vec<String> = self
-                .nodes
-                .iter()
-                .flat_map(|n| n.pod_cidrs.iter().filter(v4).map(|c| c.to_string()))
-                .collect();
-            all.sort();
-            all.dedup();
-            all
-        } else {
-            self.cfg
-                .cluster_cidrs
-                .iter()
-                .filter(v4)
-                .map(|c| c.to_string())
-                .collect()
-        };
+        let cluster: Vec<String> = (self.cfg.cluster_cidrs.iter())
+            .filter(v4)
+            .map(|c| c.to_string())
+            .collect();
         let state = NodeState {
             pod_cidrs: own,
             mtu: self.pod_mtu,
@@ -343,6 +352,18 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         // "mesh down"), so the resync interval must stay well under HEARTBEAT_EVERY.
         state.refresh(&self.cfg.state_file, std::time::SystemTime::now())?;
         Ok(())
+    }
+}
+
+/// Logs every skip with its fields: a refused podCIDR as a warning, a Node that is not a peer as info.
+fn log_skips(skipped: &[Skip]) {
+    for s in skipped {
+        match &s.prefix {
+            Some(p) => {
+                tracing::warn!(node = %s.node, prefix = %p, reason = %s.reason, "prefix skipped")
+            }
+            None => tracing::info!(node = %s.node, reason = %s.reason, "Node is not a peer"),
+        }
     }
 }
 
