@@ -64,6 +64,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// How long a shutdown waits for open connections (in-flight calls) before it closes them.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Binds a unix socket, replacing a stale one (a socket file nobody listens on) and creating its directory.
 pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     let err = |source| ServeError::Socket {
@@ -118,18 +121,37 @@ pub async fn serve<S: PolicySource>(
         None => None,
     };
     tracing::info!(csi = %sockets.csi.display(), registration = ?sockets.registration, driver = %driver.config().driver_name, "CSI node plugin serving");
-    let result = tonic::transport::Server::builder()
+    let mut rx_csi = rx.clone();
+    let server = tonic::transport::Server::builder()
         .add_service(proto::csi::identity_server::IdentityServer::new(
             svc.clone(),
         ))
         .add_service(proto::csi::node_server::NodeServer::new(svc))
         .serve_with_incoming_shutdown(UnixListenerStream::new(csi), async move {
-            shutdown.await;
-            let _ = tx.send(true);
-        })
-        .await;
+            let _ = rx_csi.wait_for(|v| *v).await;
+        });
+    // Graceful shutdown waits for open connections, and the kubelet keeps its connections open: after
+    // SHUTDOWN_GRACE the servers are dropped, which closes them.
+    let stop_then_grace = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let result = tokio::select! {
+        r = server => r,
+        () = stop_then_grace => {
+            tracing::info!("closing the connections still open");
+            Ok(())
+        }
+    };
     if let Some(t) = reg_task {
-        let _ = t.await;
+        let abort = t.abort_handle();
+        if tokio::time::timeout(std::time::Duration::from_millis(200), t)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
     }
     let _ = std::fs::remove_file(&sockets.csi);
     if let Some(p) = &sockets.registration {
