@@ -43,8 +43,31 @@ pub const ANNOTATION_BOOTED_DIGEST: &str = "agent.kitfleet.dev/booted-digest";
 pub const OPERATOR_ANNOTATION_PREFIX: &str = "operator.kitfleet.dev/";
 /// Prefix of the Node annotations only the node's own agent writes.
 pub const AGENT_ANNOTATION_PREFIX: &str = "agent.kitfleet.dev/";
-/// Node annotation: the rollout state of the node (`Pending`, `Staging`, …).
-pub const ANNOTATION_ROLLOUT_STATE: &str = "kitfleet.dev/rollout-state";
+/// Node annotation (operator): the rollout state of the node (`Pending`, `Staging`, … `Done`, `Failed`).
+pub const ANNOTATION_ROLLOUT_STATE: &str = "operator.kitfleet.dev/rollout-state";
+/// Node annotation (operator): the NodeImage whose rollout the node's state belongs to.
+pub const ANNOTATION_ROLLOUT_NODEIMAGE: &str = "operator.kitfleet.dev/rollout-nodeimage";
+/// Node annotation (operator): the build key (hex, no `sha256:`) the node is asked to run; the agent stages it.
+pub const ANNOTATION_DESIRED_BUILD_KEY: &str = "operator.kitfleet.dev/desired-build-key";
+/// Node annotation (operator): when the node entered its rollout state (RFC 3339).
+pub const ANNOTATION_ROLLOUT_SINCE: &str = "operator.kitfleet.dev/rollout-since";
+/// Node annotation (operator): when the node's current step times out (RFC 3339; drain, then reboot + health gate).
+pub const ANNOTATION_ROLLOUT_DEADLINE: &str = "operator.kitfleet.dev/rollout-deadline";
+/// Node annotation (operator): `true` when Kitfleet cordoned the node (only such nodes are uncordoned by Kitfleet).
+pub const ANNOTATION_CORDONED: &str = "operator.kitfleet.dev/cordoned";
+/// Node annotation (operator): why the node failed (`Reason: message`).
+pub const ANNOTATION_ROLLOUT_FAILURE: &str = "operator.kitfleet.dev/rollout-failure";
+/// Node annotation (operator): the NodeImage's `kitfleet.dev/retry` value when the node failed; a new value retries it.
+pub const ANNOTATION_ROLLOUT_RETRY: &str = "operator.kitfleet.dev/rollout-retry";
+/// Node annotation (agent): the build key (hex) whose artifact the agent staged.
+pub const ANNOTATION_STAGED_BUILD_KEY: &str = "agent.kitfleet.dev/staged-build-key";
+/// Node annotation (agent): the build key (hex) the running kernel reports it booted.
+pub const ANNOTATION_BOOTED_BUILD_KEY: &str = "agent.kitfleet.dev/booted-build-key";
+/// Node annotation (agent): the agent could not stage or boot a build key, terminally
+/// (`<build key hex> <RFC 3339 time> <message>`).
+pub const ANNOTATION_UPGRADE_FAILURE: &str = "agent.kitfleet.dev/upgrade-failure";
+/// Annotation on a NodeImage: a new value resumes a rollout halted by a failed node (the failed nodes are retried).
+pub const ANNOTATION_RETRY: &str = "kitfleet.dev/retry";
 /// Node annotation (agent): the Landlock ABI the node's kernel offers.
 pub const ANNOTATION_LANDLOCK_ABI: &str = "agent.kitfleet.dev/landlock-abi";
 

@@ -190,14 +190,19 @@ pub struct DrainSpec {
     pub skip_pod_selector: Option<LabelSelector>,
 }
 
-/// Health after restart: the node is Ready and reports the new artifact's digest as booted.
+/// Health after restart, checked once the node is uncordoned: the node is Ready, its agent reports the new build key
+/// as booted, and the pods matching `podSelector` on it are Ready again.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheckSpec {
-    /// How long a restarted node may take to become healthy (default `10m`).
+    /// How long a restarted node may take to become healthy, from the restart (default `10m`); a node that is not
+    /// healthy by then is marked Failed and the rollout halts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("must be positive"))]
     pub timeout: Option<Duration>,
+    /// Pods on the node matching this selector (any namespace) must be Ready again. Unset: no pod is waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// A weekly maintenance window. An end earlier than the start crosses midnight.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod leader;
 pub mod metrics;
 pub mod rbac;
+pub mod rollout;
 pub mod run;
 pub mod server;
 
