@@ -674,7 +674,24 @@ fn keeper(bin: &Path, tx: mpsc::Sender<Result<Apiserver, FixtureError>>, stop: m
     });
     let dir = PathBuf::from(FIXTURES_ROOT).join(format!("{}-{}", std::process::id(), unique()));
     let mut children = Vec::new();
-    let result = launch(bin, &dir, &mut children);
+    let mut result = launch(bin, &dir, &mut children);
+    // Free ports are found by binding port 0 and closing it: another process may take one before etcd or the
+    // apiserver binds it. Such a start is retried with new ports.
+    for _ in 0..2 {
+        match &result {
+            Err(FixtureError::NotReady {
+                etcd, apiserver, ..
+            }) if etcd.contains("address already in use")
+                || apiserver.contains("address already in use") =>
+            {
+                tracing::warn!(dir = %dir.display(), "a port was taken; starting again with new ports");
+                stop_processes(&children.drain(..).map(|c| c.id()).collect::<Vec<_>>());
+                let _ = std::fs::remove_dir_all(&dir);
+                result = launch(bin, &dir, &mut children);
+            }
+            _ => break,
+        }
+    }
     let pids: Vec<u32> = children.iter().map(Child::id).collect();
     match result {
         Ok(api) => {
