@@ -66,6 +66,9 @@ pub const ANNOTATION_BOOTED_BUILD_KEY: &str = "agent.kitfleet.dev/booted-build-k
 /// Node annotation (agent): the agent could not stage or boot a build key, terminally
 /// (`<build key hex> <RFC 3339 time> <message>`).
 pub const ANNOTATION_UPGRADE_FAILURE: &str = "agent.kitfleet.dev/upgrade-failure";
+/// Kernel command-line parameter the builder adds to every image: `kitfleet.buildkey=<build key hex>`
+/// (also `KITFLEET_BUILD_KEY=` in the UKI's `.osrel`); the agent reads it from `/proc/cmdline`.
+pub const CMDLINE_BUILD_KEY: &str = "kitfleet.buildkey";
 /// Annotation on a NodeImage: a new value resumes a rollout halted by a failed node (the failed nodes are retried).
 pub const ANNOTATION_RETRY: &str = "kitfleet.dev/retry";
 /// Node annotation (agent): the Landlock ABI the node's kernel offers.
@@ -88,3 +91,32 @@ pub fn layer_media_type(part: &str) -> String {
 
 /// Port the WireGuard mesh listens on by default.
 pub const WG_DEFAULT_PORT: u16 = 51820;
+
+// The sandbox volume's contract between the operator's mutating webhook (writer) and the node agent's CSI plugin
+// (reader): `volumeAttributes` keys of the pod's inline `sandbox.kitfleet.dev` volume (node-agent README, "Volume
+// attributes"), the volume's name in the pod, and where the Localhost seccomp profile of a policy set lives.
+
+/// Volume attribute: the policy set, `name@generation` of every SecurityPolicy, comma-separated, sorted by name.
+pub const CSI_ATTR_POLICIES: &str = "sandbox.kitfleet.dev/policies";
+/// Volume attribute: the set's hash (64 lowercase hex digits; node-agent `csi::attrs::set_hash`).
+pub const CSI_ATTR_SET_HASH: &str = "sandbox.kitfleet.dev/set-hash";
+/// Volume attribute (optional): where the volume is mounted in the containers (default [`SANDBOX_MOUNT`]).
+pub const CSI_ATTR_MOUNT_PATH: &str = "sandbox.kitfleet.dev/mount-path";
+/// The first line of the text the policy-set hash is computed over (names the scheme and its version).
+pub const POLICY_SET_HASH_SCHEME: &str = "kitfleet.dev/policy-set v1";
+/// Name of the sandbox volume the webhook adds to a pod.
+pub const SANDBOX_VOLUME: &str = "kitfleet-sandbox";
+/// Directory (relative to the kubelet's seccomp root) of the Localhost profiles the node agent writes.
+pub const SECCOMP_PROFILE_DIR: &str = "kitfleet";
+
+/// The `localhostProfile` of a policy set's seccomp profile: `kitfleet/<set hash>.json`.
+pub fn seccomp_localhost_profile(set_hash: &str) -> String {
+    format!("{SECCOMP_PROFILE_DIR}/{set_hash}.json")
+}
+
+/// Namespace label the operator sets (`"true"`) on namespaces that have SecurityPolicies: the webhook configurations'
+/// `namespaceSelector` (with `failurePolicy: Fail`) selects only these.
+pub const LABEL_SANDBOX_NAMESPACE: &str = "kitfleet.dev/sandbox";
+
+/// Node annotation (agent): the node's sandbox report, JSON (`security::NodeSandboxReport`).
+pub const ANNOTATION_SANDBOX_REPORT: &str = "agent.kitfleet.dev/sandbox-report";

@@ -10,6 +10,7 @@ pub mod rbac;
 pub mod rollout;
 pub mod run;
 pub mod server;
+pub mod webhook;
 
 /// Server-side apply field manager (and Lease field manager) of the operator.
 pub const FIELD_MANAGER: &str = kitfleet_api::constants::OPERATOR_FIELD_MANAGER;

@@ -15,12 +15,12 @@
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// Attribute: the policy set, `name@generation,…` sorted by name.
-pub const ATTR_POLICIES: &str = "sandbox.kitfleet.dev/policies";
-/// Attribute: [`set_hash`] of the set.
-pub const ATTR_SET_HASH: &str = "sandbox.kitfleet.dev/set-hash";
 /// Attribute (optional): the mount path in the containers.
-pub const ATTR_MOUNT_PATH: &str = "sandbox.kitfleet.dev/mount-path";
+pub use kitfleet_api::constants::CSI_ATTR_MOUNT_PATH as ATTR_MOUNT_PATH;
+/// Attribute: the policy set, `name@generation,…` sorted by name.
+pub use kitfleet_api::constants::CSI_ATTR_POLICIES as ATTR_POLICIES;
+/// Attribute: [`set_hash`] of the set.
+pub use kitfleet_api::constants::CSI_ATTR_SET_HASH as ATTR_SET_HASH;
 /// Set by the kubelet on inline ephemeral volumes.
 pub const ATTR_EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";
 /// Set by the kubelet with `podInfoOnMount`.
@@ -31,7 +31,7 @@ pub const ATTR_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 pub const ATTR_POD_UID: &str = "csi.storage.k8s.io/pod.uid";
 
 /// The first line of the text [`set_hash`] hashes: names the scheme and its version.
-pub const HASH_SCHEME: &str = "kitfleet.dev/policy-set v1";
+pub use kitfleet_api::constants::POLICY_SET_HASH_SCHEME as HASH_SCHEME;
 
 /// One SecurityPolicy as admitted: its identity at admission time.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
