@@ -531,11 +531,11 @@ pub async fn build(
             location: "kernel".into(),
             reason: "the requested formats need a kernel section".into(),
         })?;
-        let cmdline = plan
-            .kernel
-            .as_ref()
-            .map(|k| k.cmdline.clone())
-            .unwrap_or_default();
+        // The running kernel reports the build key in /proc/cmdline (node agent: booted build key).
+        let cmdline = crate::disk::cmdline_with_build_key(
+            plan.kernel.as_ref().map_or("", |k| k.cmdline.as_str()),
+            &build_key,
+        );
         let mut initrd_parts: Vec<PathBuf> = ucode_file.into_iter().collect();
         initrd_parts.extend(members);
         let parts = InitrdParts {
@@ -757,11 +757,7 @@ fn write_initrd_outputs(
             location: "--uki-stub".into(),
             reason: e.to_string(),
         })?;
-        let os_release = format!(
-            "NAME=\"Kitfleet\"\nID=kitfleet\nVERSION_ID={}\nBUILD_ID={}\n",
-            &hex::encode(build_key)[..12],
-            hex::encode(build_key)
-        );
+        let os_release = crate::disk::os_release(build_key);
         let (kernel, initrd) = in_memory()?;
         let inputs = crate::disk::DiskInputs {
             kernel: &kernel,

@@ -18,6 +18,7 @@ mod fat_geometry;
 mod fat_names;
 mod fat_tree;
 mod gpt;
+mod identity;
 mod iso;
 mod pe;
 mod qcow2;
@@ -39,6 +40,7 @@ pub use fat_geometry::FatType;
 use fat_geometry::Sizing;
 pub use gpt::Guid;
 use gpt::{ESP_START_LBA, GptLayout};
+pub use identity::{cmdline_with_build_key, os_release};
 use iso::IsoLayout;
 pub use pe::DEFAULT_STUB_PATH;
 
