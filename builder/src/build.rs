@@ -254,9 +254,12 @@ impl Ctx<'_> {
             .progress
             .task(format!("pull+extract {}", image.reference), Some(total));
         for layer in image.layers() {
-            let blob = self.sources.blob(&image.reference, &layer.digest).await?;
+            // Streamed to the cache on disk, then applied from the file.
+            let path = self.sources.blob_file(&image.reference, layer).await?;
             task.inc(layer.size);
-            apply_blob(&mut tree, layer, &blob, self.opts.limits)?;
+            let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            let reader = std::io::BufReader::with_capacity(1 << 20, file);
+            apply_blob_reader(&mut tree, layer, reader, self.opts.limits)?;
         }
         task.done(&format!("{} entries", tree.len()));
         let entries: Vec<Entry> = tree.entries().cloned().collect();
@@ -301,8 +304,26 @@ pub fn apply_blob(
     blob: &[u8],
     limits: Limits,
 ) -> Result<()> {
+    apply_blob_reader(tree, layer, blob, limits)
+}
+
+/// Decompresses and applies one layer read from `blob` (e.g. its file in the cache).
+pub fn apply_blob_reader<R: std::io::BufRead>(
+    tree: &mut Tree,
+    layer: &oci::Descriptor,
+    mut blob: R,
+    limits: Limits,
+) -> Result<()> {
     let mt = layer.media_type.as_str();
-    if oci::MT_LAYER_GZIP.contains(&mt) || (mt.is_empty() && blob.starts_with(&[0x1f, 0x8b])) {
+    let gzip_magic = mt.is_empty()
+        && blob
+            .fill_buf()
+            .map_err(|e| Error::BadLayer {
+                layer: layer.digest.clone(),
+                reason: e.to_string(),
+            })?
+            .starts_with(&[0x1f, 0x8b]);
+    if oci::MT_LAYER_GZIP.contains(&mt) || gzip_magic {
         tree.apply_layer(
             &layer.digest,
             flate2::read::MultiGzDecoder::new(blob),

@@ -84,6 +84,45 @@ impl Cache {
         self.write_atomic(&path, data)
     }
 
+    /// The cached blob's path, its digest verified by streaming the file; a corrupt entry is
+    /// removed and reported as absent.
+    pub fn blob_file(&self, digest: &str) -> Result<Option<PathBuf>> {
+        let Some(path) = self.blob_path(digest) else {
+            return Ok(None);
+        };
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut h = sha2::Sha256::default();
+        std::io::copy(&mut f, &mut h).map_err(|e| Error::io(&path, e))?;
+        if format!("sha256:{}", hex::encode(sha2::Digest::finalize(h))) == digest {
+            Ok(Some(path))
+        } else {
+            tracing::warn!(path = %path.display(), "corrupt cache blob removed");
+            let _ = fs::remove_file(&path);
+            Ok(None)
+        }
+    }
+
+    /// A temporary file inside the cache (same filesystem as the blobs, for an atomic rename).
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        let tmpdir = self.root.join("tmp");
+        tempfile::NamedTempFile::new_in(&tmpdir).map_err(|e| Error::io(&tmpdir, e))
+    }
+
+    /// Moves a verified download into place as the blob `digest`; returns its path.
+    pub fn persist_blob(&self, tmp: tempfile::NamedTempFile, digest: &str) -> Result<PathBuf> {
+        let path = self.blob_path(digest).ok_or_else(|| Error::Malformed {
+            reference: digest.to_string(),
+            what: "descriptor",
+            reason: "unsupported digest".into(),
+        })?;
+        tmp.persist(&path).map_err(|e| Error::io(&path, e.error))?;
+        Ok(path)
+    }
+
     /// Path of a derived member (`members/<key-hex>.<ext>`).
     pub fn member_path(&self, key: &str, ext: &str) -> PathBuf {
         let hex = key.strip_prefix("sha256:").unwrap_or(key);

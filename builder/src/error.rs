@@ -18,6 +18,14 @@ pub enum Error {
     /// A registry request failed.
     #[error("{reference}: registry error: {message}")]
     Registry { reference: String, message: String },
+    /// A manifest or blob longer than its limit (a manifest cap, or the size its descriptor
+    /// declares): the download stops at the first byte over the limit.
+    #[error("{reference}: {what} is longer than {limit} bytes")]
+    TooLarge {
+        reference: String,
+        what: String,
+        limit: u64,
+    },
     /// A local OCI layout is missing or malformed.
     #[error("{path}: OCI layout: {reason}")]
     Layout { path: PathBuf, reason: String },
@@ -97,6 +105,7 @@ impl Error {
             | Error::UnknownFormat(..)
             | Error::Input { .. } => 2,
             Error::Registry { .. }
+            | Error::TooLarge { .. }
             | Error::Layout { .. }
             | Error::NoPlatform { .. }
             | Error::Unresolved { .. } => 3,

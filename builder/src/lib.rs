@@ -17,6 +17,7 @@ pub mod cpio;
 pub mod digest;
 pub mod disk;
 pub mod error;
+pub mod fetch;
 pub mod fixtures;
 pub mod input;
 pub mod oci;

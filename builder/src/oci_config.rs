@@ -488,15 +488,16 @@ pub fn config_to_oci(
         res.devices.push(DeviceCgroup {
             allow: true,
             kind: d.kind.clone(),
-            major: Some(d.major),
-            minor: Some(d.minor),
+            // LinuxKit's int64 fields: absent is 0.
+            major: Some(d.major.unwrap_or(0)),
+            minor: Some(d.minor.unwrap_or(0)),
             access: "rwm".into(),
         });
         devices.push(Device {
             path: d.path.clone(),
             kind: d.kind.clone(),
-            major: d.major,
-            minor: d.minor,
+            major: d.major.unwrap_or(0),
+            minor: d.minor.unwrap_or(0),
             file_mode: Some(mode),
         });
     }

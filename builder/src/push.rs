@@ -254,7 +254,7 @@ pub async fn pull(sources: &Sources, reference: &str, out_dir: &Path) -> Result<
         });
     }
     let cfg_desc = doc.config.clone().expect("Document::parse checked");
-    let cfg_bytes = sources.blob(&r, &cfg_desc.digest).await?;
+    let cfg_bytes = sources.config_blob(&r, &cfg_desc).await?;
     let config: ArtifactConfig =
         serde_json::from_slice(&cfg_bytes).map_err(|e| Error::Malformed {
             reference: reference.into(),
@@ -280,9 +280,10 @@ pub async fn pull(sources: &Sources, reference: &str, out_dir: &Path) -> Result<
                 reason: format!("unsafe or missing title {title:?}"),
             });
         }
-        let data = sources.blob(&r, &l.digest).await?;
+        // Streamed to the cache, then copied out: never held in memory.
+        let blob = sources.blob_file(&r, &l).await?;
         let path: PathBuf = out_dir.join(&title);
-        std::fs::write(&path, &data).map_err(|e| Error::io(&path, e))?;
+        let size = std::fs::copy(&blob, &path).map_err(|e| Error::io(&path, e))?;
         files.push(OutputFile {
             format: l
                 .annotations
@@ -291,7 +292,7 @@ pub async fn pull(sources: &Sources, reference: &str, out_dir: &Path) -> Result<
                 .unwrap_or_default(),
             role: l.media_type.clone(),
             path,
-            size: data.len() as u64,
+            size,
             digest: l.digest.clone(),
         });
     }

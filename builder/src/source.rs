@@ -11,6 +11,7 @@ use crate::auth::Credentials;
 use crate::cache::Cache;
 use crate::digest::{hex_part, sha256};
 use crate::error::{Error, Result};
+use crate::fetch::{self, CappedFile, FetchError, NetLimits};
 use crate::oci::{ACCEPTED_MANIFESTS, Descriptor, Document, ImageConfigFile};
 use crate::reference::ImageRef;
 
@@ -68,6 +69,8 @@ pub struct Sources {
     cache: Cache,
     opts: SourceOptions,
     client: oci_client::Client,
+    http: reqwest::Client,
+    limits: NetLimits,
 }
 
 impl std::fmt::Debug for Sources {
@@ -82,19 +85,38 @@ pub fn install_crypto_provider() {
 }
 
 impl Sources {
-    /// A resolver using `cache`.
+    /// A resolver using `cache`, with the default [`NetLimits`].
     pub fn new(cache: Cache, opts: SourceOptions) -> Self {
+        Self::with_limits(cache, opts, NetLimits::default())
+    }
+
+    /// A resolver using `cache` with explicit timeouts and size caps.
+    pub fn with_limits(cache: Cache, opts: SourceOptions, limits: NetLimits) -> Self {
         install_crypto_provider();
         let client = oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(opts.insecure_registries.clone()),
             platform_resolver: None,
+            connect_timeout: Some(limits.connect_timeout),
+            read_timeout: Some(limits.read_timeout),
             ..Default::default()
         });
+        let http = reqwest::Client::builder()
+            .connect_timeout(limits.connect_timeout)
+            .read_timeout(limits.read_timeout)
+            .build()
+            .unwrap_or_default();
         Sources {
             cache,
             opts,
             client,
+            http,
+            limits,
         }
+    }
+
+    /// The timeouts and caps in force.
+    pub fn limits(&self) -> NetLimits {
+        self.limits
     }
 
     /// The cache.
@@ -124,7 +146,7 @@ impl Sources {
             what: "manifest",
             reason: "no config".into(),
         })?;
-        let config_bytes = self.blob(r, &cfg_desc.digest).await?;
+        let config_bytes = self.config_blob(r, &cfg_desc).await?;
         let config = ImageConfigFile::parse(&config_bytes, &name)?;
         Ok(Resolved {
             reference: r.clone(),
@@ -158,14 +180,33 @@ impl Sources {
                 let auth = self.opts.credentials.for_host(reference.resolve_registry());
                 let mut accepted = ACCEPTED_MANIFESTS.to_vec();
                 accepted.push("application/vnd.oci.artifact.manifest.v1+json");
-                let (bytes, _) = self
-                    .client
-                    .pull_manifest_raw(reference, &auth, &accepted)
-                    .await
-                    .map_err(|e| Error::Registry {
+                let insecure = self
+                    .opts
+                    .insecure_registries
+                    .iter()
+                    .any(|h| h == reference.resolve_registry());
+                let max = self.limits.max_manifest;
+                let bytes = fetch::manifest(
+                    &self.http,
+                    &self.client,
+                    reference,
+                    &auth,
+                    &accepted,
+                    insecure,
+                    max,
+                )
+                .await
+                .map_err(|e| match e {
+                    FetchError::TooLarge(limit) => Error::TooLarge {
                         reference: r.to_string(),
-                        message: e.to_string(),
-                    })?;
+                        what: "manifest".into(),
+                        limit,
+                    },
+                    FetchError::Other(message) => Error::Registry {
+                        reference: r.to_string(),
+                        message,
+                    },
+                })?;
                 let d = sha256(&bytes);
                 if let Some(p) = r.pinned_digest()
                     && p != d
@@ -185,7 +226,10 @@ impl Sources {
     /// A manifest by digest (through the registry's manifests endpoint), verified and cached.
     async fn manifest_by_digest(&self, r: &ImageRef, digest: &str) -> Result<Vec<u8>> {
         let ImageRef::Registry(reference) = r else {
-            return self.blob(r, digest).await;
+            let ImageRef::Layout { dir, .. } = r else {
+                unreachable!("registry handled above")
+            };
+            return read_layout_blob(dir, digest);
         };
         if let Some(b) = self.cache.get_blob(digest)? {
             return Ok(b);
@@ -205,20 +249,42 @@ impl Sources {
         self.top_manifest(r, "").await
     }
 
-    /// A verified blob of `r` by digest, from the cache or the source.
-    pub async fn blob(&self, r: &ImageRef, digest: &str) -> Result<Vec<u8>> {
-        if hex_part(digest).is_none() {
-            return Err(Error::Malformed {
+    /// A config blob (read into memory, so capped at [`NetLimits::max_config`]).
+    pub async fn config_blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<Vec<u8>> {
+        if desc.size > self.limits.max_config {
+            return Err(Error::TooLarge {
                 reference: r.to_string(),
-                what: "descriptor",
-                reason: format!("unsupported digest {digest:?}"),
+                what: format!("config {} (its descriptor)", desc.digest),
+                limit: self.limits.max_config,
             });
         }
+        self.blob(r, desc).await
+    }
+
+    /// A verified blob of `r`, read into memory (see [`Sources::blob_file`]).
+    pub async fn blob(&self, r: &ImageRef, desc: &Descriptor) -> Result<Vec<u8>> {
         if let ImageRef::Layout { dir, .. } = r {
-            return read_layout_blob(dir, digest);
+            check_digest(r, &desc.digest)?;
+            return read_layout_blob(dir, &desc.digest);
         }
-        if let Some(b) = self.cache.get_blob(digest)? {
-            return Ok(b);
+        let path = self.blob_file(r, desc).await?;
+        std::fs::read(&path).map_err(|e| Error::io(&path, e))
+    }
+
+    /// A verified blob of a registry image as a file in the cache: streamed to disk, never
+    /// held in memory, and stopped at the first byte past the size its descriptor declares.
+    /// For a local layout, the layout's own file (verified).
+    pub async fn blob_file(&self, r: &ImageRef, desc: &Descriptor) -> Result<std::path::PathBuf> {
+        let digest = desc.digest.as_str();
+        check_digest(r, digest)?;
+        if let ImageRef::Layout { dir, .. } = r {
+            let hex = hex_part(digest).expect("checked");
+            let p = dir.join("blobs/sha256").join(hex);
+            read_layout_blob(dir, digest)?;
+            return Ok(p);
+        }
+        if let Some(p) = self.cache.blob_file(digest)? {
+            return Ok(p);
         }
         let ImageRef::Registry(reference) = r else {
             unreachable!("layouts returned above")
@@ -239,24 +305,34 @@ impl Sources {
         self.client
             .store_auth_if_needed(reference.resolve_registry(), &auth)
             .await;
-        let mut out: Vec<u8> = Vec::new();
-        self.client
-            .pull_blob(&pinned, digest, &mut out)
-            .await
-            .map_err(|e| Error::Registry {
+        let tmp = self.cache.temp_file()?;
+        let file = tmp.reopen().map_err(|e| Error::io(tmp.path(), e))?;
+        let mut out = CappedFile::new(file, desc.size);
+        let pulled = self.client.pull_blob(&pinned, digest, &mut out).await;
+        if out.over {
+            return Err(Error::TooLarge {
                 reference: r.to_string(),
-                message: format!("blob {digest}: {e}"),
-            })?;
-        let actual = sha256(&out);
-        if actual != digest {
-            return Err(Error::DigestMismatch {
-                reference: r.to_string(),
-                digest: digest.to_string(),
-                actual,
+                what: format!("blob {digest}"),
+                limit: desc.size,
             });
         }
-        self.cache.put_blob(digest, &out)?;
-        Ok(out)
+        pulled.map_err(|e| Error::Registry {
+            reference: r.to_string(),
+            message: format!("blob {digest}: {e}"),
+        })?;
+        if out.written() != desc.size {
+            return Err(Error::Malformed {
+                reference: r.to_string(),
+                what: "descriptor",
+                reason: format!(
+                    "blob {digest} is {} bytes, its descriptor says {}",
+                    out.written(),
+                    desc.size
+                ),
+            });
+        }
+        // oci-client verified the content digest while streaming.
+        self.cache.persist_blob(tmp, digest)
     }
 
     /// The underlying registry client (for pushing).
@@ -299,6 +375,17 @@ fn layout_select(dir: &Path, tag: Option<&str>, digest: Option<&str>) -> Result<
             manifests.len()
         ))),
     }
+}
+
+fn check_digest(r: &ImageRef, digest: &str) -> Result<()> {
+    if hex_part(digest).is_none() {
+        return Err(Error::Malformed {
+            reference: r.to_string(),
+            what: "descriptor",
+            reason: format!("unsupported digest {digest:?}"),
+        });
+    }
+    Ok(())
 }
 
 fn read_layout_blob(dir: &Path, digest: &str) -> Result<Vec<u8>> {

@@ -246,8 +246,14 @@ impl Tree {
         let raw = String::from_utf8(raw_bytes)
             .map_err(|e| ctx.reject(&String::from_utf8_lossy(e.as_bytes()), "path is not UTF-8"))?;
         if raw.len() > ctx.limits.max_path_len {
+            // The first 64 bytes, cut at a character boundary (a UTF-8 name may have a
+            // multi-byte character across byte 64).
+            let mut end = raw.len().min(64);
+            while !raw.is_char_boundary(end) {
+                end -= 1;
+            }
             return Err(ctx.reject(
-                &raw[..64],
+                &raw[..end],
                 format!("path longer than {} bytes", ctx.limits.max_path_len),
             ));
         }

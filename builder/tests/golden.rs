@@ -101,8 +101,6 @@ services:
         mode: "0666"
       - path: all
         type: b
-        major: 0
-        minor: 0
     tmpfs: ["/tmp:size=10m,mode=1777", /run]
     binds: ["/var/log:/var/log", "/etc/resolv.conf:/etc/resolv.conf:ro"]
     command: [/bin/full, --flag]

@@ -303,3 +303,16 @@ fn hostile_image_fails_the_build_without_writing_outside() {
     top.sort();
     assert_eq!(top, vec!["cache", "evil", "evil.yml", "out"]);
 }
+
+#[test]
+fn an_overlong_utf8_name_is_rejected_without_panicking() {
+    // Byte 64 falls inside a two-byte character: the shortened name in the error must not split it.
+    let name = format!("a{}", "é".repeat(40));
+    let limits = Limits {
+        max_path_len: 70,
+        ..Limits::default()
+    };
+    let (entry, reason) = reject(&[file(&name, b"x")], limits);
+    assert!(name.starts_with(&entry) && entry.len() <= 64, "{entry}");
+    assert!(reason.contains("path longer than 70 bytes"), "{reason}");
+}

@@ -191,10 +191,7 @@ async fn basic_auth_from_a_docker_config() {
     let s = sources(&tmp.path().join("auth"), &[&a], creds, "amd64");
     let res = s.resolve(&reference, "init[0]").await.unwrap();
     assert_eq!(res.digest, img.digest);
-    let blob = s
-        .blob(&res.reference, &res.layers()[0].digest)
-        .await
-        .unwrap();
+    let blob = s.blob(&res.reference, &res.layers()[0]).await.unwrap();
     assert_eq!(sha256(&blob), res.layers()[0].digest);
 }
 
@@ -263,6 +260,8 @@ async fn layouts_select_by_tag_and_digest() {
         )
         .await
         .unwrap();
-    let e = s.blob(&res.reference, layer).await.unwrap_err();
+    let desc = res.layers()[0].clone();
+    assert_eq!(&desc.digest, layer);
+    let e = s.blob(&res.reference, &desc).await.unwrap_err();
     assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
 }

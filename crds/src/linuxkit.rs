@@ -348,8 +348,12 @@ pub struct Device {
     /// `b`, `c`, `u` or `p`.
     #[serde(rename = "type")]
     pub kind: String,
-    pub major: i64,
-    pub minor: i64,
+    /// Absent in LinuxKit means 0 (Go's zero value); `path: all` rules never need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub major: Option<i64>,
+    /// Absent in LinuxKit means 0 (Go's zero value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
 }

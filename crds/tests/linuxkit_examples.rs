@@ -166,3 +166,22 @@ fn yes_and_no_are_strings_as_in_go_yaml_v3() {
         Some(&["echo".to_string(), "yes".into(), "n".into(), "off".into()][..])
     );
 }
+
+#[test]
+fn devices_without_major_and_minor_parse_as_in_linuxkit() {
+    // LinuxKit's `Device` has plain int64 `major`/`minor`: absent means 0, and `path: all`
+    // (a device-cgroup rule for a whole type) never needs them.
+    let text = "kernel:\n  image: linuxkit/kernel:6.12.59\nonboot:\n  - name: a\n    image: linuxkit/a:1\n    devices:\n      - {path: all, type: b}\n      - {path: /dev/console, type: c, major: 5, minor: 1, mode: \"0666\"}\n";
+    let config = Config::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+    let devices = config.onboot[0].config.devices.as_deref().unwrap();
+    assert_eq!(devices[0].path, "all");
+    assert_eq!((devices[0].major, devices[0].minor), (None, None));
+    assert_eq!((devices[1].major, devices[1].minor), (Some(5), Some(1)));
+    // The document round-trips without gaining fields it did not have.
+    let mut source = kitfleet_api::linuxkit::read_yaml(text).unwrap();
+    let mut ours = serde_json::to_value(&config).unwrap();
+    normalize(&mut source, true);
+    normalize(&mut ours, true);
+    assert_eq!(ours, source);
+    assert_eq!(Config::from_yaml(&config.to_yaml()).unwrap(), config);
+}
