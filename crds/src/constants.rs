@@ -39,9 +39,6 @@ pub const ANNOTATION_WG_PUBLIC_KEY: &str = "agent.kitfleet.dev/wg-public-key";
 pub const ANNOTATION_WG_ENDPOINT: &str = "agent.kitfleet.dev/wg-endpoint";
 /// Node annotation (agent): the NodeImage artifact digest the node booted.
 pub const ANNOTATION_BOOTED_DIGEST: &str = "agent.kitfleet.dev/booted-digest";
-/// Kernel command-line parameter the builder adds to every image: `kitfleet.buildkey=<build key hex>`
-/// (also `KITFLEET_BUILD_KEY=` in the UKI's `.osrel`); the agent reads it from `/proc/cmdline`.
-pub const CMDLINE_BUILD_KEY: &str = "kitfleet.buildkey";
 /// Prefix of the Node annotations only the operator writes (rollout bookkeeping).
 pub const OPERATOR_ANNOTATION_PREFIX: &str = "operator.kitfleet.dev/";
 /// Prefix of the Node annotations only the node's own agent writes.
