@@ -76,6 +76,9 @@ fn the_corpus_is_there() {
 
 #[test]
 fn every_example_parses_and_validates() {
+    if examples_dir().is_none() {
+        return;
+    }
     // Kitfleet pins every reference for reproducible builds; LinuxKit lets these float to `latest`.
     let expected: &[(&str, &str)] = &[
         (
