@@ -15,7 +15,12 @@ fn main() -> anyhow::Result<()> {
     for i in 0..n {
         let api = Apiserver::start()?;
         let t = api.start_times();
-        println!("start {}: ready {:?}, with CRDs {:?}", i + 1, t.ready, t.with_crds);
+        println!(
+            "start {}: ready {:?}, with CRDs {:?}",
+            i + 1,
+            t.ready,
+            t.with_crds
+        );
         ready.push(t.ready);
         with_crds.push(t.with_crds);
     }
