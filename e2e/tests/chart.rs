@@ -136,13 +136,16 @@ fn the_chart_installs_what_kitfleet_runs() {
             "ConfigMap/kitfleet-cni",
             "DaemonSet/kitfleet-node-agent",
             "Deployment/kitfleet-operator",
+            "MutatingWebhookConfiguration/kitfleet-sandbox",
             "Role/kitfleet-operator",
             "RoleBinding/kitfleet-operator",
             "Service/kitfleet-operator-metrics",
+            "Service/kitfleet-webhook",
             "ServiceAccount/kitfleet-node-agent",
             "ServiceAccount/kitfleet-operator",
             "ValidatingAdmissionPolicy/kitfleet-node-agent",
             "ValidatingAdmissionPolicyBinding/kitfleet-node-agent",
+            "ValidatingWebhookConfiguration/kitfleet-validate",
         ]
     );
     let without_agent = documents(&template(helm, &["nodeAgent.enabled=false"]));

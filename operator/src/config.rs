@@ -92,6 +92,29 @@ pub struct RunArgs {
     /// The cache directory's parent when --cache-dir is unset.
     #[arg(long, env = "TMPDIR", hide = true)]
     pub tmpdir: Option<String>,
+    /// Serve the admission webhooks over HTTPS at IP:PORT (every replica); unset or empty: not served.
+    #[arg(long, env = "KITFLEET_WEBHOOK_LISTEN")]
+    pub webhook_listen: Option<String>,
+    /// The webhook Service's name (its DNS names go into the serving certificate).
+    #[arg(
+        long,
+        env = "KITFLEET_WEBHOOK_SERVICE",
+        default_value = "kitfleet-webhook"
+    )]
+    pub webhook_service: String,
+    /// More names (DNS or IP) for the serving certificate, comma-separated or repeated.
+    #[arg(
+        long = "webhook-extra-name",
+        env = "KITFLEET_WEBHOOK_EXTRA_NAMES",
+        value_delimiter = ','
+    )]
+    pub webhook_extra_names: Vec<String>,
+    /// Read image entrypoints from registries for containers without `command` (`false`: such pods are refused).
+    #[arg(long, env = "KITFLEET_WEBHOOK_IMAGE_LOOKUP", default_value = "true", action = clap::ArgAction::Set)]
+    pub webhook_image_lookup: String,
+    /// Seconds between certificate, caBundle and namespace-label passes.
+    #[arg(long, env = "KITFLEET_WEBHOOK_REFRESH", default_value = "60")]
+    pub webhook_refresh: String,
 }
 
 /// The effective configuration.
@@ -109,6 +132,16 @@ pub struct Config {
     pub lease: LeaseSettings,
     pub identity: String,
     pub build: BuildSettings,
+    /// The admission webhooks, when served.
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The admission webhooks' configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookConfig {
+    pub settings: crate::webhook::server::WebhookSettings,
+    /// Whether image entrypoints are read from registries.
+    pub image_lookup: bool,
 }
 
 /// Leader election timing (client-go's defaults scaled to a 15 s Lease).
@@ -345,6 +378,41 @@ impl Config {
                 non_empty(&a.tmpdir).unwrap_or("/tmp").trim_end_matches('/')
             ),
         };
+        let webhook = match non_empty(&a.webhook_listen) {
+            None => None,
+            Some(l) => {
+                let listen = l
+                    .parse()
+                    .map_err(|_| err(&f("webhook_listen"), format!("{l:?} must be IP:PORT")))?;
+                let service = dns_label(&f("webhook_service"), &a.webhook_service)?;
+                let mut names = crate::webhook::certs::service_names(&service, &namespace);
+                names.extend(
+                    a.webhook_extra_names
+                        .iter()
+                        .map(|n| n.trim().to_string())
+                        .filter(|n| !n.is_empty()),
+                );
+                let image_lookup = match a.webhook_image_lookup.as_str() {
+                    "" | "true" => true,
+                    "false" => false,
+                    v => {
+                        return Err(err(
+                            &f("webhook_image_lookup"),
+                            format!("{v:?} must be true or false"),
+                        ));
+                    }
+                };
+                Some(WebhookConfig {
+                    settings: crate::webhook::server::WebhookSettings {
+                        listen,
+                        namespace: namespace.clone(),
+                        names,
+                        refresh: seconds(&f("webhook_refresh"), &a.webhook_refresh)?,
+                    },
+                    image_lookup,
+                })
+            }
+        };
         Ok(Config {
             builder_image,
             namespace,
@@ -358,6 +426,7 @@ impl Config {
             lease,
             identity,
             build,
+            webhook,
         })
     }
 

@@ -17,6 +17,22 @@ pub const CLUSTER_RULES: &[Rule] = &[
     ("kitfleet.dev", "nodeimages/finalizers", &["update"]),
     // build/controller.rs `publish` (kube's Recorder: create, then patch for a repeated Event's series).
     ("events.k8s.io", "events", &["create", "patch"]),
+    // webhook/server.rs `run_on`: the SecurityPolicy reflector of the mutating webhook (every namespace).
+    ("kitfleet.dev", "securitypolicies", &["list", "watch"]),
+    // webhook/server.rs `patch_ca_bundles`: read and patch `caBundle` of the chart's two configurations (the chart
+    // restricts both to their names).
+    (
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["get", "patch"],
+    ),
+    (
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        &["get", "patch"],
+    ),
+    // webhook/server.rs `label_namespaces`: list the labelled namespaces, apply (patch) the sandbox label.
+    ("", "namespaces", &["list", "patch"]),
 ];
 
 /// The Role in the operator's namespace (build Jobs, their Pods, push secrets, the Lease).
@@ -30,8 +46,9 @@ pub const NAMESPACE_RULES: &[Rule] = &[
     ),
     // build/controller.rs: the Pod reflector (termination messages, waiting reasons).
     ("", "pods", &["list", "watch"]),
-    // build/controller.rs `read_secret` (push secrets).
-    ("", "secrets", &["get"]),
+    // build/controller.rs `read_secret` (push secrets); webhook/certs.rs `ensure`: get, create and replace (update)
+    // the webhook's certificate Secret.
+    ("", "secrets", &["create", "get", "update"]),
     // leader.rs: get, create when missing, replace (update) to acquire, renew and release.
     (
         "coordination.k8s.io",

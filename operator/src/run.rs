@@ -93,6 +93,12 @@ pub async fn run_with<R: ArtifactRegistry>(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // The admission webhooks run on every replica, leader or not.
+    let webhook = config
+        .webhook
+        .clone()
+        .map(|w| spawn_webhook(&config, w, client.clone(), stop_rx.clone()))
+        .transpose()?;
     let result = async {
         client
             .apiserver_version()
@@ -122,6 +128,9 @@ pub async fn run_with<R: ArtifactRegistry>(
     // Aborting the signal task drops the sender: the health server sees the channel close and returns.
     signal.abort();
     let _ = http.await;
+    if let Some(w) = webhook {
+        let _ = w.await;
+    }
     result
 }
 
@@ -207,6 +216,33 @@ async fn lead<R: ArtifactRegistry>(
         Err(e) => warn!(error = %e, "releasing the lease"),
     }
     Ok(())
+}
+
+/// Starts the admission webhooks (`webhook::server::run`) in a task.
+fn spawn_webhook(
+    config: &Config,
+    w: crate::config::WebhookConfig,
+    client: Client,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let images = if w.image_lookup {
+        let dir = Path::new(&config.cache_dir).join("webhook-images");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Some(crate::webhook::images::RegistryImages::new(
+            &dir,
+            &config.arch,
+            config.insecure_registries.clone(),
+            config.docker_config.as_deref().map(Path::new),
+            Duration::from_secs(300),
+        )?)
+    } else {
+        None
+    };
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::webhook::server::run(client, w.settings, images, stop).await {
+            tracing::error!(error = %e, "the admission webhooks stopped");
+        }
+    }))
 }
 
 /// Resolves once the stop flag is set (the flag's read guard never lives across an await).
