@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kitfleet_api::NodeImage;
@@ -424,6 +426,10 @@ fn cross_node_pod_traffic_is_only_wireguard_on_the_underlay() {
                 "a packet between the workers that is not WireGuard UDP:\n{l}\nall:\n{decoded}"
             );
         }
+        eprintln!(
+            "{} packets between the workers, all WireGuard UDP",
+            lines.len()
+        );
         let raw = std::fs::read(&pcap)?;
         assert!(
             !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
@@ -447,6 +453,54 @@ fn operator_metrics_are_scrapeable() {
             body.lines().any(|l| l.starts_with("kitfleet_")),
             "no kitfleet_ metric:\n{body}"
         );
+        Ok(())
+    })
+}
+
+#[test]
+fn the_operator_leader_fails_over() {
+    suite(|c| async move {
+        let leases: Api<Lease> = Api::namespaced(c.client.clone(), KITFLEET_NS);
+        let pods: Api<Pod> = Api::namespaced(c.client.clone(), KITFLEET_NS);
+        let deployments: Api<Deployment> = Api::namespaced(c.client.clone(), KITFLEET_NS);
+        let holder = || async {
+            let lease = leases.get_opt("kitfleet-operator").await?;
+            Ok(lease
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .filter(|h| !h.is_empty()))
+        };
+        let leader = wait_for(Duration::from_secs(120), holder)
+            .await
+            .with_context(|| c.logs(KITFLEET_NS, "app.kubernetes.io/component=operator"))?;
+        let start = Instant::now();
+        pods.delete(&leader, &DeleteParams::default()).await?;
+        let next = wait_for(Duration::from_secs(120), || async {
+            Ok(holder().await?.filter(|h| *h != leader))
+        })
+        .await
+        .with_context(|| c.logs(KITFLEET_NS, "app.kubernetes.io/component=operator"))?;
+        eprintln!(
+            "leadership moved from {leader} to {next} in {:?}",
+            start.elapsed()
+        );
+        let pod = pods.get(&next).await?;
+        assert!(
+            pod.metadata.deletion_timestamp.is_none(),
+            "the new leader is being deleted"
+        );
+        // Both replicas back before the next test.
+        wait_for(Duration::from_secs(180), || async {
+            let d = deployments.get("kitfleet-operator").await?;
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let ready = d
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            Ok((ready == want).then_some(()))
+        })
+        .await?;
         Ok(())
     })
 }
