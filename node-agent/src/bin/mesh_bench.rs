@@ -357,13 +357,13 @@ fn iperf(tb: &Testbed, seconds: u32) -> Result<(f64, f64)> {
 }
 
 /// One round of the flood benchmark: (clean Gbit/s, flooded Gbit/s, forged datagrams/s achieved,
-/// agent CPU µs per forged datagram for each kind).
+/// the attacker's CPU share of one core, agent CPU µs per forged datagram for each kind).
 fn flood_round(
     args: &Args,
     agent: &Path,
     round: usize,
     kind: flood::Forgery,
-) -> Result<(f64, f64, f64, Vec<f64>)> {
+) -> Result<(f64, f64, f64, f64, Vec<f64>)> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut tb = Testbed::new(&format!("f{}{}", std::process::id() % 1000, round), 2, 1)?;
@@ -374,7 +374,7 @@ fn flood_round(
     let target = flood::published_key(&dir, &tb.nodes[1].name)?;
     let claimed = flood::published_key(&dir, &tb.nodes[0].name)?;
     let dst = std::net::SocketAddr::new(tb.nodes[1].ip.into(), 51820);
-    let flooded = || -> Result<(f64, f64)> {
+    let flooded = || -> Result<(f64, f64, f64)> {
         let stop = Arc::new(AtomicBool::new(false));
         let pool = flood::pool(kind, &target, &claimed);
         let started = Instant::now();
@@ -382,12 +382,13 @@ fn flood_round(
         std::thread::sleep(Duration::from_secs(1));
         let r = iperf(&tb, args.seconds);
         stop.store(true, Ordering::Relaxed);
-        let sent = f
+        let (sent, cpu) = f
             .join()
             .map_err(|_| anyhow::anyhow!("flood thread panicked"))???;
-        Ok((r?.0, sent as f64 / started.elapsed().as_secs_f64()))
+        let wall = started.elapsed().as_secs_f64();
+        Ok((r?.0, sent as f64 / wall, cpu.as_secs_f64() / wall))
     };
-    let (clean, (with_flood, rate)) = if round.is_multiple_of(2) {
+    let (clean, (with_flood, rate, attacker_cpu)) = if round.is_multiple_of(2) {
         let c = iperf(&tb, args.seconds)?.0;
         (c, flooded()?)
     } else {
@@ -411,7 +412,7 @@ fn flood_round(
         )?;
         cpu.push(us);
     }
-    Ok((clean, with_flood, rate, cpu))
+    Ok((clean, with_flood, rate, attacker_cpu, cpu))
 }
 
 fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
@@ -421,12 +422,13 @@ fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
         let r = flood_round(args, agent, round, kind)
             .with_context(|| format!("flood round {round}"))?;
         eprintln!(
-            "round {round}: clean {:.2} Gbit/s, under {:.0} forged/s {:.2} Gbit/s ({:.0}%), CPU µs/datagram {:.2?}",
+            "round {round}: clean {:.2} Gbit/s, under {:.0} forged/s {:.2} Gbit/s ({:.0}%), attacker CPU {:.0}% of a core, agent CPU µs/datagram {:.2?}",
             r.0,
             r.2,
             r.1,
             100.0 * r.1 / r.0,
-            r.3
+            100.0 * r.3,
+            r.4
         );
         rows.push(r);
     }
@@ -434,19 +436,23 @@ fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
     let with_flood = median(rows.iter().map(|r| r.1).collect());
     let rate = median(rows.iter().map(|r| r.2).collect());
     let ratio = median(rows.iter().map(|r| r.1 / r.0).collect());
+    let attacker_cpu = median(rows.iter().map(|r| r.3).collect());
     println!(
         "\nhandshake flood against node 2 (the iperf3 receiver), agent {}, iperf3 -t {} (median of {} rounds)",
         agent.display(),
         args.seconds,
         args.rounds.max(1)
     );
-    println!("| run | TCP Gbit/s | vs clean | forged initiations/s |");
-    println!("|---|---:|---:|---:|");
-    println!("| clean | {clean:.2} | 100% | 0 |");
     println!(
-        "| flood: {} | {with_flood:.2} | {:.0}% | {rate:.0} |",
+        "| run | TCP Gbit/s | vs clean | forged initiations/s | attacker's CPU (same cores) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    println!("| clean | {clean:.2} | 100% | 0 | - |");
+    println!(
+        "| flood: {} | {with_flood:.2} | {:.0}% | {rate:.0} | {:.0}% of a core |",
         kind.label(),
-        100.0 * ratio
+        100.0 * ratio,
+        100.0 * attacker_cpu
     );
     println!(
         "\n| forged datagram ({} /s for {} s) | node 2 agent CPU per datagram (µs) |",
@@ -461,7 +467,7 @@ fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        let us = median(rows.iter().map(|r| r.3[i]).collect());
+        let us = median(rows.iter().map(|r| r.4[i]).collect());
         println!("| {} | {us:.2} |", k.label());
     }
     Ok(())

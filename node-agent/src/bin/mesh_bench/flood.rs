@@ -89,17 +89,28 @@ pub fn add_attacker(tb: &mut Testbed) -> Result<String> {
     Ok(ns)
 }
 
-/// The public key a node published in its manifest.
+/// The public key a node published in its manifest (under today's key, or the `kitfleet.dev/`
+/// one older agents used, so `--agent` can point at an older build).
 pub fn published_key(dir: &Path, node: &str) -> Result<PublicKey> {
     let path = dir.join(format!("{node}.yaml"));
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
     let n = parse_manifest(&path, &text)?;
-    let v = n
-        .metadata
-        .annotations
-        .and_then(|a| a.get(ANNOTATION_PUBLIC_KEY).cloned())
+    let a = n.metadata.annotations.unwrap_or_default();
+    let v = a
+        .get(ANNOTATION_PUBLIC_KEY)
+        .or_else(|| a.get("kitfleet.dev/wg-public-key"))
         .with_context(|| format!("{node} has published no key"))?;
     Ok(v.parse()?)
+}
+
+/// CPU time the calling thread has used.
+fn thread_cpu() -> Duration {
+    // SAFETY: an all-zero rusage is valid; getrusage fills it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD on the calling thread, writing into the live struct.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 /// 256 distinct forged datagrams of one kind.
@@ -120,15 +131,17 @@ pub fn pool(kind: Forgery, target: &PublicKey, claimed: &PublicKey) -> Vec<[u8; 
 }
 
 /// Sends `pool` round-robin to `dst` at `rate` datagrams/s (batches of up to 64 per `sendmmsg`)
-/// from the attacker namespace until `stop`; returns how many were sent.
+/// from the attacker namespace until `stop`; returns how many were sent and the sending thread's CPU
+/// time (it shares the machine's cores with everything measured).
 pub fn start_flood(
     ns: &str,
     dst: SocketAddr,
     pool: Vec<[u8; INITIATION_LEN]>,
     rate: u64,
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<Result<Result<u64>>> {
-    with_netns(ns, move || -> Result<u64> {
+) -> std::thread::JoinHandle<Result<Result<(u64, Duration)>>> {
+    with_netns(ns, move || -> Result<(u64, Duration)> {
+        let cpu0 = thread_cpu();
         let s = UdpSocket::bind((ATTACKER_IP, 0))?;
         s.connect(dst)?;
         let start = Instant::now();
@@ -164,7 +177,7 @@ pub fn start_flood(
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-        Ok(sent)
+        Ok((sent, thread_cpu() - cpu0))
     })
 }
 
@@ -204,7 +217,7 @@ pub fn cpu_per_datagram(
     let busy = cpu_time(pid)? - t1;
     let wall = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let sent = flood
+    let (sent, _) = flood
         .join()
         .map_err(|_| anyhow::anyhow!("flood thread panicked"))???;
     if sent == 0 {
