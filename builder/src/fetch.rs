@@ -40,6 +40,8 @@ impl Default for NetLimits {
 pub enum FetchError {
     /// Longer than the limit.
     TooLarge(u64),
+    /// The registry answered 404 (no such manifest or repository).
+    NotFound(String),
     /// Anything else (HTTP, TLS, timeouts, status), as text.
     Other(String),
 }
@@ -55,7 +57,7 @@ pub async fn manifest(
     insecure: bool,
     max: u64,
 ) -> Result<Vec<u8>, FetchError> {
-    let other = |e: &dyn std::fmt::Display| FetchError::Other(e.to_string());
+    let other = |e: &(dyn std::error::Error + 'static)| FetchError::Other(chain(e));
     let token = client
         .auth(reference, auth, RegistryOperation::Pull)
         .await
@@ -79,12 +81,24 @@ pub async fn manifest(
     };
     let mut resp = req.send().await.map_err(|e| other(&e))?;
     let status = resp.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(FetchError::NotFound(format!("GET {url}: {status}")));
+    }
     if !status.is_success() {
         let body = read_capped(&mut resp, 4096).await.unwrap_or_default();
-        return Err(FetchError::Other(format!(
+        let text = format!(
             "GET {url}: {status}: {}",
             String::from_utf8_lossy(&body).trim()
-        )));
+        );
+        // The distribution spec's error codes for a missing manifest or repository.
+        let unknown = ["MANIFEST_UNKNOWN", "NAME_UNKNOWN"]
+            .iter()
+            .any(|c| text.contains(c));
+        return Err(if unknown {
+            FetchError::NotFound(text)
+        } else {
+            FetchError::Other(text)
+        });
     }
     if resp.content_length().is_some_and(|n| n > max) {
         return Err(FetchError::TooLarge(max));
@@ -92,12 +106,27 @@ pub async fn manifest(
     read_capped(&mut resp, max).await
 }
 
+/// An error with every cause in its chain, each piece once ("error sending request" alone hides
+/// whether the connection was refused or the TLS handshake failed).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    parts.join(": ")
+}
+
 async fn read_capped(resp: &mut reqwest::Response, max: u64) -> Result<Vec<u8>, FetchError> {
     let mut out = Vec::new();
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| FetchError::Other(e.to_string()))?
+        .map_err(|e| FetchError::Other(chain(&e)))?
     {
         if out.len() as u64 + chunk.len() as u64 > max {
             return Err(FetchError::TooLarge(max));

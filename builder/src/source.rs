@@ -202,7 +202,7 @@ impl Sources {
                         what: "manifest".into(),
                         limit,
                     },
-                    FetchError::Other(message) => Error::Registry {
+                    FetchError::Other(message) | FetchError::NotFound(message) => Error::Registry {
                         reference: r.to_string(),
                         message,
                     },
@@ -247,6 +247,45 @@ impl Sources {
     /// The raw top-level manifest of `r` and its digest (no platform selection).
     pub async fn resolve_raw(&self, r: &ImageRef) -> Result<(Vec<u8>, String)> {
         self.top_manifest(r, "").await
+    }
+
+    /// A manifest by tag or digest, read with the manifest cap (no caching, no digest check):
+    /// `None` when the registry answers 404. For callers that look a manifest up themselves.
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        accepted: &[&str],
+    ) -> Result<Option<Vec<u8>>> {
+        let auth = self.opts.credentials.for_host(reference.resolve_registry());
+        let insecure = self
+            .opts
+            .insecure_registries
+            .iter()
+            .any(|h| h == reference.resolve_registry());
+        let max = self.limits.max_manifest;
+        match fetch::manifest(
+            &self.http,
+            &self.client,
+            reference,
+            &auth,
+            accepted,
+            insecure,
+            max,
+        )
+        .await
+        {
+            Ok(b) => Ok(Some(b)),
+            Err(FetchError::NotFound(_)) => Ok(None),
+            Err(FetchError::TooLarge(limit)) => Err(Error::TooLarge {
+                reference: reference.whole(),
+                what: "manifest".into(),
+                limit,
+            }),
+            Err(FetchError::Other(message)) => Err(Error::Registry {
+                reference: reference.whole(),
+                message,
+            }),
+        }
     }
 
     /// A config blob (read into memory, so capped at [`NetLimits::max_config`]).

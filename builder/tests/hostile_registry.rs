@@ -127,3 +127,26 @@ async fn a_stalling_registry_times_out() {
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
     assert!(matches!(e, Error::Registry { .. }), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_looked_up_directly_is_capped_too() {
+    // What the operator's artifact lookup calls.
+    let (addr, _) = serve(100);
+    let dir = tempfile::tempdir().unwrap();
+    let s = sources(&addr, dir.path());
+    let r: oci_client::Reference = format!("{addr}/hostile/img:endless").parse().unwrap();
+    let e = s
+        .fetch_manifest(&r, &["application/vnd.oci.image.manifest.v1+json"])
+        .await;
+    assert!(
+        matches!(e, Err(Error::TooLarge { limit, .. }) if limit == 4 << 20),
+        "{e:?}"
+    );
+    let missing: oci_client::Reference = format!("{addr}/hostile/img:absent").parse().unwrap();
+    assert_eq!(
+        s.fetch_manifest(&missing, &["application/vnd.oci.image.manifest.v1+json"])
+            .await
+            .unwrap(),
+        None
+    );
+}

@@ -15,7 +15,6 @@ use kitfleet_builder::push::{
     ARTIFACT_TYPE, BUILD_KEY_ANNOTATION, CONFIG_MEDIA_TYPE, FORMAT_ANNOTATION, layer_media_type,
 };
 use kitfleet_builder::source::{SourceOptions, Sources};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
@@ -213,22 +212,22 @@ impl ArtifactRegistry for BuilderRegistry {
                 reference: whole.clone(),
                 message: e.to_string(),
             })?;
-        let auth = sources
-            .options()
-            .credentials
-            .for_host(reference.resolve_registry());
         let accepted = [kitfleet_builder::oci::MT_OCI_MANIFEST];
-        match sources
-            .client()
-            .pull_manifest_raw(&reference, &auth, &accepted)
-            .await
-        {
-            Ok((bytes, _)) => artifact_from_manifest(repository, build_key, &bytes).map(Some),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(RegistryError::Request {
-                reference: whole,
-                message: cause(&e),
-            }),
+        // The builder's bounded read: a 4 MiB cap and connect/read timeouts (issue 12, item 7).
+        match sources.fetch_manifest(&reference, &accepted).await {
+            Ok(Some(bytes)) => artifact_from_manifest(repository, build_key, &bytes).map(Some),
+            Ok(None) => Ok(None),
+            Err(e) => {
+                // The builder's message, without the reference (the error names it once).
+                let message = match e {
+                    kitfleet_builder::Error::Registry { message, .. } => message,
+                    other => other.to_string(),
+                };
+                Err(RegistryError::Request {
+                    reference: whole,
+                    message: cause(&std::io::Error::other(message)),
+                })
+            }
         }
     }
 }
@@ -271,20 +270,6 @@ pub fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     match hint {
         Some(h) => format!("{h}: {chain}"),
         None => chain,
-    }
-}
-
-fn is_not_found(e: &OciDistributionError) -> bool {
-    match e {
-        OciDistributionError::ImageManifestNotFoundError(_) => true,
-        OciDistributionError::ServerError { code, .. } => *code == 404,
-        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
-            matches!(
-                e.code,
-                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
-            )
-        }),
-        _ => false,
     }
 }
 
