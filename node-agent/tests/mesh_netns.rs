@@ -179,6 +179,51 @@ fn start_mesh(tb: &Testbed, dir: &Path, work: &Path) -> Vec<Agent> {
     agents
 }
 
+/// The node itself (its host namespace: the apiserver calling a webhook pod, a host-network pod) reaches pods on other
+/// nodes: the agent gives the mesh interface the node's address (podCIDR network+1), so the source is one the peer accepts.
+/// Before that address existed, the kernel chose the node's underlay address and the receiving peer dropped the packet.
+#[test]
+fn the_node_itself_reaches_pods_on_other_nodes() {
+    if !require_privileges() {
+        return;
+    }
+    require_tool("ping");
+    let tb = Testbed::new(&format!("h{}", std::process::id() % 10000), 2, 1).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, work) = (tmp.path().join("nodes"), tmp.path().join("work"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _agents = start_mesh(&tb, &dir, &work);
+    let (a, remote) = (&tb.nodes[0], &tb.nodes[1].pods[0]);
+    let want = format!("{}/32", a.pod_cidr.replace(".0/24", ".1"));
+    wait_until(
+        &format!("{want} on {}'s kfwg0", a.name),
+        Duration::from_secs(10),
+        || {
+            ns_output(
+                &a.netns,
+                "ip",
+                &["-4", "-o", "addr", "show", "dev", "kfwg0"],
+            )
+            .is_ok_and(|o| o.contains(&want))
+        },
+    );
+    let target = remote.ip.to_string();
+    wait_until(
+        &format!(
+            "{} (host namespace) → pod {target} on {}",
+            a.name, tb.nodes[1].name
+        ),
+        Duration::from_secs(10),
+        || {
+            in_ns(&a.netns, "ping", &["-c", "1", "-W", "1", &target])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        },
+    );
+}
+
 fn tcp_echo(client: &Pod, server: &Pod, port: u16, payload: Vec<u8>) -> Vec<u8> {
     let listener = with_netns(&server.netns, move || {
         let l = TcpListener::bind(("0.0.0.0", port)).unwrap();

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod guard;
 pub mod keyfile;
 pub mod kube_source;
+pub mod node_address;
 pub mod nodes;
 pub mod routes;
 pub mod run;

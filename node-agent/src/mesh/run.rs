@@ -14,6 +14,7 @@ use super::MeshError;
 use super::diff::{self, Actual, Skip};
 use super::guard::{self, Guard};
 use super::keyfile;
+use super::node_address;
 use super::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY, NodeInfo};
 use super::routes::{RouteError, RouteTable};
 use super::source::NodeSource;
@@ -260,9 +261,31 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
                 Err(e) => self.route_failed(e),
             }
         }
+        self.ensure_node_address(&nodes);
         self.nodes = nodes;
         self.write_state(self.dp.is_running())
     }
+
+    /// Puts the node's own address on the mesh interface (see [`node_address`]); a failure is logged and retried at
+    /// the next apply, since pods keep working without it (only the node's own traffic to remote pods needs it).
+    fn ensure_node_address(&self, nodes: &[NodeInfo]) {
+        let Some(me) = nodes.iter().find(|n| n.name == self.cfg.node_name) else {
+            return;
+        };
+        let Some(ip) = node_address::node_address(&me.pod_cidrs, &self.cfg.cluster_cidrs) else {
+            return;
+        };
+        match node_address::ensure(self.dp.interface(), ip) {
+            Ok(true) => {
+                tracing::info!(interface = self.dp.interface(), %ip, "node address added to the mesh interface")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(interface = self.dp.interface(), %ip, error = %e, "cannot add the node address to the mesh interface; retrying at the next change")
+            }
+        }
+    }
+
 
     /// One line per peer: endpoint, handshake age, bytes (what `wg show` would say).
     fn log_status(&self) {
