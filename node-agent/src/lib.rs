@@ -6,3 +6,4 @@ pub mod forge;
 pub mod mesh;
 pub mod seccomp_profiles;
 pub mod testbed;
+pub mod upgrade;

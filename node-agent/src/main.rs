@@ -34,6 +34,9 @@ enum Cmd {
     },
     /// Serve the CSI node plugin for the sandbox volume (sandbox.kitfleet.dev) until SIGTERM/SIGINT.
     Csi(kitfleet_node_agent::csi::cli::CsiArgs),
+    /// Stage a node image (artifact or raw-efi disk) and boot it once (BootNext or kexec); `--commit` after a
+    /// healthy boot makes it permanent in BootOrder.
+    Upgrade(kitfleet_node_agent::upgrade::cli::UpgradeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +149,7 @@ fn main() -> std::process::ExitCode {
                 rt.block_on(kitfleet_node_agent::csi::cli::run(a, shutdown_signal()))
                     .map_err(Into::into)
             }),
+        Cmd::Upgrade(a) => kitfleet_node_agent::upgrade::cli::run(a).map_err(Into::into),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

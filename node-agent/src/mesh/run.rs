@@ -59,6 +59,9 @@ struct Mesh<S, R> {
     dp: DataPlane,
     actual: Actual,
     nodes: Vec<NodeInfo>,
+    /// The build key the running kernel booted (`kitfleet.buildkey=` in /proc/cmdline), published once per start.
+    booted_build_key: Option<String>,
+    booted_published: bool,
     /// A route change failed: re-apply at the next resync.
     dirty: bool,
     /// Publishing the annotations failed: retry at the next resync.
@@ -148,6 +151,8 @@ pub async fn run<S: NodeSource, R: RouteTable>(
         peers: BTreeMap::new(),
         routes: existing,
     };
+    let booted =
+        crate::upgrade::booted::booted_build_key(crate::upgrade::booted::PROC_CMDLINE.as_ref());
     let mut mesh = Mesh {
         cfg,
         source,
@@ -158,6 +163,8 @@ pub async fn run<S: NodeSource, R: RouteTable>(
         dp,
         actual,
         nodes: Vec::new(),
+        booted_build_key: booted.clone(),
+        booted_published: booted.is_none(),
         dirty: false,
         publish_pending: false,
         last_status: std::time::Instant::now(),
@@ -200,10 +207,19 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             ),
             (ANNOTATION_ENDPOINT.to_string(), self.endpoint.to_string()),
         ])
+        .into_iter()
+        .chain(self.booted_build_key.clone().map(|k| {
+            let key = kitfleet_api::constants::ANNOTATION_BOOTED_BUILD_KEY;
+            (key.to_string(), k)
+        }))
+        .collect()
     }
 
     async fn publish_if_needed(&mut self, me: &NodeInfo) {
-        if me.public_key == Some(self.key.public_key()) && me.endpoint == Some(self.endpoint) {
+        if me.public_key == Some(self.key.public_key())
+            && me.endpoint == Some(self.endpoint)
+            && self.booted_published
+        {
             return;
         }
         self.publish().await;
@@ -214,7 +230,10 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
         tracing::info!(node = %self.cfg.node_name, public_key = %self.key.public_key(), endpoint = %self.endpoint, "publishing annotations");
         let ann = self.annotations();
         match self.source.publish(&self.cfg.node_name, &ann).await {
-            Ok(()) => self.publish_pending = false,
+            Ok(()) => {
+                self.publish_pending = false;
+                self.booted_published = true;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "publishing annotations failed; retrying");
                 self.publish_pending = true;
@@ -285,7 +304,6 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
             }
         }
     }
-
 
     /// One line per peer: endpoint, handshake age, bytes (what `wg show` would say).
     fn log_status(&self) {
