@@ -37,8 +37,6 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const ANNOTATION_WG_PUBLIC_KEY: &str = "agent.kitfleet.dev/wg-public-key";
 /// Node annotation (agent): the node's WireGuard endpoint (`IP:port`).
 pub const ANNOTATION_WG_ENDPOINT: &str = "agent.kitfleet.dev/wg-endpoint";
-/// Node annotation (agent): the NodeImage artifact digest the node booted.
-pub const ANNOTATION_BOOTED_DIGEST: &str = "agent.kitfleet.dev/booted-digest";
 /// Prefix of the Node annotations only the operator writes (rollout bookkeeping).
 pub const OPERATOR_ANNOTATION_PREFIX: &str = "operator.kitfleet.dev/";
 /// Prefix of the Node annotations only the node's own agent writes.
