@@ -20,6 +20,7 @@ pub mod error;
 pub mod fetch;
 pub mod fixtures;
 pub mod input;
+pub mod kspp;
 pub mod oci;
 pub mod oci_config;
 pub mod progress;
