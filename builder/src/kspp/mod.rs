@@ -1,13 +1,16 @@
 //! KSPP (Kernel Self Protection Project) hardening: the recommendations as data
-//! ([`data`]), a kernel configuration reader ([`config`]) and a pure checker ([`check`]).
+//! ([`data`]), a kernel configuration reader ([`config`]), a pure checker ([`check`]) and the
+//! boot parameters and sysctl file `apply` would add ([`apply`]).
 //!
 //! Library only for now: the `spec.hardening` field, the build-time call and `apply` (boot
 //! parameters and sysctls added to the image) are planned (issue 16).
 
+pub mod apply;
 pub mod check;
 pub mod config;
 pub mod data;
 
+pub use apply::{SYSCTL_PATH, boot_params, sysctl_conf};
 pub use check::{Excepted, Exception, Report, Unmet, check, validate_exceptions};
 pub use config::{KernelConfig, Value, from_kernel_image, parse};
 pub use data::{
