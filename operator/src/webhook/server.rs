@@ -16,7 +16,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use kitfleet_api::SecurityPolicy;
@@ -229,61 +229,49 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
 /// by webhook name: nothing else is touched). Returns how many webhooks changed; a missing configuration is skipped.
 pub async fn patch_ca_bundles(client: &Client, ca_pem: &str) -> Result<usize, kube::Error> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes());
-    let mut changed = 0;
     let pp = PatchParams::default();
+    let mut changed = 0;
     let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(c) = m.get_opt(MUTATING_CONFIGURATION).await? {
-        let stale: Vec<String> = c
-            .webhooks
-            .iter()
-            .flatten()
-            .filter(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
-                    != Some(ca_pem.as_bytes())
-            })
-            .map(|w| w.name.clone())
-            .collect();
+        let hooks = c.webhooks.iter().flatten();
+        let stale = stale_ca(hooks.map(|w| (&w.name, &w.client_config)), ca_pem);
         if !stale.is_empty() {
-            let hooks: Vec<_> = stale
-                .iter()
-                .map(|n| json!({"name": n, "clientConfig": {"caBundle": b64}}))
-                .collect();
-            m.patch(
-                MUTATING_CONFIGURATION,
-                &pp,
-                &Patch::Strategic(json!({"webhooks": hooks})),
-            )
-            .await?;
+            m.patch(MUTATING_CONFIGURATION, &pp, &ca_patch(&stale, &b64))
+                .await?;
             changed += stale.len();
         }
     }
     let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(c) = v.get_opt(VALIDATING_CONFIGURATION).await? {
-        let stale: Vec<String> = c
-            .webhooks
-            .iter()
-            .flatten()
-            .filter(|w| {
-                w.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice())
-                    != Some(ca_pem.as_bytes())
-            })
-            .map(|w| w.name.clone())
-            .collect();
+        let hooks = c.webhooks.iter().flatten();
+        let stale = stale_ca(hooks.map(|w| (&w.name, &w.client_config)), ca_pem);
         if !stale.is_empty() {
-            let hooks: Vec<_> = stale
-                .iter()
-                .map(|n| json!({"name": n, "clientConfig": {"caBundle": b64}}))
-                .collect();
-            v.patch(
-                VALIDATING_CONFIGURATION,
-                &pp,
-                &Patch::Strategic(json!({"webhooks": hooks})),
-            )
-            .await?;
+            v.patch(VALIDATING_CONFIGURATION, &pp, &ca_patch(&stale, &b64))
+                .await?;
             changed += stale.len();
         }
     }
     Ok(changed)
+}
+
+/// Names of the webhooks whose `caBundle` is not `ca_pem`.
+fn stale_ca<'a>(
+    hooks: impl Iterator<Item = (&'a String, &'a WebhookClientConfig)>,
+    ca_pem: &str,
+) -> Vec<String> {
+    hooks
+        .filter(|(_, cc)| cc.ca_bundle.as_ref().map(|b| b.0.as_slice()) != Some(ca_pem.as_bytes()))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// A strategic-merge patch setting `caBundle` on the named webhooks only (the list merges by webhook name).
+fn ca_patch(names: &[String], b64: &str) -> Patch<serde_json::Value> {
+    let hooks: Vec<_> = names
+        .iter()
+        .map(|n| json!({"name": n, "clientConfig": {"caBundle": b64}}))
+        .collect();
+    Patch::Strategic(json!({"webhooks": hooks}))
 }
 
 /// Sets `kitfleet.dev/sandbox=true` on the namespaces of `policies` and removes it from labelled namespaces without
