@@ -26,6 +26,13 @@ version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$repo/charts
 triple=x86_64-unknown-linux-gnu
 export CARGO_TARGET_DIR="$cache/target-static"
 
+# One image build at a time on this machine (several clusters or developers share the cache and the static target).
+mkdir -p "$cache"
+exec 9>"$cache/images.lock"
+if ! flock -n 9; then
+  echo "images: waiting for another image build (lock $cache/images.lock)" >&2
+  flock 9
+fi
 start=$(date +%s)
 src=$repo
 if [ "${KITFLEET_IMAGES_FROM_HEAD:-0}" = 1 ]; then

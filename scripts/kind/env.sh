@@ -19,7 +19,14 @@ REGISTRY_IP=${REGISTRY_IP:-10.89.77.250}
 REGISTRY_PORT=${REGISTRY_PORT:-5000}
 REGISTRY="$REGISTRY_NAME:$REGISTRY_PORT"
 KIND_STATE="$KITFLEET_CACHE/kind"
-KIND_KUBECONFIG=${KIND_KUBECONFIG:-$KIND_STATE/kubeconfig}
+# One kubeconfig and one "ready" stamp per cluster, so several clusters (the test command's `kitfleet`, the demo's
+# `kitfleet-demo`, a developer's own) can share the kind network and the registry.
+if [ "$KIND_CLUSTER" = kitfleet ]; then
+  KIND_KUBECONFIG=${KIND_KUBECONFIG:-$KIND_STATE/kubeconfig}
+else
+  KIND_KUBECONFIG=${KIND_KUBECONFIG:-$KIND_STATE/kubeconfig-$KIND_CLUSTER}
+fi
+KIND_READY="$KIND_STATE/ready-$KIND_CLUSTER"
 
 export KIND_EXPERIMENTAL_PROVIDER=podman
 export CONTAINERS_CONF="$KIND_STATE/podman/containers.conf"

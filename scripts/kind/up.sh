@@ -34,7 +34,7 @@ image=$(bash "$here/node-image.sh" | tail -1)
 phase "node image $image"
 bash "$here/registry.sh" up
 mkdir -p "$KIND_STATE"
-ready="$KIND_STATE/ready"
+ready="$KIND_READY"
 want="$image $(cat "$repo/scripts/kind/"*.sh "$repo/scripts/images/"*.sh | sha256sum | cut -c1-12) install=$install"
 
 diagnose() { # the failing component's log tail
@@ -63,7 +63,7 @@ if kind get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
 fi
 rm -f "$ready"
 
-cat > "$KIND_STATE/cluster.yaml" <<YAML
+cat > "$KIND_STATE/cluster-$KIND_CLUSTER.yaml" <<YAML
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 networking:
@@ -101,7 +101,7 @@ containerdConfigPatches:
 YAML
 phase "creating cluster $KIND_CLUSTER"
 tc=$(date +%s)
-if ! kind create cluster --name "$KIND_CLUSTER" --image "$image" --config "$KIND_STATE/cluster.yaml" \
+if ! kind create cluster --name "$KIND_CLUSTER" --image "$image" --config "$KIND_STATE/cluster-$KIND_CLUSTER.yaml" \
     --kubeconfig "$KIND_KUBECONFIG" --retain >&2; then
   diagnose
   kind_die "kind create cluster failed (the nodes are kept for inspection; scripts/kind/down.sh removes them)"
