@@ -47,6 +47,11 @@ pub const ANNOTATION_ROLLOUT_STATE: &str = "operator.kitfleet.dev/rollout-state"
 pub const ANNOTATION_ROLLOUT_NODEIMAGE: &str = "operator.kitfleet.dev/rollout-nodeimage";
 /// Node annotation (operator): the build key (hex, no `sha256:`) the node is asked to run; the agent stages it.
 pub const ANNOTATION_DESIRED_BUILD_KEY: &str = "operator.kitfleet.dev/desired-build-key";
+/// Node annotation (operator): the artifact (`REGISTRY/REPO@sha256:…`) whose build key is the desired one; the agent
+/// pulls exactly this reference and checks the key in its config blob.
+pub const ANNOTATION_DESIRED_ARTIFACT: &str = "operator.kitfleet.dev/desired-artifact";
+/// Node annotation (operator): how the node switches images (`reboot` or `kexec`, the NodeImage's `rollout.method`).
+pub const ANNOTATION_UPGRADE_METHOD: &str = "operator.kitfleet.dev/upgrade-method";
 /// Node annotation (operator): when the node entered its rollout state (RFC 3339).
 pub const ANNOTATION_ROLLOUT_SINCE: &str = "operator.kitfleet.dev/rollout-since";
 /// Node annotation (operator): when the node's current step times out (RFC 3339; drain, then reboot + health gate).
