@@ -38,9 +38,19 @@ else
   # up.sh deletes a cluster left by a killed run; the cluster is removed again whatever the suite's outcome.
   trap 'stamp "kind cluster down"; bash scripts/kind/down.sh >/dev/null 2>&1 || true' EXIT
   if kubeconfig=$(bash scripts/kind/up.sh --fresh | tail -1); then
-    stamp "kind suite"
-    KITFLEET_KIND=1 KUBECONFIG="$kubeconfig" cargo test -p kitfleet-e2e --test kind -- --test-threads=1 2>&1 \
-      | tee -a "$out" || status=1
+    # e2e/tests/kind.rs first, then every kind_*.rs by name, kind_lifecycle.rs (helm upgrade/uninstall) last.
+    suites=(kind)
+    for f in e2e/tests/kind_*.rs; do
+      [ -e "$f" ] || continue
+      n=$(basename "$f" .rs)
+      [ "$n" = kind_lifecycle ] || suites+=("$n")
+    done
+    [ -e e2e/tests/kind_lifecycle.rs ] && suites+=(kind_lifecycle)
+    for n in "${suites[@]}"; do
+      stamp "kind suite: $n"
+      KITFLEET_KIND=1 KUBECONFIG="$kubeconfig" cargo test -p kitfleet-e2e --test "$n" -- --test-threads=1 2>&1 \
+        | tee -a "$out" || status=1
+    done
   else
     echo "kind cluster did not come up (log tails above)"
     echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out" >> "$out"

@@ -1,8 +1,14 @@
-//! The Kitfleet builder demo: start a local registry, make the fixture images, build the example
-//! NodeImage, push the artifact, and boot the kernel+initrd output under qemu with the serial
-//! console on this terminal.
+//! The Kitfleet builder demo and the pieces `scripts/demo.sh` uses around the kind cluster.
 //!
-//! `cargo run --release -p kitfleet-builder --example demo [-- --keep DIR]`
+//! - `demo [--keep DIR]`: builder only — start a local registry, make the fixture images, build the
+//!   example NodeImage, push the artifact, and boot the kernel+initrd output under qemu with the serial
+//!   console on this terminal (`bash scripts/demo.sh --builder-only`).
+//! - `demo fixtures REGISTRY`: make the fixture images `examples/nodeimage-minimal.yaml` names and push
+//!   them to REGISTRY (`REGISTRY/kitfleet/{kernel:6.1,init:1,hello:1}`).
+//! - `demo boot KERNEL INITRD CMDLINE MARKER`: boot a pulled kernel+initrd under qemu (TCG), console
+//!   on this terminal; fails unless MARKER is printed and the machine powers off cleanly.
+//!
+//! `cargo run --release -p kitfleet-builder --example demo [-- …]`
 //!
 //! Needs (Debian 12): `docker-registry qemu-system-x86 qemu-utils busybox-static runc linux-image-cloud-amd64`.
 
@@ -45,8 +51,63 @@ fn check_tools() -> Result<()> {
     Ok(())
 }
 
+/// Pushes the fixtures `examples/nodeimage-minimal.yaml` names to `registry`.
+fn push_example_fixtures(registry: &str) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        for (name, image) in [
+            ("kernel:6.1", fixtures::kernel_image()?),
+            ("init:1", fixtures::init_image()?),
+            ("hello:1", fixtures::marker_image("kitfleet-onboot-ok")?),
+        ] {
+            let r = format!("{registry}/kitfleet/{name}");
+            let digest = image.build()?.push(&r).await?;
+            println!("    {r}  {digest}");
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Boots a kernel+initrd and checks for `marker` and a clean power-off.
+fn boot(kernel: &str, initrd: &str, cmdline: &str, marker: &str) -> Result<()> {
+    let boot = fixtures::boot_qemu(
+        kernel.as_ref(),
+        initrd.as_ref(),
+        cmdline,
+        Duration::from_secs(240),
+        true,
+    )?;
+    println!();
+    let seen = boot.console.contains(marker);
+    let off = boot.console.contains("reboot: Power down");
+    println!(
+        "==> boot took {:.1} s; marker {marker:?} seen: {seen}; clean power-off: {off}",
+        boot.elapsed.as_secs_f64()
+    );
+    if !(seen && off && boot.exited) {
+        bail!("the image did not boot as expected");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("fixtures") => {
+            let registry = args.get(2).context("usage: demo fixtures REGISTRY")?;
+            return push_example_fixtures(registry);
+        }
+        Some("boot") => {
+            let [kernel, initrd, cmdline, marker] = args
+                .get(2..6)
+                .and_then(|a| <&[String; 4]>::try_from(a).ok())
+                .context("usage: demo boot KERNEL INITRD CMDLINE MARKER")?;
+            return boot(kernel, initrd, cmdline, marker);
+        }
+        _ => {}
+    }
     let keep = args
         .iter()
         .position(|a| a == "--keep")
@@ -140,27 +201,13 @@ fn main() -> Result<()> {
     println!("    pushed {} ({})", published.reference, published.digest);
 
     println!("==> booting under qemu-system-x86_64 -accel tcg (serial console follows)\n");
-    let boot = fixtures::boot_qemu(
-        &out.join("demo-kernel"),
-        &out.join("demo-initrd.img"),
-        "console=ttyS0 panic=-1 quiet",
-        Duration::from_secs(240),
-        true,
-    )?;
-    println!();
-    let ok =
-        boot.console.contains(MARKER) && boot.console.contains("reboot: Power down") && boot.exited;
-    println!(
-        "==> boot took {:.1} s; onboot marker seen: {}; clean power-off: {}",
-        boot.elapsed.as_secs_f64(),
-        boot.console.contains(MARKER),
-        boot.console.contains("reboot: Power down")
-    );
     if keep.is_some() {
         println!("    outputs kept in {}", out.display());
     }
-    if !ok {
-        bail!("the demo image did not boot as expected");
-    }
-    Ok(())
+    boot(
+        &out.join("demo-kernel").to_string_lossy(),
+        &out.join("demo-initrd.img").to_string_lossy(),
+        "console=ttyS0 panic=-1 quiet",
+        MARKER,
+    )
 }
