@@ -11,8 +11,9 @@
 #
 # Each image is pushed as REGISTRY/kitfleet/<name>:<appVersion> and :<appVersion>-<content hash>; the last stdout line
 # is that second tag (what scripts/kind/up.sh installs). The static binaries build once into
-# $KITFLEET_CACHE/target-static (a release build, apart from the workspace's target dir); images never carry test or
-# fault-hook features. For a real cluster: run it with your registry (HOST[:PORT], skopeo's credentials apply) and
+# $KITFLEET_CACHE/target-static (Cargo profile `image`: release without LTO, incremental — KITFLEET_IMAGE_PROFILE=release
+# for release images — apart from the workspace's target dir); images never carry test or fault-hook features.
+# For a real cluster: run it with your registry (HOST[:PORT], skopeo's credentials apply) and
 # install the chart with --set image.registry=HOST[:PORT]/kitfleet --set image.tag=<the printed tag>.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,11 +47,12 @@ if [ "${KITFLEET_IMAGES_FROM_HEAD:-0}" = 1 ]; then
   fi
   echo "images: building $(git -C "$repo" rev-parse --short HEAD) (KITFLEET_IMAGES_FROM_HEAD=1)" >&2
 fi
-echo "images: static release build into $CARGO_TARGET_DIR" >&2
-(cd "$src" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$triple" \
+profile=${KITFLEET_IMAGE_PROFILE:-image}
+echo "images: static build (profile $profile) into $CARGO_TARGET_DIR" >&2
+(cd "$src" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile "$profile" --locked --target "$triple" \
   -p kitfleet-operator -p kitfleet-node-agent -p kitfleet-builder -p kitfleet-cni-wg -p kitfleet-sandbox \
   --bin kitfleet-operator --bin kitfleet-node-agent --bin kitfleet-build --bin kitfleet-wg --bin kitfleet-sandbox)
-bin="$CARGO_TARGET_DIR/$triple/release"
+bin="$CARGO_TARGET_DIR/$triple/$profile"
 for b in kitfleet-operator kitfleet-node-agent kitfleet-build kitfleet-wg kitfleet-sandbox; do
   if ldd "$bin/$b" >/dev/null 2>&1 && ! ldd "$bin/$b" 2>&1 | grep -q 'statically linked'; then
     echo "images: $b is not static" >&2; exit 1
