@@ -9,7 +9,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
-stamp() { echo "== [+$(( $(date +%s) - t0 )) s] $*"; }
+# Each phase line shows the wall time so far and the CPU time of every finished child process (user+sys): on a loaded
+# machine the CPU figure says what the same run costs on two otherwise idle cores (at best CPU/2 of wall time).
+times_file=$(mktemp)
+cleanup() { rm -f "$times_file"; }
+trap cleanup EXIT
+stamp() { # `times` runs in this shell: a subshell would know none of the finished children
+  times > "$times_file"
+  local c
+  c=$(awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); printf "%d", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' "$times_file")
+  echo "== [+$(( $(date +%s) - t0 )) s, CPU $c s] $*"
+}
 
 stamp "set-up (Debian packages, helm)"
 bash scripts/setup.sh
@@ -36,7 +46,7 @@ if [ "${KITFLEET_SKIP_KIND:-}" = 1 ] && [ "${CI:-}" != true ]; then
 else
   stamp "kind cluster (scripts/kind/up.sh)"
   # up.sh deletes a cluster left by a killed run; the cluster is removed again whatever the suite's outcome.
-  trap 'stamp "kind cluster down"; bash scripts/kind/down.sh >/dev/null 2>&1 || true' EXIT
+  trap 'stamp "kind cluster down"; bash scripts/kind/down.sh >/dev/null 2>&1 || true; cleanup' EXIT
   if kubeconfig=$(bash scripts/kind/up.sh --fresh | tail -1); then
     # e2e/tests/kind.rs first, then every kind_*.rs by name, kind_lifecycle.rs (helm upgrade/uninstall) last.
     suites=(kind)
