@@ -97,7 +97,7 @@ add_dyn "$r" /usr/bin/jq /usr/bin/jq
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,mnt,root,etc/kubernetes,etc/cni/net.d,opt/cni/bin,sbin,usr/sbin}
 ln -sf ../bin/busybox "$r/sbin/init"
 chmod 1777 "$r/tmp"
-: > "$r/etc/resolv.conf"
+printf '127.0.0.1 localhost\n::1 localhost\n' > "$r/etc/hosts"
 oci_image "$r" "$wcache/layouts/init" 1
 
 # runc (init image): Debian's runc and its libraries.
