@@ -37,6 +37,8 @@ enum Cmd {
     /// Stage a node image (artifact or raw-efi disk) and boot it once (BootNext or kexec); `--commit` after a
     /// healthy boot makes it permanent in BootOrder.
     Upgrade(kitfleet_node_agent::upgrade::cli::UpgradeArgs),
+    /// Watch this node's Node and move it to the build key the operator asks for (the upgrade DaemonSet).
+    UpgradeAgent(kitfleet_node_agent::upgrade::agent_cli::AgentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,6 +152,16 @@ fn main() -> std::process::ExitCode {
                     .map_err(Into::into)
             }),
         Cmd::Upgrade(a) => kitfleet_node_agent::upgrade::cli::run(a).map_err(Into::into),
+        Cmd::UpgradeAgent(a) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| {
+                rt.block_on(kitfleet_node_agent::upgrade::agent_cli::run(
+                    a,
+                    shutdown_signal(),
+                ))
+            }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

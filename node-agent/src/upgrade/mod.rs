@@ -1,8 +1,12 @@
 //! The upgrade executor: which image is booted ([`booted`]), and the A/B boot path through the firmware's
 //! boot variables: the EFI load-option encoders ([`efi`]), the ESP's GPT partition ([`gpt`]) and efivarfs
 //! ([`efivars`]), driven by [`firmware::Firmware`] behind the [`Executor`] trait (stage, activate, commit,
-//! report). See the crate README, "Upgrade executor".
+//! report). The upgrade agent ([`agent`], [`agent_run`]) drives a [`node_exec::NodeExecutor`] (firmware, or the
+//! [`kind`] simulation) from the build key the operator asks the Node to run. See the crate README, "Upgrade executor".
 
+pub mod agent;
+pub mod agent_cli;
+pub mod agent_run;
 pub mod artifact;
 pub mod booted;
 pub mod cli;
@@ -12,6 +16,8 @@ pub mod esp_image;
 pub mod firmware;
 pub mod gpt;
 pub mod kexec;
+pub mod kind;
+pub mod node_exec;
 
 use std::path::PathBuf;
 
