@@ -135,6 +135,7 @@ fn the_chart_installs_what_kitfleet_runs() {
             "ClusterRoleBinding/kitfleet-operator",
             "ConfigMap/kitfleet-cni",
             "DaemonSet/kitfleet-node-agent",
+            "DaemonSet/kitfleet-node-upgrade",
             "Deployment/kitfleet-operator",
             "MutatingWebhookConfiguration/kitfleet-sandbox",
             "Role/kitfleet-operator",

@@ -79,7 +79,8 @@ oci_image "$r" "$layouts/operator" "$version" 'entrypoint=["/usr/local/bin/kitfl
   'user=65532:65532'
 
 r="$work/node-agent"; base_root "$r"
-for b in kitfleet-node-agent kitfleet-wg kitfleet-sandbox; do add_bin "$r" "$b"; done
+# kitfleet-build: the upgrade agent pulls and verifies node-image artifacts with it.
+for b in kitfleet-node-agent kitfleet-wg kitfleet-sandbox kitfleet-build; do add_bin "$r" "$b"; done
 mkdir -p "$r/bin"
 cp /bin/busybox "$r/bin/busybox"
 for a in sh cp mv rm mkdir cat ls; do ln -s busybox "$r/bin/$a"; done

@@ -129,7 +129,8 @@ if $install; then
   if ! helm upgrade --install kitfleet "$repo/charts/kitfleet" --namespace kitfleet-system --create-namespace \
       --wait --timeout 5m \
       --set "image.registry=$REGISTRY/kitfleet" --set "image.tag=$tag" \
-      --set "nodeAgent.clusterCIDRs={${cidrs//,/\\,}}" --set "operator.insecureRegistries={$REGISTRY}" >&2; then
+      --set "nodeAgent.clusterCIDRs={${cidrs//,/\\,}}" --set "operator.insecureRegistries={$REGISTRY}" \
+      --set nodeAgent.upgrade.executor=kind >&2; then
     diagnose
     kind_die "helm install failed"
   fi
