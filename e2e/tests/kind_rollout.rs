@@ -5,7 +5,9 @@
 //! Needs a cluster from `bash scripts/kind/up.sh` (which installs the chart with `nodeAgent.upgrade.executor=kind`).
 //! Without one the tests skip, unless `KITFLEET_KIND=1`. `KITFLEET_KIND_KUBECONFIG` picks the cluster's kubeconfig.
 //!
-//! `KITFLEET_KIND=1 KITFLEET_KIND_KUBECONFIG=… cargo test -p kitfleet-e2e --test kind_rollout -- --test-threads=1`
+//! The suite is opt-in (`KITFLEET_KIND_ROLLOUT=1`) until the test command wires it in.
+//!
+//! `KITFLEET_KIND_ROLLOUT=1 KITFLEET_KIND=1 KITFLEET_KIND_KUBECONFIG=… cargo test -p kitfleet-e2e --test kind_rollout -- --test-threads=1`
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -687,6 +689,11 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // Opt-in until the suite is wired into scripts/test.sh with a cluster whose operator has the rollout controller.
+    if std::env::var("KITFLEET_KIND_ROLLOUT").as_deref() != Ok("1") {
+        eprintln!("skipping: set KITFLEET_KIND_ROLLOUT=1 to run the rollout suite");
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
