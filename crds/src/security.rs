@@ -336,7 +336,12 @@ pub struct SecurityPolicyStatus {
     /// Nodes on which at least one matched pod runs under the launcher.
     #[serde(default)]
     pub nodes_enforcing: i32,
-    /// The Landlock ABI each node offers (at most 256 entries; the rest is counted in `nodesEnforcing`).
+    /// Pods of this policy that did not start under it, as the nodes last reported (refused by the launcher, or
+    /// their volume's publish failed closed).
+    #[serde(default, skip_serializing_if = "is_zero_i32")]
+    pub refused_pods: i32,
+    /// The Landlock ABI of each node with a sandbox volume of this policy (at most 256 entries, sorted by node; the
+    /// rest is counted in `nodesEnforcing`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub nodes: Vec<NodeAbi>,
@@ -348,4 +353,120 @@ pub struct SecurityPolicyStatus {
 pub struct NodeAbi {
     pub node: String,
     pub landlock_abi: u32,
+    /// Pods of this policy the node reports running under the launcher.
+    #[serde(default)]
+    pub enforced_pods: i32,
+}
+
+fn is_zero_i32(n: &i32) -> bool {
+    *n == 0
+}
+
+/// A node's sandbox report: the JSON value of the Node annotation `agent.kitfleet.dev/sandbox-report`
+/// ([`crate::constants::ANNOTATION_SANDBOX_REPORT`]), written by that node's agent (its `csi` container) whenever it
+/// changes, read by the operator's SecurityPolicy status controller. Bounded: at most [`NodeSandboxReport::MAX_SETS`]
+/// sets and [`NodeSandboxReport::MAX_REFUSALS`] refusals (the rest is counted in `setsOmitted` / `refusalsOmitted`),
+/// each list inside a set at most [`NodeSandboxReport::MAX_DETAILS`] entries, every string at most
+/// [`NodeSandboxReport::MAX_TEXT`] bytes; the serialised report stays under [`NodeSandboxReport::MAX_BYTES`].
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSandboxReport {
+    /// The Landlock ABI the node's kernel offers (0: none).
+    pub landlock_abi: u32,
+    /// Totals over every sandbox volume on the node.
+    #[serde(default)]
+    pub counts: SandboxCounts,
+    /// One entry per policy set with a published volume on the node, sorted by namespace and set hash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sets: Vec<PolicySetOutcome>,
+    /// Sets left out to keep the report small.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sets_omitted: u32,
+    /// Pods that did not start under their policy set, newest last: the launcher refused (e.g. `minAbi` above the
+    /// node's ABI, a required path missing) or publish failed closed (the set changed since admission, it does not
+    /// compile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refusals: Vec<PodRefusal>,
+    /// Refusals left out (oldest first).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refusals_omitted: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl NodeSandboxReport {
+    /// At most this many sets.
+    pub const MAX_SETS: usize = 64;
+    /// At most this many refusals.
+    pub const MAX_REFUSALS: usize = 16;
+    /// At most this many entries in each list of a set.
+    pub const MAX_DETAILS: usize = 8;
+    /// At most this many bytes per string.
+    pub const MAX_TEXT: usize = 256;
+    /// The serialised report stays below this many bytes (Node annotations share 256 KiB).
+    pub const MAX_BYTES: usize = 32 * 1024;
+}
+
+/// Counts over a node's sandbox volumes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxCounts {
+    /// Published sandbox volumes (one per pod).
+    #[serde(default)]
+    pub volumes: u32,
+    /// Volumes whose launcher last reported its workload running under the whole policy set.
+    #[serde(default)]
+    pub enforced: u32,
+    /// Volumes whose launcher last refused to start its workload.
+    #[serde(default)]
+    pub refused: u32,
+    /// Landlock rules dropped (a path missing in the container) in the volumes' last reports.
+    #[serde(default)]
+    pub dropped_rules: u32,
+    /// Publishes that failed closed since the agent started.
+    #[serde(default)]
+    pub publish_failed: u32,
+}
+
+/// What happened on one node to the pods of one policy set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicySetOutcome {
+    /// The pods' (and policies') namespace.
+    pub namespace: String,
+    /// Names of the SecurityPolicies in the set, sorted.
+    pub policies: Vec<String>,
+    /// The set's hash (as in the volume attribute `sandbox.kitfleet.dev/set-hash`).
+    pub set_hash: String,
+    /// Published volumes of this set.
+    pub volumes: u32,
+    /// Of them, those whose launcher reported `enforced`.
+    pub enforced: u32,
+    /// Of them, those whose launcher reported `refused` or `error`.
+    pub refused: u32,
+    /// Policies whose Landlock ruleset was not applied, with why (`audit` mode, no Landlock in the kernel):
+    /// `"<policy>: <reason>"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub landlock_not_applied: Vec<String>,
+    /// Dropped Landlock rules: `"<policy> <field> <path>: <reason>"`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_rules: Vec<String>,
+}
+
+/// A pod that did not start under its policy set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRefusal {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The pod's uid.
+    pub pod_uid: String,
+    /// The SecurityPolicies of the set pinned at admission (names, in the pod's namespace).
+    pub policies: Vec<String>,
+    /// `launch` (the launcher refused) or `publish` (the node agent refused the volume).
+    pub stage: String,
+    /// Why, as the launcher or the agent said it.
+    pub reason: String,
 }

@@ -7,6 +7,7 @@ use crate::seccomp_profiles::ProfileStore;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Flags of the `csi` subcommand.
 #[derive(Debug, clap::Args)]
@@ -58,9 +59,14 @@ pub struct CsiArgs {
         default_value = "/var/lib/kubelet/seccomp/kitfleet"
     )]
     pub seccomp_dir: PathBuf,
-    /// Read SecurityPolicies and Pods from this directory of manifests instead of the apiserver.
+    /// Read SecurityPolicies and Pods from this directory of manifests instead of the apiserver (no sandbox
+    /// report is written then).
     #[arg(long)]
     pub objects_dir: Option<PathBuf>,
+    /// How often the node's sandbox report (Node annotation `agent.kitfleet.dev/sandbox-report`) is rebuilt; it is
+    /// written only when it changed. 0: never write it.
+    #[arg(long, env = "KITFLEET_REPORT_INTERVAL_MS", default_value_t = 2000)]
+    pub report_interval_ms: u64,
 }
 
 /// Why `csi` stopped.
@@ -95,10 +101,23 @@ pub async fn run(
         kubelet_endpoint: a.kubelet_endpoint,
     };
     match a.objects_dir {
-        Some(dir) => go(cfg, DirSource::new(dir), sockets, shutdown).await,
+        Some(dir) => go(cfg, DirSource::new(dir), sockets, None, shutdown).await,
         None => {
             let client = kube::Client::try_default().await?;
-            go(cfg, KubePolicySource::new(client), sockets, shutdown).await
+            let report = (a.report_interval_ms > 0).then(|| {
+                (
+                    client.clone(),
+                    Duration::from_millis(a.report_interval_ms.max(100)),
+                )
+            });
+            go(
+                cfg,
+                KubePolicySource::new(client),
+                sockets,
+                report,
+                shutdown,
+            )
+            .await
         }
     }
 }
@@ -107,8 +126,27 @@ async fn go<S: PolicySource>(
     cfg: DriverConfig,
     src: S,
     sockets: Sockets,
+    report: Option<(kube::Client, Duration)>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
-    serve(Arc::new(Driver::new(cfg, src)), sockets, shutdown).await?;
+    let driver = Arc::new(Driver::new(cfg, src));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reporter = report.map(|(client, every)| {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(crate::csi::report::run(
+            driver.clone(),
+            client,
+            every,
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ))
+    });
+    let result = serve(driver, sockets, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(t) = reporter {
+        let _ = t.await;
+    }
+    result?;
     Ok(())
 }

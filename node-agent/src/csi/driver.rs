@@ -109,7 +109,26 @@ pub struct Record {
     pub pod: String,
     /// Pod uid.
     pub pod_uid: String,
+    /// Names of the set's policies, sorted (absent in records written before the sandbox report).
+    #[serde(default)]
+    pub policies: Vec<String>,
 }
+
+/// A publish that failed closed (the pod does not start): kept for the node's sandbox report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishFailure {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Names of the set pinned at admission.
+    pub policies: Vec<String>,
+    /// The error as the kubelet got it.
+    pub reason: String,
+}
+
+/// At most this many publish failures are kept (newest last; one per pod).
+pub const MAX_PUBLISH_FAILURES: usize = 16;
 
 /// The last outcome report a launcher sent for a volume.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +150,8 @@ pub struct Driver<S> {
     compiled: Mutex<HashMap<(String, String), Compiled>>,
     listeners: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     outcomes: Arc<Mutex<BTreeMap<String, Outcome>>>,
+    failures: Mutex<std::collections::VecDeque<PublishFailure>>,
+    failed_total: std::sync::atomic::AtomicU32,
 }
 
 /// The short key of a volume id.
@@ -148,7 +169,41 @@ impl<S: PolicySource> Driver<S> {
             compiled: Mutex::new(HashMap::new()),
             listeners: Mutex::new(HashMap::new()),
             outcomes: Arc::new(Mutex::new(BTreeMap::new())),
+            failures: Mutex::new(Default::default()),
+            failed_total: Default::default(),
         }
+    }
+
+    /// The publishes that failed closed (newest last, one per pod) and how many failed since start.
+    pub fn publish_failures(&self) -> (Vec<PublishFailure>, u32) {
+        let f = self
+            .failures
+            .lock()
+            .expect("lock")
+            .iter()
+            .cloned()
+            .collect();
+        (
+            f,
+            self.failed_total.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn note_failure(&self, a: &VolumeAttrs, reason: &str) {
+        let pod = format!("{}/{}", a.pod.namespace, a.pod.name);
+        let mut f = self.failures.lock().expect("lock");
+        f.retain(|x| x.pod_uid != a.pod.uid);
+        f.push_back(PublishFailure {
+            pod,
+            pod_uid: a.pod.uid.clone(),
+            policies: a.policies.iter().map(|r| r.name.clone()).collect(),
+            reason: reason.to_string(),
+        });
+        while f.len() > MAX_PUBLISH_FAILURES {
+            f.pop_front();
+        }
+        self.failed_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The settings.
@@ -344,14 +399,23 @@ impl<S: PolicySource> Driver<S> {
         })?;
         let set = source::current_set(&all, &facts.labels);
         if let Err(changes) = source::check_set(a, &set) {
-            return Err(DriverError::FailedPrecondition(format!(
+            let e = DriverError::FailedPrecondition(format!(
                 "pod {pod}: the SecurityPolicy set changed since admission ({}): {}; the pod is not started with another set — delete it so that its controller recreates it with the current set",
                 attrs::policies_attr_of(&a.policies),
                 changes.join("; ")
-            )));
+            ));
+            self.note_failure(a, &e.to_string());
+            return Err(e);
         }
-        let compiled = self.compile(a, &set)?;
-        self.stage_and_mount(&req, &pod, &compiled)
+        let compiled = self.compile(a, &set).inspect_err(|e| {
+            self.note_failure(a, &e.to_string());
+        })?;
+        self.stage_and_mount(&req, &pod, &compiled)?;
+        self.failures
+            .lock()
+            .expect("lock")
+            .retain(|x| x.pod_uid != a.pod.uid);
+        Ok(())
     }
 
     fn stage_and_mount(
@@ -381,6 +445,7 @@ impl<S: PolicySource> Driver<S> {
             set_hash: req.attrs.set_hash.clone(),
             pod: pod.to_string(),
             pod_uid: req.attrs.pod.uid.clone(),
+            policies: req.attrs.policies.iter().map(|r| r.name.clone()).collect(),
         };
         let mut created_target = false;
         let result = (|| {

@@ -7,6 +7,7 @@ pub mod attrs;
 pub mod cli;
 pub mod driver;
 pub mod mount;
+pub mod report;
 pub mod service;
 pub mod source;
 
