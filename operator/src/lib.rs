@@ -6,6 +6,7 @@ pub mod build;
 pub mod config;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod rbac;
 pub mod rollout;
 pub mod run;

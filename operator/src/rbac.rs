@@ -33,6 +33,12 @@ pub const CLUSTER_RULES: &[Rule] = &[
     ),
     // webhook/server.rs `label_namespaces`: list the labelled namespaces, apply (patch) the sandbox label.
     ("", "namespaces", &["list", "patch"]),
+    // policy/mod.rs `apply`: SecurityPolicy status (SSA on /status).
+    ("kitfleet.dev", "securitypolicies/status", &["patch"]),
+    // policy/mod.rs `run`: the Node reflector (the agents' sandbox reports) and the Pod reflector (pods the
+    // policies' selectors match, in every namespace).
+    ("", "nodes", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
 ];
 
 /// The Role in the operator's namespace (build Jobs, their Pods, push secrets, the Lease).

@@ -117,7 +117,7 @@ pub async fn run_with<R: ArtifactRegistry>(
             health.ready.store(true, Ordering::Release);
             info!("leader election disabled; starting the NodeImage controller");
             let mut stop = stop_rx.clone();
-            controller::run(ctx, async move {
+            leader_controllers(ctx, &config.identity, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
             .await;
@@ -174,7 +174,7 @@ async fn lead<R: ArtifactRegistry>(
     info!(identity = %config.identity, "acquired leadership; starting the NodeImage controller");
     let (ctl_stop_tx, ctl_stop_rx) = watch::channel(false);
     let mut ctl_stop = ctl_stop_rx;
-    let controller = controller::run(ctx, async move {
+    let controller = leader_controllers(ctx, &config.identity, async move {
         let _ = ctl_stop.wait_for(|s| *s).await;
     });
     tokio::pin!(controller);
@@ -216,6 +216,30 @@ async fn lead<R: ArtifactRegistry>(
         Err(e) => warn!(error = %e, "releasing the lease"),
     }
     Ok(())
+}
+
+/// The controllers only the leader runs, side by side until `shutdown`: the NodeImage controller and the
+/// SecurityPolicy status controller (`policy`).
+async fn leader_controllers<R: ArtifactRegistry>(
+    ctx: Arc<Context<R>>,
+    identity: &str,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (tx, rx) = watch::channel(false);
+    let client = ctx.client.clone();
+    let mut rx_a = rx.clone();
+    let mut rx_b = rx;
+    let nodeimages = controller::run(ctx, async move {
+        let _ = rx_a.wait_for(|s| *s).await;
+    });
+    let policies = crate::policy::run(client, identity, Default::default(), async move {
+        let _ = rx_b.wait_for(|s| *s).await;
+    });
+    let stop = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    tokio::join!(nodeimages, policies, stop);
 }
 
 /// Starts the admission webhooks (`webhook::server::run`) in a task.
