@@ -1,6 +1,7 @@
 //! kitfleet-node-agent: the node DaemonSet. Today: the WireGuard mesh ([`mesh`]), the CSI node plugin for the
 //! sandbox volume ([`csi`]) and the seccomp profile files ([`seccomp_profiles`]).
 
+pub mod cleanup;
 pub mod csi;
 pub mod forge;
 pub mod mesh;

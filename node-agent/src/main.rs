@@ -39,6 +39,11 @@ enum Cmd {
     Upgrade(kitfleet_node_agent::upgrade::cli::UpgradeArgs),
     /// Watch this node's Node and move it to the build key the operator asks for (the upgrade DaemonSet).
     UpgradeAgent(kitfleet_node_agent::upgrade::agent_cli::AgentArgs),
+    /// Remove everything the agent and the CNI plugin left on this node: TUN, tagged routes, nft table, conflist,
+    /// plugin binary, state files, this Node's agent annotations (idempotent).
+    Cleanup(kitfleet_node_agent::cleanup::local::CleanupArgs),
+    /// Stop the node agents, then run `cleanup` on every node in a pinned pod (the chart's pre-delete hook).
+    CleanupNodes(kitfleet_node_agent::cleanup::nodes::NodesArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -152,6 +157,8 @@ fn main() -> std::process::ExitCode {
                     .map_err(Into::into)
             }),
         Cmd::Upgrade(a) => kitfleet_node_agent::upgrade::cli::run(a).map_err(Into::into),
+        Cmd::Cleanup(a) => kitfleet_node_agent::cleanup::local::run(a).map_err(Into::into),
+        Cmd::CleanupNodes(a) => kitfleet_node_agent::cleanup::nodes::run(a).map_err(Into::into),
         Cmd::UpgradeAgent(a) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -4,6 +4,7 @@
 
 pub mod build;
 pub mod config;
+pub mod crds_apply;
 pub mod leader;
 pub mod metrics;
 pub mod policy;

@@ -21,11 +21,20 @@ enum Command {
     Run(RunArgs),
     /// Check the configuration `run` would use (flags, then environment, then defaults), print it and exit.
     CheckConfig(RunArgs),
+    /// The CRDs compiled into this binary (the chart's CRD upgrade hook).
+    #[command(subcommand)]
+    Crds(kitfleet_operator::crds_apply::CrdsCommand),
 }
 
 fn main() -> std::process::ExitCode {
     let matches = Cli::command().get_matches();
     let (name, sub) = matches.subcommand().expect("a subcommand is required");
+    if name == "crds"
+        && let Ok(Command::Crds(cmd)) =
+            <Command as clap::FromArgMatches>::from_arg_matches(&matches)
+    {
+        return kitfleet_operator::crds_apply::main(cmd);
+    }
     let config = match Config::from_matches(sub) {
         Ok(c) => c,
         Err(e) => {

@@ -412,6 +412,39 @@ pub fn nft_table_handle(name: &str) -> Result<Option<u64>> {
     }
 }
 
+/// Deletes nftables table `ip <name>` in the calling thread's network namespace (one batch, as nf_tables requires
+/// for changes). `false` when there was no such table.
+pub fn nft_delete_table(name: &str) -> Result<bool> {
+    let mut nl = Netlink::open_protocol(SockProtocol::NetlinkNetFilter)?;
+    let err = |errno| NetlinkError {
+        op: "delete nft table",
+        target: name.into(),
+        errno,
+    };
+    let seq = nl.seq.wrapping_add(1);
+    nl.seq = seq.wrapping_add(2);
+    let mut batch = Builder::new(NFNL_MSG_BATCH_BEGIN, 0)
+        .nfgenmsg_batch(NFNL_SUBSYS_NFTABLES)
+        .finish(seq);
+    batch.extend(
+        Builder::new((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE, NLM_F_ACK)
+            .nfgenmsg(NFPROTO_IPV4)
+            .attr_str(NFTA_TABLE_NAME, name)
+            .finish(seq.wrapping_add(1)),
+    );
+    batch.extend(
+        Builder::new(NFNL_MSG_BATCH_END, 0)
+            .nfgenmsg_batch(NFNL_SUBSYS_NFTABLES)
+            .finish(seq.wrapping_add(2)),
+    );
+    send(nl.fd.as_fd().as_raw_fd(), &batch, MsgFlags::empty()).map_err(err)?;
+    match nl.replies(seq.wrapping_add(1)) {
+        Ok(_) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(errno) => Err(err(errno)),
+    }
+}
+
 fn parse_link(p: &[u8]) -> Link {
     let mut l = Link {
         name: String::new(),

@@ -110,6 +110,12 @@ pub const AF_UNSPEC: u8 = 0;
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 /// `NFT_MSG_GETTABLE` (`linux/netfilter/nf_tables.h`).
 pub const NFT_MSG_GETTABLE: u16 = 1;
+/// `NFT_MSG_DELTABLE`.
+pub const NFT_MSG_DELTABLE: u16 = 2;
+/// `NFNL_MSG_BATCH_BEGIN` (`linux/netfilter/nfnetlink.h`): nf_tables changes travel in a batch.
+pub const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+/// `NFNL_MSG_BATCH_END`.
+pub const NFNL_MSG_BATCH_END: u16 = 0x11;
 /// `NFTA_TABLE_NAME`.
 pub const NFTA_TABLE_NAME: u16 = 1;
 /// `NFTA_TABLE_HANDLE` (big-endian u64).
@@ -165,6 +171,12 @@ impl Builder {
     /// `struct nfgenmsg` (nfnetlink): family, version `NFNETLINK_V0`, resource id 0.
     pub fn nfgenmsg(mut self, family: u8) -> Self {
         self.buf.extend_from_slice(&[family, 0, 0, 0]);
+        self
+    }
+    /// `struct nfgenmsg` of a batch delimiter: resource id = the subsystem (big-endian).
+    pub fn nfgenmsg_batch(mut self, subsys: u16) -> Self {
+        self.buf.extend_from_slice(&[AF_UNSPEC, 0]);
+        self.buf.extend_from_slice(&subsys.to_be_bytes());
         self
     }
     /// `struct ndmsg`.

@@ -301,6 +301,33 @@ impl NetlinkRoutes {
     }
 }
 
+impl NetlinkRoutes {
+    /// Deletes every route carrying the agent's protocol tag ([`RTPROT_KITFLEET`]) in the main table, whatever its
+    /// interface (what `kitfleet-node-agent cleanup` leaves no trace of); returns what it deleted. Routes of any
+    /// other protocol are never touched.
+    pub fn purge_ours(&mut self) -> Result<Vec<Cidr>, RouteError> {
+        let ours: Vec<Entry> = (self.dump("*")?.into_iter())
+            .filter(|e| e.protocol == RTPROT_KITFLEET && e.table == u32::from(RT_TABLE_MAIN))
+            .collect();
+        let mut deleted = Vec::new();
+        for e in ours {
+            let msg = self.message(RTM_DELROUTE, NLM_F_ACK, Some(e.dst), e.oif.unwrap_or(0));
+            match self.exchange(&msg) {
+                Ok(_) => deleted.push(e.dst),
+                Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => {
+                    return Err(RouteError::Netlink {
+                        op: "delete route",
+                        target: e.describe(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(deleted)
+    }
+}
+
 impl RouteTable for NetlinkRoutes {
     fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError> {
         let oif = ifindex(dev)?;

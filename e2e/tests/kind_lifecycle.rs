@@ -1,0 +1,452 @@
+//! The chart's lifecycle in the kind cluster (runs LAST in the test command: it uninstalls and reinstalls Kitfleet).
+//!
+//! (a) CRD upgrade path: the release is replaced by the chart at a pinned earlier git ref ([`OLD_REF`], whose
+//! NodeImage CRD has no `rollout.healthCheck.podSelector`) with the current images; `helm upgrade` to this chart with
+//! the CRD hook switched off leaves the old CRD, which prunes the new field (what Helm alone does); `helm upgrade`
+//! with the hook then makes the field survive a write and a read back.
+//! (b) `helm uninstall` (pre-delete hook): no Kitfleet pod or DaemonSet is left, and on every node (podman exec into
+//! the kind node container) no TUN, no route with the agent's protocol tag, no nft table, no conflist, plugin binary
+//! or state directory, and no `agent.kitfleet.dev/` Node annotation.
+//! Then `helm install` as scripts/kind/up.sh does, and the pods on the pod network are restarted, so the cluster is
+//! as the suite found it.
+//!
+//! Skips without a cluster unless `KITFLEET_KIND=1`. The kubeconfig: `KITFLEET_KIND_KUBECONFIG`, else `KUBECONFIG`,
+//! else the test command's cluster (`$KITFLEET_CACHE/kind/kubeconfig`).
+//!
+//! `KITFLEET_KIND=1 KUBECONFIG=… cargo test -p kitfleet-e2e --test kind_lifecycle -- --test-threads=1`
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+/// The chart before `rollout.healthCheck.podSelector` existed (`git log -S podSelector -- crds/`: added by 4980415).
+const OLD_REF: &str = "45ed9216244fd59a7397ac657ae5a6a223e9702d";
+const RELEASE: &str = "kitfleet";
+const KITFLEET_NS: &str = "kitfleet-system";
+const CRDS: [&str; 2] = ["nodeimages.kitfleet.dev", "securitypolicies.kitfleet.dev"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cache() -> PathBuf {
+    std::env::var_os("KITFLEET_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kitfleet"))
+}
+
+/// podman's settings for the kind state (scripts/kind/env.sh).
+fn podman_env() -> Vec<(String, String)> {
+    let p = cache().join("kind/podman");
+    [
+        ("CONTAINERS_CONF", "containers.conf"),
+        ("CONTAINERS_STORAGE_CONF", "storage.conf"),
+        ("CONTAINERS_REGISTRIES_CONF", "registries.conf"),
+    ]
+    .map(|(k, f)| (k.to_string(), p.join(f).to_string_lossy().into_owned()))
+    .into()
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Cluster {
+    kubeconfig: PathBuf,
+    client: Client,
+}
+
+async fn cluster() -> Option<Cluster> {
+    let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
+    let kubeconfig = std::env::var_os("KITFLEET_KIND_KUBECONFIG")
+        .or_else(|| std::env::var_os("KUBECONFIG"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join("kind/kubeconfig"));
+    let client = async {
+        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
+        let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        let client = Client::try_from(cfg)?;
+        client.apiserver_version().await?;
+        anyhow::Ok(client)
+    }
+    .await;
+    match client {
+        Ok(client) => Some(Cluster { kubeconfig, client }),
+        Err(e) if required => panic!(
+            "the kind cluster ({}) is not usable: {e:#}",
+            kubeconfig.display()
+        ),
+        Err(e) => {
+            eprintln!(
+                "skipping: no kind cluster at {}: {e:#}",
+                kubeconfig.display()
+            );
+            None
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        match f().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = Some(e),
+        }
+        if start.elapsed() > timeout {
+            return match last {
+                Some(e) => Err(e.context(format!("{what}: still failing after {timeout:?}"))),
+                None => bail!("{what}: not done after {timeout:?}"),
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl Cluster {
+    fn helm(&self) -> Command {
+        let mut c = Command::new("helm");
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c.args(["--namespace", KITFLEET_NS]);
+        c
+    }
+
+    /// The release's values as installed (image, cluster CIDRs, registries): what the old chart and the reinstall
+    /// get too.
+    fn values(&self) -> Result<Value> {
+        let v: Value = serde_json::from_str(&run(self
+            .helm()
+            .args(["get", "values", RELEASE, "-o", "json"]))?)?;
+        for key in ["image", "nodeAgent"] {
+            if v[key].is_null() {
+                bail!("the installed release has no {key} values: {v}");
+            }
+        }
+        Ok(v)
+    }
+
+    fn sets(values: &Value) -> Vec<String> {
+        let list = |v: &Value| -> String {
+            (v.as_array().iter().flat_map(|a| a.iter()))
+                .filter_map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\\,")
+        };
+        let mut s = vec![
+            format!(
+                "image.registry={}",
+                values["image"]["registry"].as_str().unwrap_or_default()
+            ),
+            format!(
+                "image.tag={}",
+                values["image"]["tag"].as_str().unwrap_or_default()
+            ),
+            format!(
+                "nodeAgent.clusterCIDRs={{{}}}",
+                list(&values["nodeAgent"]["clusterCIDRs"])
+            ),
+        ];
+        let regs = list(&values["operator"]["insecureRegistries"]);
+        if !regs.is_empty() {
+            s.push(format!("operator.insecureRegistries={{{regs}}}"));
+        }
+        s
+    }
+
+    /// `helm ACTION` of `chart` with `sets`, waiting; returns how long it took.
+    fn helm_chart(&self, action: &[&str], chart: &Path, sets: &[String]) -> Result<Duration> {
+        let t = Instant::now();
+        let mut cmd = self.helm();
+        cmd.args(action).arg(RELEASE).arg(chart);
+        cmd.args(["--wait", "--timeout", "6m"]);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        run(&mut cmd)?;
+        Ok(t.elapsed())
+    }
+
+    fn uninstall(&self) -> Result<Duration> {
+        let t = Instant::now();
+        run(self
+            .helm()
+            .args(["uninstall", RELEASE, "--wait", "--timeout", "6m"]))?;
+        Ok(t.elapsed())
+    }
+
+    async fn node_names(&self) -> Result<Vec<String>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        Ok(nodes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect())
+    }
+
+    /// A NodeImage with the field the old CRD lacks, applied and read back: whether the field survived.
+    async fn pod_selector_survives(&self, name: &str) -> Result<bool> {
+        let ar = kube::discovery::ApiResource::erase::<kitfleet_api::NodeImage>(&());
+        let api: Api<kube::api::DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        if api.get_opt(name).await?.is_some() {
+            api.delete(name, &DeleteParams::default()).await?;
+            wait_for("old NodeImage gone", Duration::from_secs(60), || async {
+                Ok(api.get_opt(name).await?.is_none().then_some(()))
+            })
+            .await?;
+        }
+        let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kitfleet.dev/v1alpha1", "kind": "NodeImage",
+            "metadata": {"name": name},
+            "spec": {
+                "kernel": {"image": "kitfleet-registry:5000/lifecycle/kernel:1"},
+                "init": ["kitfleet-registry:5000/lifecycle/init:1"],
+                "formats": ["kernel+initrd"],
+                "output": {"repository": "kitfleet-registry:5000/kitfleet/nodes/lifecycle"},
+                "rollout": {"nodeSelector": {"matchLabels": {"kitfleet.dev/pool": "none"}},
+                            "healthCheck": {"podSelector": {"matchLabels": {"app": "web"}}}}
+            }
+        }))?;
+        api.create(&Default::default(), &obj).await?;
+        let back = serde_json::to_value(api.get(name).await?)?;
+        let kept = !back["spec"]["rollout"]["healthCheck"]["podSelector"].is_null();
+        api.delete(name, &DeleteParams::default()).await?;
+        Ok(kept)
+    }
+
+    /// Nothing of Kitfleet's is left on any node, in the namespace or in the Node annotations.
+    async fn nothing_left(&self) -> Result<()> {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), KITFLEET_NS);
+        wait_for("Kitfleet's pods gone", Duration::from_secs(120), || async {
+            let left: Vec<String> = (pods.list(&ListParams::default()).await?.items.iter())
+                .filter_map(|p| p.metadata.name.clone())
+                .collect();
+            Ok(left.is_empty().then_some(()))
+        })
+        .await?;
+        let ds: Api<DaemonSet> = Api::all(self.client.clone());
+        let dss: Vec<String> = (ds.list(&ListParams::default()).await?.items.iter())
+            .filter(|d| d.metadata.namespace.as_deref() == Some(KITFLEET_NS))
+            .filter_map(|d| d.metadata.name.clone())
+            .collect();
+        if !dss.is_empty() {
+            bail!("DaemonSets left: {dss:?}");
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        for n in nodes.list(&ListParams::default()).await? {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let agent: Vec<&String> = (n.metadata.annotations.iter().flatten())
+                .map(|(k, _)| k)
+                .filter(|k| k.starts_with("agent.kitfleet.dev/"))
+                .collect();
+            if !agent.is_empty() {
+                bail!("Node {name} still has {agent:?}");
+            }
+            // One shell per node: every check prints what it found.
+            let script = "ip -o link show kfwg0 2>/dev/null; \
+                ip route show table all proto 75; ip -6 route show table all proto 75; \
+                nft list tables | grep kitfleet; \
+                ls -d /etc/cni/net.d/10-kitfleet.conflist /opt/cni/bin/kitfleet-wg /run/kitfleet /var/lib/kitfleet \
+                  /var/lib/cni/kitfleet-wg /var/log/kitfleet-wg.log 2>/dev/null; true";
+            let found = run(Command::new("podman")
+                .args(["exec", &name, "sh", "-c", script])
+                .envs(podman_env()))?;
+            if !found.trim().is_empty() {
+                bail!("node {name} still has Kitfleet state:\n{found}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Restarts every pod on the pod network outside Kitfleet's namespace (their addresses came from the IPAM store
+    /// the uninstall removed) and waits until the nodes and CoreDNS are Ready.
+    async fn settle_after_reinstall(&self) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        wait_for("every node Ready", Duration::from_secs(180), || async {
+            let all = nodes.list(&ListParams::default()).await?;
+            let ready = all.items.iter().all(|n| {
+                (n.status.as_ref().and_then(|s| s.conditions.as_ref()))
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            });
+            Ok(ready.then_some(()))
+        })
+        .await?;
+        let all: Api<Pod> = Api::all(self.client.clone());
+        for p in all.list(&ListParams::default()).await? {
+            let host = (p.spec.as_ref().and_then(|s| s.host_network)).unwrap_or(false);
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            if host || ns == KITFLEET_NS {
+                continue;
+            }
+            let name = p.metadata.name.clone().unwrap_or_default();
+            Api::<Pod>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await?;
+        }
+        let kube_system: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
+        wait_for("CoreDNS Ready again", Duration::from_secs(180), || async {
+            let lp = ListParams::default().labels("k8s-app=kube-dns");
+            let pods = kube_system.list(&lp).await?.items;
+            let ready = !pods.is_empty()
+                && pods.iter().all(|p| {
+                    (p.status.as_ref().and_then(|s| s.conditions.as_ref()))
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                });
+            Ok(ready.then_some(()))
+        })
+        .await
+    }
+}
+
+/// The chart at `OLD_REF`, extracted with `git archive` into `dir`.
+fn old_chart(dir: &Path) -> Result<PathBuf> {
+    let tar = dir.join("chart.tar");
+    run(Command::new("git")
+        .arg("-C")
+        .arg(repo())
+        .args(["archive", "--format=tar", "-o"])
+        .arg(&tar)
+        .args([OLD_REF, "charts/kitfleet"]))?;
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(dir))?;
+    Ok(dir.join("charts/kitfleet"))
+}
+
+#[test]
+fn upgrade_from_an_older_chart_keeps_new_crd_fields_and_uninstall_leaves_no_node_state() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let Some(c) = cluster().await else { return };
+        if let Err(e) = lifecycle(&c).await {
+            panic!("{e:?}");
+        }
+    });
+}
+
+async fn lifecycle(c: &Cluster) -> Result<()> {
+    let values = c.values()?;
+    let sets = Cluster::sets(&values);
+    let current = repo().join("charts/kitfleet");
+    let tmp = tempfile::tempdir()?;
+    let old = old_chart(tmp.path())?;
+
+    // Start from the old chart's first install: no release, no CRDs (Helm then installs the old chart's crds/).
+    let t = c
+        .uninstall()
+        .context("helm uninstall of the current release")?;
+    eprintln!(
+        "lifecycle: helm uninstall (pre-delete cleanup hook) took {} ms",
+        t.as_millis()
+    );
+    c.nothing_left()
+        .await
+        .context("after the first uninstall")?;
+    for crd in CRDS {
+        let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
+        if crds.get_opt(crd).await?.is_some() {
+            crds.delete(crd, &DeleteParams::default()).await?;
+        }
+        wait_for("CRD deleted", Duration::from_secs(60), || async {
+            Ok(crds.get_opt(crd).await?.is_none().then_some(()))
+        })
+        .await?;
+    }
+    let t = c
+        .helm_chart(&["install"], &old, &sets)
+        .context("helm install of the old chart")?;
+    eprintln!(
+        "lifecycle: helm install of the chart at {} took {} ms",
+        &OLD_REF[..7],
+        t.as_millis()
+    );
+    assert!(
+        !c.pod_selector_survives("lifecycle-old").await?,
+        "the old chart's CRD should prune healthCheck.podSelector (is OLD_REF right?)"
+    );
+
+    // Helm alone (hook off): the old CRD stays and prunes the new field.
+    let mut no_hook = sets.clone();
+    no_hook.push("hooks.crds.enabled=false".into());
+    let t = c
+        .helm_chart(&["upgrade"], &current, &no_hook)
+        .context("helm upgrade without the CRD hook")?;
+    eprintln!(
+        "lifecycle: helm upgrade without the CRD hook took {} ms",
+        t.as_millis()
+    );
+    assert!(
+        !c.pod_selector_survives("lifecycle-nohook").await?,
+        "without the hook Helm does not update crds/: the field must be pruned"
+    );
+
+    // With the hook: the CRD is upgraded and the field survives.
+    let t = c
+        .helm_chart(&["upgrade"], &current, &sets)
+        .context("helm upgrade with the CRD hook")?;
+    eprintln!(
+        "lifecycle: helm upgrade with the CRD hook took {} ms",
+        t.as_millis()
+    );
+    let mut kept = false;
+    for _ in 0..10 {
+        if c.pod_selector_survives("lifecycle-hook").await? {
+            kept = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        kept,
+        "healthCheck.podSelector pruned after helm upgrade with the CRD hook"
+    );
+
+    // Uninstall: nothing left on any node.
+    let t = c.uninstall().context("helm uninstall")?;
+    eprintln!(
+        "lifecycle: helm uninstall (pre-delete cleanup hook) took {} ms",
+        t.as_millis()
+    );
+    c.nothing_left().await.context("after helm uninstall")?;
+
+    // Back to the state the suite found: installed as scripts/kind/up.sh does, pods renumbered.
+    let t = c
+        .helm_chart(&["install"], &current, &sets)
+        .context("helm install (reinstall)")?;
+    eprintln!(
+        "lifecycle: helm install (reinstall) took {} ms",
+        t.as_millis()
+    );
+    c.settle_after_reinstall().await?;
+    let nodes = c.node_names().await?;
+    eprintln!("lifecycle: done; {} nodes Ready", nodes.len());
+    Ok(())
+}
