@@ -8,12 +8,13 @@ use blake2::digest::{FixedOutput, KeyInit, Mac};
 use blake2::{Blake2s256, Blake2sMac, Digest};
 use boringtun::x25519;
 use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNonce};
 use kitfleet_cni_wg::dataplane::PublicKey;
 
 const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";
 const LABEL_MAC1: &[u8] = b"mac1----";
+const LABEL_COOKIE: &[u8] = b"cookie--";
 /// Size of a handshake initiation on the wire.
 pub const INITIATION_LEN: usize = 148;
 
@@ -112,6 +113,36 @@ impl Forger {
         self.seal_mac1(m);
     }
 
+    /// Opens a cookie reply (type 3, 64 bytes) that answered `answered`, as an initiator that owns
+    /// its source address can (the key derives from the responder's public key, the additional data
+    /// is the answered message's mac1). The cookie stays valid for that address for two minutes.
+    pub fn open_cookie(&self, answered: &[u8; INITIATION_LEN], reply: &[u8]) -> Option<[u8; 16]> {
+        if reply.len() != 64 || reply[0] != 3 || reply[4..8] != answered[4..8] {
+            return None;
+        }
+        let key = hash(&[LABEL_COOKIE, &self.responder]);
+        let mut cookie = [0u8; 16];
+        cookie.copy_from_slice(&reply[32..48]);
+        XChaCha20Poly1305::new(Key::from_slice(&key))
+            .decrypt_in_place_detached(
+                XNonce::from_slice(&reply[8..32]),
+                &answered[116..132],
+                &mut cookie,
+                Tag::from_slice(&reply[48..64]),
+            )
+            .ok()?;
+        Some(cookie)
+    }
+
+    /// Seals mac2 (keyed with a cookie from [`Forger::open_cookie`]) into an initiation whose mac1 is
+    /// final: what a responder under load demands.
+    pub fn seal_mac2(&self, m: &mut [u8; INITIATION_LEN], cookie: &[u8; 16]) {
+        let mut mac = <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(cookie)
+            .expect("a 16-byte key");
+        Mac::update(&mut mac, &m[..132]);
+        m[132..].copy_from_slice(&mac.finalize_fixed());
+    }
+
     fn seal_mac1(&self, m: &mut [u8; INITIATION_LEN]) {
         let mut mac =
             <Blake2sMac<blake2::digest::consts::U16> as KeyInit>::new_from_slice(&self.mac1_key)
@@ -154,5 +185,36 @@ mod tests {
             Tunn::parse_incoming_packet(&f.garbage()),
             Ok(Packet::HandshakeInit(_))
         ));
+    }
+
+    #[test]
+    fn an_opened_cookie_passes_the_under_load_check() {
+        let secret = x25519::StaticSecret::from(random::<32>());
+        let public = x25519::PublicKey::from(&secret);
+        let f = Forger::new(&PublicKey(public.to_bytes()));
+        let limiter = RateLimiter::new(&public, 0); // always under load
+        let src = Some("192.0.2.7".parse().unwrap());
+        let mut m = f.claiming(&PublicKey(random()), 1);
+        let mut reply = [0u8; 64];
+        let n = match limiter.verify_packet(src, &m, &mut reply) {
+            Err(boringtun::noise::TunnResult::WriteToNetwork(r)) => r.len(),
+            _ => panic!("no cookie reply under load"),
+        };
+        assert!(
+            f.open_cookie(&f.garbage(), &reply[..n]).is_none(),
+            "another message's reply"
+        );
+        let cookie = f.open_cookie(&m, &reply[..n]).expect("the cookie opens");
+        f.reindex(&mut m, 2);
+        f.seal_mac2(&mut m, &cookie);
+        assert!(matches!(
+            limiter.verify_packet(src, &m, &mut reply),
+            Ok(Packet::HandshakeInit(_))
+        ));
+        let other = Some("192.0.2.8".parse().unwrap());
+        assert!(
+            limiter.verify_packet(other, &m, &mut reply).is_err(),
+            "the cookie is bound to its address"
+        );
     }
 }

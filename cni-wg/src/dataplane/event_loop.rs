@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::mpsc::{self, TryRecvError};
 use std::time::{Duration, Instant};
 
+use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519;
 
-use super::handshake::{self, Budget, Kind, Outcome};
+use super::handshake::{self, Budget, Kind, Outcome, SourceBuckets};
 use super::offload::{self, Coalescer, PacketSink, VnetHdr};
 use super::peers::{Peer, Peers};
 use super::tun::{Tun, VNET_HDR_LEN};
@@ -19,13 +20,16 @@ use super::udp::{Incoming, MAX_GSO_BYTES, MAX_GSO_SEGMENTS, Outgoing, Udp};
 use super::{Command, Config, LoopStats, PeerStats, PrivateKey, PublicKey, Stats};
 
 const TIMER_TICK: Duration = Duration::from_millis(100);
-const RECV_BATCH: usize = 8;
+/// Receive buffers per `recvmmsg`: a flood of single forged datagrams takes one buffer each, so a
+/// larger batch keeps the syscalls per data byte down when it interleaves with data trains.
+const RECV_BATCH: usize = 32;
 const RECV_BUF: usize = 65_536;
 const SEND_BUF: usize = 512 * 1024;
 /// Room one TUN packet may need once encrypted: 64 KiB plus per-segment headers and tags.
 const SEND_HEADROOM: usize = 96 * 1024;
 const TUN_BURST: usize = 32;
-const UDP_BURST: usize = 8;
+/// `recvmmsg` calls per wake-up before the TUN gets its turn (`UDP_BURST × RECV_BATCH` buffers).
+const UDP_BURST: usize = 2;
 
 pub(super) struct Loop {
     tun: Tun,
@@ -37,6 +41,13 @@ pub(super) struct Loop {
     limiter: Arc<RateLimiter>,
     /// Handshake messages that may still reach Diffie-Hellman this second.
     budget: Budget,
+    /// Each source address's share of `budget`.
+    handshake_sources: SourceBuckets,
+    /// Cookie replies each source address may still get.
+    cookie_sources: SourceBuckets,
+    /// Start of the loop's millisecond clock, and its reading at this wake-up.
+    started: Instant,
+    now_ms: u64,
     listen_port: u16,
     rx: mpsc::Receiver<Command>,
     wake: OwnedFd,
@@ -126,6 +137,10 @@ impl Loop {
             public,
             limiter: limiter_for(&public),
             budget: Budget::new(handshake::HANDSHAKE_BUDGET),
+            handshake_sources: SourceBuckets::new(handshake::HANDSHAKES_PER_SOURCE),
+            cookie_sources: SourceBuckets::new(handshake::COOKIE_REPLIES_PER_SOURCE),
+            started: Instant::now(),
+            now_ms: 0,
             listen_port: cfg.listen_port,
             rx,
             wake,
@@ -181,6 +196,7 @@ impl Loop {
                 tracing::info!(interface = self.tun.name(), "data plane stopped");
                 return;
             }
+            self.now_ms = self.started.elapsed().as_millis() as u64;
             if fds[1].revents != 0 {
                 self.handle_udp();
             }
@@ -347,8 +363,9 @@ impl Loop {
     }
 
     /// Finds the peer a datagram is for. Handshake messages pass mac1, then (under load) the cookie
-    /// check, then the handshake budget, before the one X25519 that finds an initiator's key.
-    /// `None`: dropped and counted, or answered with a cookie reply (already queued).
+    /// check, then their source's share of the handshake budget and the budget itself, before the
+    /// one X25519 that finds an initiator's key. `None`: dropped and counted, or answered with a
+    /// cookie reply (already queued).
     fn admit(
         &mut self,
         buf: usize,
@@ -366,16 +383,26 @@ impl Loop {
             Packet::PacketData(p) => self.peers.by_receiver(p.receiver_idx),
             Packet::PacketCookieReply(p) => self.peers.by_receiver(p.receiver_idx),
             Packet::HandshakeInit(_) | Packet::HandshakeResponse(_) => {
+                let (ip, now) = (src.ip(), self.now_ms);
                 let tx = &mut self.tx;
-                let checked =
-                    self.limiter
-                        .verify_packet(Some(src.ip()), data, &mut tx.buf[tx.pos..]);
-                let packet = match checked {
+                // A source whose cookie replies are spent gets no room for one: boringtun then
+                // stops before encrypting a cookie (buffer too small), after the mac checks.
+                let room: &mut [u8] = if self.cookie_sources.has(ip, now) {
+                    &mut tx.buf[tx.pos..]
+                } else {
+                    &mut []
+                };
+                let packet = match self.limiter.verify_packet(Some(ip), data, room) {
                     Ok(p) => p,
                     Err(TunnResult::WriteToNetwork(cookie)) => {
                         let len = cookie.len();
                         tx.commit(src, len);
+                        self.cookie_sources.take(ip, now);
                         self.counters.cookie_replies += 1;
+                        return None;
+                    }
+                    Err(TunnResult::Err(WireGuardError::DestinationBufferTooSmall)) => {
+                        self.counters.dropped_cookie_rate += 1;
                         return None;
                     }
                     Err(_) => {
@@ -383,6 +410,10 @@ impl Loop {
                         return None;
                     }
                 };
+                if !self.handshake_sources.take(ip, now) {
+                    self.counters.dropped_source_budget += 1;
+                    return None;
+                }
                 if !self.budget.take() {
                     self.counters.dropped_handshake_budget += 1;
                     return None;

@@ -3,9 +3,15 @@
 //!
 //! Order for handshake messages (initiation, response), cheapest first: parse → mac1 (keyed BLAKE2s
 //! with this node's public key) → under load, mac2 with a cookie bound to the source address (else a
-//! cookie reply, and nothing else) → the global handshake budget → only then X25519.
+//! cookie reply, at most [`COOKIE_REPLIES_PER_SOURCE`] per second to one source address, and nothing
+//! else) → the source's share of the handshake budget ([`HANDSHAKES_PER_SOURCE`]) → the global
+//! handshake budget → only then X25519.
 
 #![forbid(unsafe_code)]
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
 
 use boringtun::noise::Packet;
 
@@ -15,6 +21,18 @@ pub const UNDER_LOAD: u64 = 128;
 /// Handshake messages per second that may reach Diffie-Hellman, whatever their cookies say: the
 /// bound on handshake CPU (each costs 2–5 X25519 operations).
 pub const HANDSHAKE_BUDGET: u32 = 256;
+/// Handshake messages per second one source address may take from [`HANDSHAKE_BUDGET`] (and at most
+/// as many saved up): one address that answers cookies cannot spend the budget of the real peers.
+pub const HANDSHAKES_PER_SOURCE: u32 = 16;
+/// Cookie replies per second to one source address (and at most as many saved up). A real initiator
+/// needs one per cookie lifetime (2 minutes); beyond this, a message without a valid mac2 is dropped
+/// after the mac checks, before the cookie is encrypted or anything is sent.
+pub const COOKIE_REPLIES_PER_SOURCE: u32 = 4;
+/// Slots of the per-source tables: addresses hash (keyed, seeded per process) into this many token
+/// buckets, so the tables never grow; addresses that share a slot share its tokens. With every slot
+/// drained (a flood from spoofed addresses), at most `SOURCE_SLOTS × COOKIE_REPLIES_PER_SOURCE`
+/// cookie replies leave per second.
+pub const SOURCE_SLOTS: usize = 4096;
 
 /// The four WireGuard message types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +118,57 @@ impl Budget {
     }
 }
 
+/// One token bucket per source address (hashed into [`SOURCE_SLOTS`] slots), refilled lazily from
+/// the caller's clock (milliseconds since any fixed start): `rate` tokens per second, at most `rate`
+/// saved up. Pure: no clock, no I/O; a fixed-size table allocated once.
+#[derive(Debug, Clone)]
+pub struct SourceBuckets {
+    rate: u32,
+    hasher: RandomState,
+    /// Per slot: millitokens and the clock (ms) of its last refill.
+    slots: Vec<(u32, u64)>,
+}
+
+impl SourceBuckets {
+    pub fn new(rate: u32) -> Self {
+        SourceBuckets {
+            rate,
+            hasher: RandomState::new(),
+            slots: vec![(rate * 1000, 0); SOURCE_SLOTS],
+        }
+    }
+
+    fn slot(&mut self, ip: IpAddr, now_ms: u64) -> &mut (u32, u64) {
+        // IPv4 and IPv4-mapped IPv6 are one source.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let i = (self.hasher.hash_one(ip) % SOURCE_SLOTS as u64) as usize;
+        let full = self.rate * 1000;
+        let slot = &mut self.slots[i];
+        let earned = now_ms.saturating_sub(slot.1).min(10_000) * u64::from(self.rate);
+        slot.0 = (u64::from(slot.0) + earned).min(u64::from(full)) as u32;
+        slot.1 = slot.1.max(now_ms);
+        slot
+    }
+
+    /// Whether `ip` has a token now (takes none).
+    pub fn has(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        self.slot(ip, now_ms).0 >= 1000
+    }
+
+    /// Takes one of `ip`'s tokens; `false` when it has none.
+    pub fn take(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        let slot = self.slot(ip, now_ms);
+        if slot.0 < 1000 {
+            return false;
+        }
+        slot.0 -= 1000;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +214,43 @@ mod tests {
             10,
             "capped at one second"
         );
+    }
+
+    #[test]
+    fn each_source_has_its_own_bucket() {
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut t = SourceBuckets::new(4);
+        assert_eq!((0..10).filter(|_| t.take(a, 0)).count(), 4, "a's burst");
+        assert!(!t.has(a, 0), "a is spent");
+        // Unless the two addresses share a slot (1 in SOURCE_SLOTS), b is untouched.
+        let collide = t.hasher.hash_one(a) % SOURCE_SLOTS as u64
+            == t.hasher.hash_one(b) % SOURCE_SLOTS as u64;
+        assert_eq!(t.has(b, 0), !collide);
+        assert!(
+            !t.take(a, 249),
+            "a quarter second earns one token only at 250 ms"
+        );
+        assert!(t.take(a, 250));
+        assert!(!t.take(a, 250));
+        assert_eq!(
+            (0..10).filter(|_| t.take(a, 60_000)).count(),
+            4,
+            "capped at one second's worth"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(
+            !t.has(mapped, 60_000),
+            "a v4-mapped address is the same source"
+        );
+    }
+
+    #[test]
+    fn a_clock_going_back_earns_nothing() {
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let mut t = SourceBuckets::new(2);
+        assert!(t.take(a, 5_000) && t.take(a, 5_000));
+        assert!(!t.take(a, 1_000));
+        assert!(!t.take(a, 5_400));
+        assert!(t.take(a, 5_500));
     }
 }

@@ -107,6 +107,12 @@ pub struct LoopStats {
     pub dropped_bad_mac: u64,
     /// Cookie replies sent instead of processing a handshake (under load, no valid mac2).
     pub cookie_replies: u64,
+    /// Handshake messages that needed a cookie reply when their source had been sent its share
+    /// (`handshake::COOKIE_REPLIES_PER_SOURCE` per second): dropped, nothing sent.
+    pub dropped_cookie_rate: u64,
+    /// Handshake messages that passed the mac checks when their source had spent its share of the
+    /// handshake budget (`handshake::HANDSHAKES_PER_SOURCE` per second).
+    pub dropped_source_budget: u64,
     /// Handshake messages dropped because the per-second handshake budget was spent.
     pub dropped_handshake_budget: u64,
     /// Handshake messages admitted to Diffie-Hellman.

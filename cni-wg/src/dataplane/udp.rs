@@ -40,6 +40,72 @@ pub struct Udp {
     fd: OwnedFd,
     gso: bool,
     gro: bool,
+    recv: RecvScratch,
+}
+
+/// The `recvmmsg` headers, addresses and control buffers, allocated once and re-pointed at the
+/// caller's buffers on every call, so a receive (whatever arrives: a flood of forged datagrams takes
+/// one slot each) allocates nothing.
+struct RecvScratch {
+    names: Vec<libc::sockaddr_in6>,
+    ctrl: Vec<[u64; CMSG_SPACE / 8]>,
+    iovs: Vec<libc::iovec>,
+    msgs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers inside `iovs` and `msgs` are rewritten right before every `recvmmsg` and
+// never read otherwise; they do not tie the struct to a thread.
+unsafe impl Send for RecvScratch {}
+
+impl std::fmt::Debug for RecvScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecvScratch({} slots)", self.msgs.len())
+    }
+}
+
+impl RecvScratch {
+    fn new() -> Self {
+        RecvScratch {
+            names: Vec::new(),
+            ctrl: Vec::new(),
+            iovs: Vec::new(),
+            msgs: Vec::new(),
+        }
+    }
+
+    /// Points `n` headers at `bufs` (growing the tables only when `n` grows).
+    fn prepare(&mut self, bufs: &mut [Vec<u8>]) {
+        let n = bufs.len();
+        if self.msgs.len() < n {
+            // SAFETY: these C structs are plain old data; zero is valid for all of them.
+            let (name, msg) = unsafe { (mem::zeroed(), mem::zeroed()) };
+            self.names.resize(n, name);
+            self.ctrl.resize(n, [0u64; CMSG_SPACE / 8]);
+            self.iovs.resize(
+                n,
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+            );
+            self.msgs.resize(n, msg);
+        }
+        for (i, b) in bufs.iter_mut().enumerate() {
+            self.iovs[i] = libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: b.len(),
+            };
+            let h = &mut self.msgs[i].msg_hdr;
+            h.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in6).cast();
+            h.msg_namelen = mem::size_of::<libc::sockaddr_in6>() as u32;
+            h.msg_iov = &mut self.iovs[i];
+            h.msg_iovlen = 1;
+            h.msg_control = self.ctrl[i].as_mut_ptr().cast();
+            h.msg_controllen = CMSG_SPACE;
+            h.msg_flags = 0;
+            self.msgs[i].msg_len = 0;
+        }
+    }
 }
 
 fn setsockopt_int(
@@ -118,7 +184,12 @@ impl Udp {
             }
         }
         let gro = setsockopt_int(raw, libc::SOL_UDP, UDP_GRO, 1).is_ok();
-        Ok(Udp { fd, gso: true, gro })
+        Ok(Udp {
+            fd,
+            gso: true,
+            gro,
+            recv: RecvScratch::new(),
+        })
     }
 
     /// Raw fd for polling.
@@ -137,35 +208,23 @@ impl Udp {
     }
 
     /// Receives up to `bufs.len()` buffers without blocking; returns how many were filled.
-    pub fn recv_batch(&self, bufs: &mut [Vec<u8>], out: &mut Vec<Incoming>) -> io::Result<usize> {
+    /// Allocates nothing: the headers are kept between calls.
+    pub fn recv_batch(
+        &mut self,
+        bufs: &mut [Vec<u8>],
+        out: &mut Vec<Incoming>,
+    ) -> io::Result<usize> {
         out.clear();
         let n = bufs.len();
-        // SAFETY: these C structs are plain old data; zero is valid for all of them.
-        let mut names: Vec<libc::sockaddr_in6> = vec![unsafe { mem::zeroed() }; n];
-        let mut ctrl = vec![[0u64; CMSG_SPACE / 8]; n];
-        let mut iovs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: as above.
-        let mut msgs: Vec<libc::mmsghdr> = vec![unsafe { mem::zeroed() }; n];
-        for i in 0..n {
-            let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in6).cast();
-            h.msg_namelen = mem::size_of::<libc::sockaddr_in6>() as u32;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = ctrl[i].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_SPACE;
-        }
-        // SAFETY: every msghdr points at live buffers (names, iovs → bufs, ctrl) sized as declared.
+        let fd = self.fd();
+        let scratch = &mut self.recv;
+        scratch.prepare(bufs);
+        // SAFETY: `prepare` pointed the first `n` headers at live buffers (names, iovs → bufs, ctrl)
+        // sized as declared; none of them moves before the call returns.
         let rc = unsafe {
             libc::recvmmsg(
-                self.fd(),
-                msgs.as_mut_ptr(),
+                fd,
+                scratch.msgs.as_mut_ptr(),
                 n as u32,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
@@ -179,7 +238,7 @@ impl Udp {
                 Err(e)
             };
         }
-        for (i, m) in msgs.iter().take(rc as usize).enumerate() {
+        for (i, m) in scratch.msgs.iter().take(rc as usize).enumerate() {
             let len = m.msg_len as usize;
             let mut seg = len;
             // SAFETY: the kernel filled msg_control; CMSG_* walk it within msg_controllen.
@@ -196,7 +255,7 @@ impl Udp {
                 }
             }
             out.push(Incoming {
-                src: from_sockaddr(&names[i]),
+                src: from_sockaddr(&scratch.names[i]),
                 len,
                 seg,
             });

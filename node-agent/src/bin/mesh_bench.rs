@@ -45,7 +45,7 @@ struct Args {
     /// What the flood sends during the throughput run: garbage, mac1 or claim.
     #[arg(long, default_value = "mac1")]
     flood_kind: String,
-    /// Seconds of flood (and of idle baseline) per CPU-per-datagram measurement.
+    /// Seconds of flood (and of idle baseline) per CPU-per-datagram measurement (0: skip them).
     #[arg(long, default_value_t = 3)]
     cpu_seconds: u64,
 }
@@ -356,16 +356,35 @@ fn iperf(tb: &Testbed, seconds: u32) -> Result<(f64, f64)> {
     Ok((bps / 1e9, retransmits))
 }
 
-/// One round of the flood benchmark: (clean Gbit/s, flooded Gbit/s, forged datagrams/s achieved,
-/// the attacker's CPU share of one core, agent CPU µs per forged datagram for each kind).
+/// One round of the flood benchmark, measured in the same testbed one after the other.
+#[derive(Debug, Clone)]
+struct FloodRound {
+    /// 1-minute load average when the round started.
+    load: f64,
+    clean: f64,
+    /// The attacker sends the same datagrams at the same rate to a closed port on node 2: its own
+    /// CPU and the kernel's delivery cost the same, the data plane sees none of it.
+    control: f64,
+    control_attacker_cpu: f64,
+    flood: f64,
+    /// Forged datagrams/s achieved, and the attacker's sending thread's CPU share of one core.
+    rate: f64,
+    attacker_cpu: f64,
+    /// Node 2's agent CPU µs per forged datagram, per kind (empty with `--cpu-seconds 0`).
+    cpu_us: Vec<f64>,
+}
+
+/// One round: clean, control and flood throughput (in a rotating order), then the agent's CPU per
+/// forged datagram for each kind.
 fn flood_round(
     args: &Args,
     agent: &Path,
     round: usize,
     kind: flood::Forgery,
-) -> Result<(f64, f64, f64, f64, Vec<f64>)> {
+) -> Result<FloodRound> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+    let load = flood::load_average();
     let mut tb = Testbed::new(&format!("f{}{}", std::process::id() % 1000, round), 2, 1)?;
     let attacker = flood::add_attacker(&mut tb)?;
     let work = tempfile::tempdir()?;
@@ -373,12 +392,13 @@ fn flood_round(
     let dir = work.path().join("nodes");
     let target = flood::published_key(&dir, &tb.nodes[1].name)?;
     let claimed = flood::published_key(&dir, &tb.nodes[0].name)?;
-    let dst = std::net::SocketAddr::new(tb.nodes[1].ip.into(), 51820);
-    let flooded = || -> Result<(f64, f64, f64)> {
+    let node2: std::net::IpAddr = tb.nodes[1].ip.into();
+    let dst = std::net::SocketAddr::new(node2, 51820);
+    let under_attack = |to: std::net::SocketAddr| -> Result<(f64, f64, f64)> {
         let stop = Arc::new(AtomicBool::new(false));
         let pool = flood::pool(kind, &target, &claimed);
         let started = Instant::now();
-        let f = flood::start_flood(&attacker, dst, pool, args.flood_rate, stop.clone());
+        let f = flood::start_flood(&attacker, to, pool, args.flood_rate, stop.clone());
         std::thread::sleep(Duration::from_secs(1));
         let r = iperf(&tb, args.seconds);
         stop.store(true, Ordering::Relaxed);
@@ -388,19 +408,27 @@ fn flood_round(
         let wall = started.elapsed().as_secs_f64();
         Ok((r?.0, sent as f64 / wall, cpu.as_secs_f64() / wall))
     };
-    let (clean, (with_flood, rate, attacker_cpu)) = if round.is_multiple_of(2) {
-        let c = iperf(&tb, args.seconds)?.0;
-        (c, flooded()?)
-    } else {
-        let f = flooded()?;
-        (iperf(&tb, args.seconds)?.0, f)
+    let closed = std::net::SocketAddr::new(node2, flood::CLOSED_PORT);
+    let (mut clean, mut control, mut flooded) = (None, None, None);
+    for step in 0..3 {
+        match (step + round) % 3 {
+            0 => clean = Some(iperf(&tb, args.seconds)?.0),
+            1 => control = Some(under_attack(closed)?),
+            _ => flooded = Some(under_attack(dst)?),
+        }
+    }
+    let (Some(clean), Some(control), Some(flooded)) = (clean, control, flooded) else {
+        bail!("a run of the round is missing");
     };
-    let mut cpu = Vec::new();
+    let mut cpu_us = Vec::new();
     for k in [
         flood::Forgery::Garbage,
         flood::Forgery::Mac1,
         flood::Forgery::Claim,
     ] {
+        if args.cpu_seconds == 0 {
+            break;
+        }
         let pool = flood::pool(k, &target, &claimed);
         let (us, _) = flood::cpu_per_datagram(
             &procs[1],
@@ -410,50 +438,76 @@ fn flood_round(
             args.flood_rate,
             args.cpu_seconds,
         )?;
-        cpu.push(us);
+        cpu_us.push(us);
     }
-    Ok((clean, with_flood, rate, attacker_cpu, cpu))
+    Ok(FloodRound {
+        load,
+        clean,
+        control: control.0,
+        control_attacker_cpu: control.2,
+        flood: flooded.0,
+        rate: flooded.1,
+        attacker_cpu: flooded.2,
+        cpu_us,
+    })
 }
 
 fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
     let kind = flood::Forgery::parse(&args.flood_kind)?;
-    let mut rows = Vec::new();
+    let mut rows: Vec<FloodRound> = Vec::new();
     for round in 0..args.rounds.max(1) {
         let r = flood_round(args, agent, round, kind)
             .with_context(|| format!("flood round {round}"))?;
         eprintln!(
-            "round {round}: clean {:.2} Gbit/s, under {:.0} forged/s {:.2} Gbit/s ({:.0}%), attacker CPU {:.0}% of a core, agent CPU µs/datagram {:.2?}",
-            r.0,
-            r.2,
-            r.1,
-            100.0 * r.1 / r.0,
-            100.0 * r.3,
-            r.4
+            "round {round} (load {:.2}): clean {:.2} Gbit/s; attacker to a closed port {:.2} ({:.0}%, attacker CPU {:.0}%); flood {:.0}/s {:.2} Gbit/s ({:.0}% of clean, {:.0}% of control; attacker CPU {:.0}% of a core); agent CPU µs/datagram {:.2?}",
+            r.load,
+            r.clean,
+            r.control,
+            100.0 * r.control / r.clean,
+            100.0 * r.control_attacker_cpu,
+            r.rate,
+            r.flood,
+            100.0 * r.flood / r.clean,
+            100.0 * r.flood / r.control,
+            100.0 * r.attacker_cpu,
+            r.cpu_us
         );
         rows.push(r);
     }
-    let clean = median(rows.iter().map(|r| r.0).collect());
-    let with_flood = median(rows.iter().map(|r| r.1).collect());
-    let rate = median(rows.iter().map(|r| r.2).collect());
-    let ratio = median(rows.iter().map(|r| r.1 / r.0).collect());
-    let attacker_cpu = median(rows.iter().map(|r| r.3).collect());
+    let med = |f: &dyn Fn(&FloodRound) -> f64| median(rows.iter().map(f).collect());
+    let loads: Vec<String> = rows.iter().map(|r| format!("{:.1}", r.load)).collect();
     println!(
-        "\nhandshake flood against node 2 (the iperf3 receiver), agent {}, iperf3 -t {} (median of {} rounds)",
+        "\nhandshake flood against node 2 (the iperf3 receiver), agent {}, iperf3 -t {} (median of {} rounds; load average at each round's start: {})",
         agent.display(),
         args.seconds,
-        args.rounds.max(1)
+        rows.len(),
+        loads.join(", ")
     );
     println!(
-        "| run | TCP Gbit/s | vs clean | forged initiations/s | attacker's CPU (same cores) |"
+        "| run | TCP Gbit/s | vs clean | vs control | datagrams/s | attacker's CPU (same cores) |"
     );
-    println!("|---|---:|---:|---:|---:|");
-    println!("| clean | {clean:.2} | 100% | 0 | - |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| clean | {:.2} | 100% | - | 0 | - |", med(&|r| r.clean));
     println!(
-        "| flood: {} | {with_flood:.2} | {:.0}% | {rate:.0} | {:.0}% of a core |",
+        "| control: the same datagrams to closed port {} | {:.2} | {:.0}% | 100% | {:.0} | {:.0}% of a core |",
+        flood::CLOSED_PORT,
+        med(&|r| r.control),
+        100.0 * med(&|r| r.control / r.clean),
+        args.flood_rate,
+        100.0 * med(&|r| r.control_attacker_cpu)
+    );
+    println!(
+        "| flood: {} | {:.2} | {:.0}% | {:.0}% | {:.0} | {:.0}% of a core |",
         kind.label(),
-        100.0 * ratio,
-        100.0 * attacker_cpu
+        med(&|r| r.flood),
+        100.0 * med(&|r| r.flood / r.clean),
+        100.0 * med(&|r| r.flood / r.control),
+        med(&|r| r.rate),
+        100.0 * med(&|r| r.attacker_cpu)
     );
+    if args.cpu_seconds == 0 {
+        return Ok(());
+    }
     println!(
         "\n| forged datagram ({} /s for {} s) | node 2 agent CPU per datagram (µs) |",
         args.flood_rate, args.cpu_seconds
@@ -467,8 +521,7 @@ fn flood_bench(args: &Args, agent: &Path) -> Result<()> {
     .into_iter()
     .enumerate()
     {
-        let us = median(rows.iter().map(|r| r.4[i]).collect());
-        println!("| {} | {us:.2} |", k.label());
+        println!("| {} | {:.2} |", k.label(), med(&|r| r.cpu_us[i]));
     }
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! `kitfleet-mesh-bench --flood`: pod-to-pod TCP throughput while an attacker on the underlay sends
-//! forged handshake initiations to the receiving node, against the same run without them; then the
-//! receiving agent's CPU time per forged datagram for three kinds of forgery.
+//! forged handshake initiations to the receiving node, against the same run without them and against
+//! a control run in which the attacker sends the same datagrams at the same rate to a closed port of
+//! the same node (the attacker shares the machine's cores: the control run charges its sending and the
+//! kernel's delivery, so flood/control is what the data plane itself loses); then the receiving
+//! agent's CPU time per forged datagram for three kinds of forgery.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -180,6 +183,18 @@ pub fn start_flood(
         Ok((sent, thread_cpu() - cpu0))
     })
 }
+
+/// The 1-minute load average (`/proc/loadavg`), reported with every figure: the machine is shared.
+pub fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// A UDP port on the target node nobody listens on: the control run sends the same datagrams there,
+/// so the kernel and the attacker's own sending cost the same while the data plane sees nothing.
+pub const CLOSED_PORT: u16 = 51899;
 
 /// CPU time of every thread of process `pid` so far (from `/proc/PID/task/*/schedstat`).
 pub fn cpu_time(pid: u32) -> Result<Duration> {
