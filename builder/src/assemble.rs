@@ -139,7 +139,8 @@ fn resolved<'a>(map: &'a ResolvedMap, location: &str) -> Result<&'a Resolved> {
     })
 }
 
-fn segment_key(location: &str, parts: &[Part], mtime: Mtime) -> String {
+/// The cache key of a segment: everything that determines its bytes.
+pub(crate) fn segment_key(location: &str, parts: &[Part], mtime: Mtime) -> String {
     let mut h = Hasher::default();
     h.field(crate::BUILDER_VERSION.as_bytes());
     h.field(location.as_bytes());

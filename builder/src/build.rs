@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 
 use kitfleet_api::OutputFormat;
 use kitfleet_api::linuxkit::Config;
+use kitfleet_api::nodeimage::{HardeningSpec, KsppMode};
 use serde::Serialize;
 
-use crate::assemble::{self, Mtime, Part, Plan, ResolvedMap, Segment};
+use crate::assemble::{self, KernelPlan, Mtime, Part, Plan, ResolvedMap, Segment};
 use crate::cache::Cache;
 use crate::cpio;
 use crate::digest::{Hasher, sha256};
 use crate::error::{Error, Result};
+use crate::kspp::{self, KsppOutcome};
 use crate::oci;
 use crate::progress::Progress;
 use crate::reference::ImageRef;
@@ -80,7 +82,8 @@ pub async fn resolve_all(
 
 /// The build key: sha256 of the spec with every reference replaced by its digest, the contents of
 /// local `files[].source`, the formats, the architecture, the mtime policy, the gzip level and the
-/// builder version.
+/// builder version. Hardening is the default (`kspp: audit`, no exceptions): see
+/// [`build_key_hardened`].
 pub fn build_key(
     cfg: &Config,
     map: &ResolvedMap,
@@ -89,6 +92,24 @@ pub fn build_key(
     mtime: Mtime,
     level: u32,
     base_dir: &Path,
+) -> Result<[u8; 32]> {
+    let default = HardeningSpec::default();
+    build_key_hardened(cfg, map, formats, arch, mtime, level, base_dir, &default)
+}
+
+/// [`build_key`] with `spec.hardening`: a non-default one (another mode, or exceptions) is part of
+/// the key, so `apply`/`enforce` images and their recorded reports get their own artifacts, while
+/// an explicit `kspp: audit` keeps the key (and every byte) of a spec without `hardening`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_key_hardened(
+    cfg: &Config,
+    map: &ResolvedMap,
+    formats: &[OutputFormat],
+    arch: &str,
+    mtime: Mtime,
+    level: u32,
+    base_dir: &Path,
+    hardening: &HardeningSpec,
 ) -> Result<[u8; 32]> {
     let mut pinned = cfg.clone();
     let pin = |loc: &str, s: &mut String| -> Result<()> {
@@ -133,7 +154,7 @@ pub fn build_key(
     let mut formats: Vec<&str> = formats.iter().map(|f| f.as_str()).collect();
     formats.sort();
     formats.dedup();
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "builder": crate::BUILDER_VERSION,
         "arch": arch,
         "formats": formats,
@@ -143,6 +164,9 @@ pub fn build_key(
         "spec": pinned,
         "fileSources": sources,
     });
+    if !hardening.is_default() {
+        doc["hardening"] = serde_json::to_value(hardening).expect("plain struct serialises");
+    }
     let mut h = Hasher::default();
     h.update(&serde_json::to_vec(&doc).expect("JSON values serialise"));
     Ok(h.finish_bytes())
@@ -209,6 +233,9 @@ pub struct BuildResult {
     pub cached_segments: usize,
     /// Segments computed.
     pub built_segments: usize,
+    /// The KSPP check (unset for `kspp: off` or without a kernel).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kspp: Option<KsppOutcome>,
 }
 
 struct Ctx<'a> {
@@ -408,13 +435,140 @@ fn is_initrd_format(f: OutputFormat) -> bool {
     !matches!(f, OutputFormat::Tar)
 }
 
-/// Builds the outputs of `plan`.
+/// Builds the outputs of `plan` with the default hardening (`kspp: audit`).
 pub async fn build(
     sources: &Sources,
     plan: &Plan,
     build_key: [u8; 32],
     inputs: Vec<RefStatus>,
     opts: &BuildOptions,
+) -> Result<BuildResult> {
+    let default = HardeningSpec::default();
+    build_hardened(sources, plan, build_key, inputs, opts, &default).await
+}
+
+/// The kernel configuration as the cache keeps it (text re-rendered by `KernelConfig::to_text`).
+#[derive(Serialize, serde::Deserialize)]
+struct CachedConfig {
+    source: Option<String>,
+    text: Option<String>,
+    error: Option<String>,
+}
+
+/// The kernel image's configuration, remembered in the cache by kernel manifest and binary name
+/// (so a build whose kernel members are cached does not flatten the kernel image again).
+async fn kernel_config(
+    ctx: &mut Ctx<'_>,
+    k: &KernelPlan,
+) -> Result<std::result::Result<kspp::image::Found, String>> {
+    let mut h = Hasher::default();
+    h.field(crate::BUILDER_VERSION.as_bytes());
+    h.field(b"kspp-config");
+    h.field(k.image.manifest_digest.as_bytes());
+    h.field(k.binary.as_bytes());
+    let path = ctx.cache().member_path(&h.finish(), "kconfig.json");
+    if let Some(bytes) = ctx.cache().get_file(&path)?
+        && let Ok(c) = serde_json::from_slice::<CachedConfig>(&bytes)
+    {
+        match (c.source, c.text, c.error) {
+            (Some(source), Some(text), None) => {
+                if let Ok(config) = kspp::parse(&text) {
+                    return Ok(Ok(kspp::image::Found { source, config }));
+                }
+            }
+            (None, None, Some(error)) => return Ok(Err(error)),
+            _ => {}
+        }
+    }
+    let tree = ctx.tree(&k.image).await?;
+    let found = kspp::find_config(tree, &k.binary);
+    let cached = match &found {
+        Ok(f) => CachedConfig {
+            source: Some(f.source.clone()),
+            text: Some(f.config.to_text()),
+            error: None,
+        },
+        Err(e) => CachedConfig {
+            source: None,
+            text: None,
+            error: Some(e.clone()),
+        },
+    };
+    let json = serde_json::to_vec(&cached).expect("plain struct serialises");
+    ctx.cache().write_atomic(&path, &json)?;
+    Ok(found)
+}
+
+/// The KSPP step: check the kernel's configuration; for `apply`/`enforce`, a plan with the boot
+/// parameters on the command line and the sysctl file as a last segment; `enforce` fails here.
+async fn kspp_step(
+    ctx: &mut Ctx<'_>,
+    plan: &Plan,
+    spec: &HardeningSpec,
+) -> Result<(Option<KsppOutcome>, Option<Plan>)> {
+    let Some(k) = plan.kernel.as_ref().filter(|_| spec.kspp != KsppMode::Off) else {
+        return Ok((None, None));
+    };
+    let started = std::time::Instant::now();
+    let found = kernel_config(ctx, k).await?;
+    let config = found.as_ref().ok().map(|f| &f.config);
+    let arch = kspp::image::kernel_arch(&k.image.config.architecture, config);
+    let kernel = k.image.reference.with_digest(&k.image.digest);
+    let evaluated = kspp::evaluate(spec, &kernel, arch, found.as_ref().map_err(String::as_str))
+        .map_err(|e| Error::Config {
+            location: "spec.hardening".into(),
+            reason: e.to_string(),
+        })?;
+    let Some((outcome, additions)) = evaluated else {
+        return Ok((None, None));
+    };
+    tracing::info!(
+        elapsed = ?started.elapsed(),
+        mode = %outcome.mode,
+        config = ?outcome.config,
+        met = outcome.met.len(),
+        unmet = outcome.unmet.len(),
+        "kspp check"
+    );
+    if let Some(why) = outcome.enforce_failure() {
+        return Err(Error::Config {
+            location: "spec.hardening.kspp".into(),
+            reason: why,
+        });
+    }
+    let hardened = additions.map(|a| {
+        let mut p = plan.clone();
+        if let Some(k) = p.kernel.as_mut() {
+            let mut words: Vec<&str> = k.cmdline.split_whitespace().collect();
+            words.extend(a.cmdline.iter().map(String::as_str));
+            k.cmdline = words.join(" ");
+        }
+        let t = p.mtime.generated;
+        let (path, contents) = a.sysctl_file;
+        let parts = vec![Part::Generated(vec![
+            Entry::dir("etc/sysctl.d", 0o755, t),
+            Entry::file(path, contents.into_bytes(), 0o644, t),
+        ])];
+        let key = assemble::segment_key("spec.hardening", &parts, p.mtime);
+        p.segments.push(Segment {
+            location: "spec.hardening".into(),
+            parts,
+            key,
+        });
+        p
+    });
+    Ok((Some(outcome), hardened))
+}
+
+/// Builds the outputs of `plan` under `spec.hardening`: the KSPP check first (recorded in the
+/// result), then for `apply`/`enforce` the plan with KSPP's boot parameters and sysctl file.
+pub async fn build_hardened(
+    sources: &Sources,
+    plan: &Plan,
+    build_key: [u8; 32],
+    inputs: Vec<RefStatus>,
+    opts: &BuildOptions,
+    hardening: &HardeningSpec,
 ) -> Result<BuildResult> {
     let started = std::time::Instant::now();
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| Error::io(&opts.out_dir, e))?;
@@ -424,6 +578,8 @@ pub async fn build(
         trees: BTreeMap::new(),
         background: std::sync::Mutex::new(Vec::new()),
     };
+    let (kspp, hardened) = kspp_step(&mut ctx, plan, hardening).await?;
+    let plan = hardened.as_ref().unwrap_or(plan);
     let need_initrd = opts.formats.iter().any(|f| is_initrd_format(*f));
     let need_tar = opts.formats.contains(&OutputFormat::Tar);
     let t = plan.mtime.generated;
@@ -582,6 +738,7 @@ pub async fn build(
         outputs,
         cached_segments,
         built_segments,
+        kspp,
     })
 }
 

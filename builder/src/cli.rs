@@ -252,7 +252,8 @@ async fn run(cli: Cli) -> Result<i32> {
             task.done(&format!("{} references", statuses.len()));
             let mtime = Mtime::from_env()?;
             let base_dir = input.base_dir();
-            let key = build::build_key(
+            let hardening = input.hardening();
+            let key = build::build_key_hardened(
                 &input.config,
                 &map,
                 &formats,
@@ -260,6 +261,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 mtime,
                 level,
                 &base_dir,
+                &hardening,
             )?;
             let plan = assemble::plan(&input.config, &map, mtime, &base_dir)?;
             let opts = BuildOptions {
@@ -273,7 +275,8 @@ async fn run(cli: Cli) -> Result<i32> {
                 progress,
                 stub_path: uki_stub,
             };
-            let result = build::build(&sources, &plan, key, statuses, &opts).await?;
+            let result =
+                build::build_hardened(&sources, &plan, key, statuses, &opts, &hardening).await?;
             let published = match &push {
                 Some(r) => Some(crate::push::push(&sources, r, &result, &src.arch).await?),
                 None => None,
@@ -303,7 +306,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let (map, statuses) = build::resolve_all(&sources, &input.config, false).await?;
             let complete = statuses.iter().all(|s| s.digest.is_some());
             let key = if complete {
-                Some(build::build_key(
+                Some(build::build_key_hardened(
                     &input.config,
                     &map,
                     &formats,
@@ -311,6 +314,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     Mtime::from_env()?,
                     build::DEFAULT_LEVEL,
                     &input.base_dir(),
+                    &input.hardening(),
                 )?)
             } else {
                 None

@@ -29,6 +29,14 @@ impl Input {
             .unwrap_or_default()
     }
 
+    /// The NodeImage's `spec.hardening` (the default, `kspp: audit`, for LinuxKit YAML).
+    pub fn hardening(&self) -> kitfleet_api::nodeimage::HardeningSpec {
+        self.node_image
+            .as_ref()
+            .and_then(|n| n.spec.hardening.clone())
+            .unwrap_or_default()
+    }
+
     /// The directory relative `files[].source` paths resolve against (the current directory, as
     /// in LinuxKit).
     pub fn base_dir(&self) -> PathBuf {

@@ -3,8 +3,9 @@
 //! The artifact is an OCI image manifest with `artifactType`
 //! `application/vnd.kitfleet.nodeimage.v1`, one layer per output file (media types from
 //! [`layer_media_type`], file name in `org.opencontainers.image.title`), a config blob
-//! (`application/vnd.kitfleet.nodeimage.config.v1+json`) recording the resolved inputs, and the
-//! build key in the `dev.kitfleet.build-key` annotation. It is tagged `bk-<build key hex>`.
+//! (`application/vnd.kitfleet.nodeimage.config.v1+json`) recording the resolved inputs and the
+//! KSPP check of the kernel, and the build key in the `dev.kitfleet.build-key` annotation. It is
+//! tagged `bk-<build key hex>`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ pub struct ArtifactConfig {
     pub formats: Vec<String>,
     /// Every resolved input.
     pub inputs: Vec<ArtifactInput>,
+    /// The KSPP check of the kernel (`spec.hardening`; unset for `kspp: off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kspp: Option<crate::kspp::KsppOutcome>,
 }
 
 /// One input of an artifact.
@@ -137,6 +141,7 @@ pub async fn push(
         arch: arch.into(),
         formats,
         inputs: result.inputs.iter().filter_map(input).collect(),
+        kspp: result.kspp.clone(),
     };
     let config_bytes = serde_json::to_vec(&config).expect("plain struct serialises");
     let config_digest = sha256(&config_bytes);

@@ -66,6 +66,10 @@ pub const ANNOTATION_ROLLOUT_RETRY: &str = "operator.kitfleet.dev/rollout-retry"
 pub const ANNOTATION_STAGED_BUILD_KEY: &str = "agent.kitfleet.dev/staged-build-key";
 /// Node annotation (agent): the build key (hex) the running kernel reports it booted.
 pub const ANNOTATION_BOOTED_BUILD_KEY: &str = "agent.kitfleet.dev/booted-build-key";
+/// Node condition (agent): whether the running kernel has KSPP's boot parameters and sysctls
+/// (`True`/`KsppMet`, `False`/`KsppUnmet` with the unmet items). The only status the node agent
+/// may write (chart policy `kitfleet-node-agent`).
+pub const CONDITION_KITFLEET_HARDENED: &str = "KitfleetHardened";
 /// Node annotation (agent): the agent could not stage or boot a build key, terminally
 /// (`<build key hex> <RFC 3339 time> <message>`).
 pub const ANNOTATION_UPGRADE_FAILURE: &str = "agent.kitfleet.dev/upgrade-failure";

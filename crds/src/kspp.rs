@@ -1,4 +1,6 @@
-//! KSPP's recommendations as data: kernel build settings, boot parameters and sysctls.
+//! KSPP's recommendations as data: kernel build settings, boot parameters and sysctls. Shared by
+//! validation (exception names), the builder (check and `apply`) and the node agent (per-node
+//! report), so it lives in the API crate.
 //!
 //! Sources (facts only; the reasons are our own words):
 //! - the Linux kernel's `kernel/configs/hardening.config` and `arch/x86/configs/hardening.config`
@@ -16,6 +18,18 @@
 //! "`MODULES` is not set" (the wiki's own fallback, signed modules, is checked instead).
 //! Expecting "not set" is met by a symbol that is absent, `=n` or `# … is not set` (kconfig's
 //! meaning of absent); expecting `y` is not met by `m`.
+
+/// The KSPP sources this table follows, as recorded in build results and node reports.
+pub const SOURCE_VERSION: &str =
+    "linux hardening.config 006eac3fe20f/215199e3d9f3 (v6.6-v6.10); kspp.github.io 058b262fdf51";
+
+/// Whether `name` is a recommendation of any kind: a `CONFIG_` setting, a sysctl key or a boot
+/// parameter name (the part before `=`).
+pub fn is_known(name: &str) -> bool {
+    SETTINGS.iter().any(|s| s.name == name)
+        || SYSCTLS.iter().any(|s| s.key == name)
+        || BOOT_PARAMS.iter().any(|p| p.name() == name)
+}
 
 /// Value a recommendation expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -848,6 +862,18 @@ pub struct BootParam {
     pub requires: Option<&'static str>,
     /// Why, in a few words.
     pub reason: &'static str,
+}
+
+impl BootParam {
+    /// The parameter's name (the part before `=`).
+    pub fn name(&self) -> &'static str {
+        self.param.split('=').next().unwrap_or(self.param)
+    }
+
+    /// The value after `=` (`None` for a bare flag such as `slab_nomerge`).
+    pub fn value(&self) -> Option<&'static str> {
+        self.param.split_once('=').map(|(_, v)| v)
+    }
 }
 
 /// The boot parameters `apply` adds. The wiki's slow ones (`nosmt`, `slub_debug=…`,

@@ -5,6 +5,7 @@
 pub mod constants;
 pub mod crds;
 mod error;
+pub mod kspp;
 pub mod linuxkit;
 pub mod nodeimage;
 pub mod parse;

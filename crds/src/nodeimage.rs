@@ -43,6 +43,79 @@ pub struct NodeImageSpec {
     /// How the image is rolled onto nodes. Unset: built and published, not rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Kernel hardening (KSPP). Unset: `kspp: audit` without exceptions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardening: Option<HardeningSpec>,
+}
+
+/// Kernel hardening of the image, after the Kernel Self Protection Project's recommendations.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HardeningSpec {
+    /// `off`, `audit` (default: check the kernel's configuration and report; the image is what LinuxKit would build),
+    /// `apply` (also add KSPP's boot parameters and sysctls) or `enforce` (apply, and fail the build on any unmet
+    /// kernel setting or an unreadable kernel configuration). Quote `"off"`: YAML 1.1 reads a bare `off` as false.
+    #[serde(default)]
+    pub kspp: KsppMode,
+    /// Recommendations this image does without, each with a reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.setting == e.setting))").message("settings must be unique"))]
+    pub exceptions: Vec<HardeningException>,
+}
+
+impl HardeningSpec {
+    /// Whether this is what an absent `hardening` means (`audit`, no exceptions).
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// What the build does with KSPP's recommendations.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KsppMode {
+    /// No check.
+    Off,
+    /// Check the kernel's configuration and record the result.
+    #[default]
+    Audit,
+    /// Check, and add the boot parameters and sysctls.
+    Apply,
+    /// Apply, and fail the build on any unmet kernel setting.
+    Enforce,
+}
+
+impl KsppMode {
+    /// The name used in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Audit => "audit",
+            Self::Apply => "apply",
+            Self::Enforce => "enforce",
+        }
+    }
+
+    /// Whether boot parameters and sysctls are added to the image.
+    pub fn applies(self) -> bool {
+        matches!(self, Self::Apply | Self::Enforce)
+    }
+}
+
+/// One recommendation an image does without.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HardeningException {
+    /// A `CONFIG_` setting, a sysctl key (`kernel.kexec_load_disabled`) or a boot parameter name (`init_on_free`).
+    #[schemars(length(min = 1, max = 128))]
+    pub setting: String,
+    /// Why the image does without it.
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("self.matches('[^[:space:]]')").message("a reason is required"))]
+    pub reason: String,
 }
 
 /// A build output format.
@@ -369,6 +442,7 @@ impl NodeImage {
                 output,
                 refresh_interval: None,
                 rollout: None,
+                hardening: None,
             },
         )
     }
@@ -395,7 +469,13 @@ impl NodeImage {
         else {
             return err;
         };
-        for own in ["formats", "output", "refreshInterval", "rollout"] {
+        for own in [
+            "formats",
+            "output",
+            "refreshInterval",
+            "rollout",
+            "hardening",
+        ] {
             spec.remove(own);
         }
         match crate::parse::from_value::<linuxkit::Config>(serde_json::Value::Object(spec)) {

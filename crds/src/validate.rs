@@ -8,7 +8,9 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::error::{Errors, FieldErrors};
 use crate::linuxkit::{self, Image};
-use crate::nodeimage::{MaintenanceWindow, NodeImageSpec, RolloutSpec};
+use crate::nodeimage::{
+    HardeningSpec, MaintenanceWindow, NodeImageSpec, RolloutMethod, RolloutSpec,
+};
 use crate::reference::Reference;
 use crate::security::{ArgOp, LandlockPolicy, SeccompAction, SeccompPolicy, SecurityPolicySpec};
 
@@ -52,7 +54,58 @@ pub fn nodeimage(spec: &NodeImageSpec) -> Result<(), FieldErrors> {
     if let Some(r) = &spec.rollout {
         rollout(r, &mut errs);
     }
+    if let Some(h) = &spec.hardening {
+        hardening(h, spec.rollout.as_ref(), &mut errs);
+    }
     errs.finish()
+}
+
+/// The sysctl KSPP sets that makes `kexec` impossible after boot.
+pub const KEXEC_SYSCTL: &str = "kernel.kexec_load_disabled";
+
+fn hardening(h: &HardeningSpec, rollout: Option<&RolloutSpec>, errs: &mut Errors) {
+    let mut seen = BTreeMap::new();
+    for (i, e) in h.exceptions.iter().enumerate() {
+        let path = format!("spec.hardening.exceptions[{i}]");
+        if !crate::kspp::is_known(&e.setting) {
+            errs.push(
+                format!("{path}.setting"),
+                format!(
+                    "{:?} is not a KSPP recommendation (a CONFIG_ setting, sysctl key or boot parameter name)",
+                    e.setting
+                ),
+            );
+        } else if let Some(first) = seen.insert(e.setting.as_str(), i) {
+            errs.push(
+                format!("{path}.setting"),
+                format!(
+                    "duplicate setting {:?} (also exceptions[{first}])",
+                    e.setting
+                ),
+            );
+        }
+        if e.reason.trim().is_empty() {
+            errs.push(
+                format!("{path}.reason"),
+                format!(
+                    "a reason is required (why the image does without {})",
+                    e.setting
+                ),
+            );
+        }
+    }
+    if h.kspp.applies()
+        && rollout.is_some_and(|r| r.method == RolloutMethod::Kexec)
+        && !h.exceptions.iter().any(|e| e.setting == KEXEC_SYSCTL)
+    {
+        errs.push(
+            "spec.hardening.kspp",
+            format!(
+                "{} sets {KEXEC_SYSCTL}=1, which spec.rollout.method: kexec cannot work with: add an exception for {KEXEC_SYSCTL} or use method reboot",
+                h.kspp.as_str()
+            ),
+        );
+    }
 }
 
 /// Validates a LinuxKit declaration on its own (paths start at the document root).

@@ -337,3 +337,67 @@ fn a_local_source_file_in_a_nodeimage() {
     assert_eq!(path, "spec.files[0].source");
     assert!(msg.contains("use `contents`"), "{msg}");
 }
+
+#[test]
+fn hardening_exceptions_need_a_known_setting_and_a_reason() {
+    let errs = nodeimage_errors(
+        "  formats:",
+        "  hardening:\n    kspp: enforce\n    exceptions:\n      - {setting: CONFIG_BUG, reason: \"vendor kernel\"}\n      - {setting: kernel.no_such_knob, reason: x}\n      - {setting: init_on_free, reason: \"  \"}\n      - {setting: CONFIG_BUG, reason: again}\n  formats:",
+    );
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_eq!(errs[0].path, "spec.hardening.exceptions[1].setting");
+    assert!(errs[0].message.contains("kernel.no_such_knob"), "{errs:?}");
+    assert_eq!(errs[1].path, "spec.hardening.exceptions[2].reason");
+    assert_eq!(errs[2].path, "spec.hardening.exceptions[3].setting");
+    assert!(errs[2].message.contains("duplicate"), "{errs:?}");
+}
+
+#[test]
+fn hardening_apply_or_enforce_with_kexec_needs_the_kexec_exception() {
+    let with = |hardening: &str| {
+        NODEIMAGE
+            .replace(
+                "    maxUnavailable: 2",
+                "    maxUnavailable: 2\n    method: kexec",
+            )
+            .replace(
+                "  formats:",
+                &format!("  hardening: {hardening}\n  formats:"),
+            )
+    };
+    for mode in ["apply", "enforce"] {
+        let ni = NodeImage::from_yaml(&with(&format!("{{kspp: {mode}}}"))).unwrap();
+        let (path, msg) = one(validate::nodeimage(&ni.spec).expect_err("rejected").0);
+        assert_eq!(path, "spec.hardening.kspp");
+        assert!(
+            msg.contains("spec.rollout.method: kexec")
+                && msg.contains("kernel.kexec_load_disabled"),
+            "{msg}"
+        );
+    }
+    let excepted = with(
+        "{kspp: apply, exceptions: [{setting: kernel.kexec_load_disabled, reason: \"rolled out by kexec\"}]}",
+    );
+    validate::nodeimage(&NodeImage::from_yaml(&excepted).unwrap().spec).unwrap();
+    // `off` quoted: YAML 1.1 (and kubectl) read a bare `off` as false.
+    for mode in ["\"off\"", "audit"] {
+        let ni = NodeImage::from_yaml(&with(&format!("{{kspp: {mode}}}"))).unwrap();
+        validate::nodeimage(&ni.spec).unwrap();
+    }
+}
+
+#[test]
+fn hardening_defaults_to_audit_and_rejects_unknown_modes() {
+    use kitfleet_api::nodeimage::KsppMode;
+    let ni = NodeImage::from_yaml(&NODEIMAGE.replace("  formats:", "  hardening: {}\n  formats:"))
+        .unwrap();
+    let h = ni.spec.hardening.expect("hardening");
+    assert_eq!(h.kspp, KsppMode::Audit);
+    assert!(h.is_default());
+    let err = NodeImage::from_yaml(
+        &NODEIMAGE.replace("  formats:", "  hardening: {kspp: strict}\n  formats:"),
+    )
+    .unwrap_err();
+    let f = err.fields().expect("field errors");
+    assert_eq!(f.0[0].path, "spec.hardening.kspp", "{f:?}");
+}

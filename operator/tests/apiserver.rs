@@ -143,6 +143,7 @@ async fn publish(reg: &str, repo: &str, key: &str, dir: &Path) {
         outputs,
         cached_segments: 0,
         built_segments: 0,
+        kspp: None,
     };
     let sources = Sources::new(
         Cache::open(dir.join("cache")).unwrap(),

@@ -1,5 +1,7 @@
-//! What `apply` would add to an image: boot parameters and a sysctl file. Pure; not yet wired
-//! into the build (issue 16).
+//! What `apply` adds to an image: boot parameters, the sysctls as `sysctl.<key>=<value>` boot
+//! parameters (applied by the kernel itself before init runs, Linux ≥ 5.8) and the same sysctls
+//! as an `/etc/sysctl.d` file (for LinuxKit's `linuxkit/sysctl` onboot step and for reference).
+//! Pure; [`super::image`] calls it for the build.
 
 use super::Result;
 use super::check::{Exception, validate_exceptions};
@@ -24,11 +26,19 @@ pub fn boot_params(
         .iter()
         .filter(|p| p.arch.applies_to(arch))
         .filter(|p| p.requires.is_none_or(has))
-        .filter(|p| {
-            let name = p.param.split('=').next().unwrap_or(p.param);
-            !exceptions.iter().any(|e| e.setting == name)
-        })
+        .filter(|p| !exceptions.iter().any(|e| e.setting == p.name()))
         .map(|p| p.param)
+        .collect())
+}
+
+/// The sysctls as kernel command-line parameters (`sysctl.kernel.kptr_restrict=2`), minus
+/// exceptions (by key). The kernel applies them while booting, before init runs.
+pub fn sysctl_params(exceptions: &[Exception]) -> Result<Vec<String>> {
+    validate_exceptions(exceptions)?;
+    Ok(SYSCTLS
+        .iter()
+        .filter(|s| !exceptions.iter().any(|e| e.setting == s.key))
+        .map(|s| format!("sysctl.{}={}", s.key, s.value))
         .collect())
 }
 
@@ -84,6 +94,16 @@ mod tests {
         assert_eq!(fewer.len(), all.len() - 2);
         assert!(!fewer.contains(&"init_on_free=1") && fewer.contains(&"init_on_alloc=1"));
         assert!(boot_params(None, Arch::X86_64, &[ex("nosuch")]).is_err());
+    }
+
+    #[test]
+    fn kspp_sysctl_params_follow_exceptions() {
+        let all = sysctl_params(&[]).unwrap();
+        assert_eq!(all.len(), SYSCTLS.len());
+        assert!(all.contains(&"sysctl.kernel.yama.ptrace_scope=1".to_owned()));
+        let fewer = sysctl_params(&[ex("kernel.kexec_load_disabled")]).unwrap();
+        assert_eq!(fewer.len(), SYSCTLS.len() - 1);
+        assert!(!fewer.iter().any(|p| p.contains("kexec")));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The checker: a kernel config against [`SETTINGS`], with exceptions. Pure: no I/O.
 
 use super::config::{KernelConfig, Value};
-use super::data::{Arch, BOOT_PARAMS, Expected, RENAMED, SETTINGS, SYSCTLS, Setting};
+use super::data::{Arch, Expected, RENAMED, SETTINGS, Setting};
 use super::{Error, Result};
 
 /// A recommendation the user opts out of, with the reason.
@@ -59,14 +59,7 @@ impl Report {
     }
 }
 
-/// Whether `name` is a recommendation of any kind (setting, sysctl key or boot parameter).
-pub fn is_known(name: &str) -> bool {
-    SETTINGS.iter().any(|s| s.name == name)
-        || SYSCTLS.iter().any(|s| s.key == name)
-        || BOOT_PARAMS
-            .iter()
-            .any(|p| p.param.split('=').next() == Some(name))
-}
+pub use super::data::is_known;
 
 /// Rejects exceptions that name no recommendation or give no reason, naming the entry.
 pub fn validate_exceptions(exceptions: &[Exception]) -> Result<()> {

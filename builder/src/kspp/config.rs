@@ -60,6 +60,22 @@ impl KernelConfig {
     pub fn is_empty(&self) -> bool {
         self.values.is_empty()
     }
+
+    /// The config as `.config` text that [`parse`] reads back to the same values.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (name, value) in &self.values {
+            match value {
+                Value::No => out.push_str(&format!("# {name} is not set\n")),
+                Value::Str(s) => out.push_str(&format!(
+                    "{name}=\"{}\"\n",
+                    s.replace('\\', "\\\\").replace('"', "\\\"")
+                )),
+                other => out.push_str(&format!("{name}={other}\n")),
+            }
+        }
+        out
+    }
 }
 
 /// Parses `.config` text. Blank lines and other comments are ignored; any other line must be
@@ -186,6 +202,19 @@ mod tests {
             Some(&Value::Number(0xdead_0000_0000_0000))
         );
         assert_eq!(cfg.get("CONFIG_I"), None);
+    }
+
+    #[test]
+    fn kspp_config_text_round_trips() {
+        let cfg = parse(
+            "CONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_E=\"a \\\"q\\\" \\\\ b\"\nCONFIG_G=0x01b6\nCONFIG_F=-1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.get("CONFIG_E"),
+            Some(&Value::Str("a \"q\" \\ b".into()))
+        );
+        assert_eq!(parse(&cfg.to_text()).unwrap(), cfg);
     }
 
     #[test]

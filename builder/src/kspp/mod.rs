@@ -1,21 +1,22 @@
 //! KSPP (Kernel Self Protection Project) hardening: the recommendations as data
-//! ([`data`]), a kernel configuration reader ([`config`]), a pure checker ([`check`]) and the
-//! boot parameters and sysctl file `apply` would add ([`apply`]).
-//!
-//! Library only for now: the `spec.hardening` field, the build-time call and `apply` (boot
-//! parameters and sysctls added to the image) are planned (issue 16).
+//! ([`data`], kept in the API crate), a kernel configuration reader ([`config`]), a pure checker
+//! ([`check`]), the boot parameters and sysctls `apply` adds ([`apply`]) and the build's step
+//! for `spec.hardening` ([`image`]: find the config in the kernel image, check, additions).
 
 pub mod apply;
 pub mod check;
 pub mod config;
 pub mod data;
+pub mod image;
 
-pub use apply::{SYSCTL_PATH, boot_params, sysctl_conf};
+pub use apply::{SYSCTL_PATH, boot_params, sysctl_conf, sysctl_params};
 pub use check::{Excepted, Exception, Report, Unmet, check, validate_exceptions};
 pub use config::{KernelConfig, Value, from_kernel_image, parse};
 pub use data::{
-    Arch, BOOT_PARAMS, BootParam, Expected, RENAMED, SETTINGS, SYSCTLS, Setting, Source, Sysctl,
+    Arch, BOOT_PARAMS, BootParam, Expected, RENAMED, SETTINGS, SOURCE_VERSION, SYSCTLS, Setting,
+    Source, Sysctl,
 };
+pub use image::{KsppOutcome, evaluate, find_config};
 
 /// Result alias of the KSPP module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -180,7 +180,7 @@ impl ArtifactRegistry for BuilderRegistry {
         let complete = statuses.iter().all(|s| s.digest.is_some());
         let build_key = if complete {
             // In-cluster builds never read local `files[].source` (validation rejects them), so no base directory.
-            let key = kitfleet_builder::build::build_key(
+            let key = kitfleet_builder::build::build_key_hardened(
                 &spec.image,
                 &map,
                 &spec.formats,
@@ -188,6 +188,7 @@ impl ArtifactRegistry for BuilderRegistry {
                 JOB_MTIME,
                 JOB_GZIP_LEVEL,
                 Path::new("/nonexistent/kitfleet"),
+                &spec.hardening.clone().unwrap_or_default(),
             )?;
             Some(format!("sha256:{}", hex::encode(key)))
         } else {

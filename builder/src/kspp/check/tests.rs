@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::kspp::config::parse;
+use crate::kspp::data::{BOOT_PARAMS, SYSCTLS};
 
 /// A `.config` meeting every recommendation for `arch`, with `broken` set to a wrong value.
 fn fixture(arch: Arch, broken: Option<&str>) -> String {
