@@ -15,6 +15,7 @@
 #   tools       the onboot steps: modprobe, metadata (qemu fw_cfg), net, sysctl, format, mount (busybox, mke2fs)
 #   containerd  Debian's containerd (CRI) + shim + ctr + runc, a config, the CNI loopback plugin (a service)
 #   kubelet     kubelet and kubeadm from scripts/k8s-build.sh, the join wrapper (a service)
+#   pause       Kubernetes' pause (gcc -static), the sandbox image containerd's CRI pulls (not in the manifest)
 #
 # Writes $KITFLEET_CACHE/worker/refs.env (NAME=REGISTRY/kitfleet/worker/NAME@sha256:...) and
 # $KITFLEET_CACHE/worker/nodeimage-worker.yaml (examples/nodeimage-worker.yaml with those digests and REGISTRY), and
@@ -53,6 +54,8 @@ for p in "${debs[@]}"; do
   fi
 done
 k8s=$(bash "$repo/scripts/k8s-build.sh" | tail -1)
+# shellcheck source=/dev/null # KUBERNETES_VERSION, PAUSE_VERSION (kubeadm's defaults)
+. "$k8s/versions.env"
 
 work=$(mktemp -d "$wcache/.work.XXXXXX")
 trap 'rm -rf "$work"' EXIT
@@ -121,6 +124,7 @@ for b in containerd containerd-shim-runc-v2 ctr; do add_dyn "$r" "$x/containerd/
 add_dyn "$r" "$x/runc/usr/sbin/runc" /usr/bin/runc
 install -D -m 0755 "$x/containernetworking-plugins/usr/lib/cni/loopback" "$r/usr/lib/cni/loopback"
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,etc/cni/net.d,opt/cni/bin}
+sed -i "s#^  sandbox_image = .*#  sandbox_image = \"$registry/kitfleet/worker/pause:$PAUSE_VERSION\"#" "$r/etc/containerd/config.toml"
 oci_image "$r" "$wcache/layouts/containerd" "$(debtag containerd)" \
   'entrypoint=["/usr/bin/kitfleet-containerd"]'
 
@@ -130,13 +134,18 @@ add_busybox "$r"
 add_files "$r" kubelet
 for b in kubelet kubeadm; do install -D -m 0755 "$k8s/bin/$b" "$r/usr/bin/$b"; done
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,etc/kubernetes}
-. "$k8s/versions.env"
 oci_image "$r" "$wcache/layouts/kubelet" "$KUBERNETES_VERSION" 'entrypoint=["/usr/bin/kitfleet-kubelet"]'
+
+# pause (the CRI sandbox image): Kubernetes' pause.c, static, as scripts/kind/node-image.sh builds it.
+r="$work/pause"; mkdir -p "$r"
+gcc -Os -static -DVERSION="v$PAUSE_VERSION" -o "$r/pause" "$k8s/src/pause.c"
+strip "$r/pause"
+oci_image "$r" "$wcache/layouts/pause" "$PAUSE_VERSION" 'entrypoint=["/pause"]' 'env=[]'
 
 # Push, record digests, render the example with them.
 tls=$([ "$insecure" = true ] && echo false || echo true)
 refs="$work/refs.env"; : > "$refs"
-for name in kernel init runc tools containerd kubelet; do
+for name in kernel init runc tools containerd kubelet pause; do
   l="$wcache/layouts/$name"
   tag=$(jq -r '.manifests[0].annotations["org.opencontainers.image.ref.name"]' "$l/index.json")
   digest=$(jq -r '.manifests[0].digest' "$l/index.json")
