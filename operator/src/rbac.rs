@@ -37,8 +37,18 @@ pub const CLUSTER_RULES: &[Rule] = &[
     ("kitfleet.dev", "securitypolicies/status", &["patch"]),
     // policy/mod.rs `run`: the Node reflector (the agents' sandbox reports) and the Pod reflector (pods the
     // policies' selectors match, in every namespace).
-    ("", "nodes", &["list", "watch"]),
-    ("", "pods", &["list", "watch"]),
+    // rollout/controller.rs (issue 13 item 6, exactly its list): the Node reflector; merge patches of the rollout's
+    // annotations and cordons (`execute`); get and nodes/status patch as the issue grants them to the planner's
+    // executor (the Ready condition and the agent's keys are read from the cache today).
+    ("", "nodes", &["get", "list", "patch", "watch"]),
+    ("", "nodes/status", &["patch"]),
+    // rollout/controller.rs: the Pod reflector (every namespace); rollout/drain.rs `delete` (`drain.force` deletes
+    // pods no controller manages); get as issue 13 item 6 lists it.
+    ("", "pods", &["delete", "get", "list", "watch"]),
+    // rollout/drain.rs `evict`: the Eviction API (PodDisruptionBudgets apply).
+    ("", "pods/eviction", &["create"]),
+    // rollout/controller.rs: the PodDisruptionBudget reflector (names the budgets that block a drain).
+    ("policy", "poddisruptionbudgets", &["list", "watch"]),
 ];
 
 /// The Role in the operator's namespace (build Jobs, their Pods, push secrets, the Lease).

@@ -218,8 +218,8 @@ async fn lead<R: ArtifactRegistry>(
     Ok(())
 }
 
-/// The controllers only the leader runs, side by side until `shutdown`: the NodeImage controller and the
-/// SecurityPolicy status controller (`policy`).
+/// The controllers only the leader runs, side by side until `shutdown`: the NodeImage controller, the
+/// SecurityPolicy status controller (`policy`) and the rollout controller (`rollout::controller`).
 async fn leader_controllers<R: ArtifactRegistry>(
     ctx: Arc<Context<R>>,
     identity: &str,
@@ -229,17 +229,26 @@ async fn leader_controllers<R: ArtifactRegistry>(
     let client = ctx.client.clone();
     let mut rx_a = rx.clone();
     let mut rx_b = rx;
+    let mut rx_c = rx_b.clone();
+    let rollout = Arc::new(crate::rollout::controller::Context::new(
+        client.clone(),
+        ctx.metrics.clone(),
+        identity,
+    ));
     let nodeimages = controller::run(ctx, async move {
         let _ = rx_a.wait_for(|s| *s).await;
     });
     let policies = crate::policy::run(client, identity, Default::default(), async move {
         let _ = rx_b.wait_for(|s| *s).await;
     });
+    let rollouts = crate::rollout::controller::run(rollout, async move {
+        let _ = rx_c.wait_for(|s| *s).await;
+    });
     let stop = async move {
         shutdown.await;
         let _ = tx.send(true);
     };
-    tokio::join!(nodeimages, policies, stop);
+    tokio::join!(nodeimages, policies, rollouts, stop);
 }
 
 /// Starts the admission webhooks (`webhook::server::run`) in a task.

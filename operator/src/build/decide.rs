@@ -278,7 +278,14 @@ fn for_key(mut d: Draft<'_>, policy: &Policy) -> Decision {
             Some(policy.retry_base),
         );
     };
-    d.cond(COND_DEGRADED, false, "AsExpected", "");
+    // A `Degraded` the rollout controller wrote is its own to clear.
+    let rollouts =
+        d.status.conditions.iter().any(|c| {
+            c.type_ == COND_DEGRADED && crate::rollout::status::is_rollout_reason(&c.reason)
+        });
+    if !rollouts {
+        d.cond(COND_DEGRADED, false, "AsExpected", "");
+    }
     d.supersede_running(Some(&key));
     if d.status
         .artifact

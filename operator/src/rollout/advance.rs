@@ -140,10 +140,7 @@ impl<'a> Planner<'a> {
             .iter_mut()
             .filter(|s| s.ours && s.state == NodeState::Pending && s.v.booted == Some(target))
         {
-            self.push(Action::SetDesiredBuildKey {
-                node: s.v.name.to_string(),
-                key: target.to_string(),
-            });
+            self.push(self.desire(s.v.name, target));
             s.desired = Some(target);
             self.mark(s, NodeState::Done, None, None);
         }
@@ -199,10 +196,7 @@ impl<'a> Planner<'a> {
             if !s.v.ready || s.v.cordoned_by_others() {
                 continue;
             }
-            self.push(Action::SetDesiredBuildKey {
-                node: s.v.name.to_string(),
-                key: target.to_string(),
-            });
+            self.push(self.desire(s.v.name, target));
             s.desired = Some(target);
             self.mark(s, NodeState::Staging, None, None);
             if s.v.staged == Some(target) {

@@ -17,15 +17,18 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kitfleet_api::constants::{
-    ANNOTATION_CORDONED, ANNOTATION_DESIRED_BUILD_KEY, ANNOTATION_ROLLOUT_DEADLINE,
-    ANNOTATION_ROLLOUT_FAILURE, ANNOTATION_ROLLOUT_NODEIMAGE, ANNOTATION_ROLLOUT_RETRY,
-    ANNOTATION_ROLLOUT_SINCE, ANNOTATION_ROLLOUT_STATE,
+    ANNOTATION_CORDONED, ANNOTATION_DESIRED_ARTIFACT, ANNOTATION_DESIRED_BUILD_KEY,
+    ANNOTATION_ROLLOUT_DEADLINE, ANNOTATION_ROLLOUT_FAILURE, ANNOTATION_ROLLOUT_NODEIMAGE,
+    ANNOTATION_ROLLOUT_RETRY, ANNOTATION_ROLLOUT_SINCE, ANNOTATION_ROLLOUT_STATE,
+    ANNOTATION_UPGRADE_METHOD,
 };
 use kitfleet_api::nodeimage::{NodeCounts, NodeFailure};
 
 mod advance;
+pub mod controller;
+pub mod drain;
 pub mod plan;
-mod status;
+pub mod status;
 mod steps;
 mod summary;
 mod view;
@@ -136,8 +139,14 @@ pub enum Action {
         deadline: Option<Timestamp>,
         failure: Option<Failure>,
     },
-    /// Ask the node's agent to stage this build key (hex, no `sha256:`).
-    SetDesiredBuildKey { node: String, key: String },
+    /// Ask the node's agent to stage this build key (hex, no `sha256:`), pulling `artifact`
+    /// (`REGISTRY/REPO@sha256:…`) and switching with `method` (`reboot` or `kexec`).
+    SetDesiredBuildKey {
+        node: String,
+        key: String,
+        artifact: String,
+        method: String,
+    },
     /// Cordon the node and record that Kitfleet did.
     Cordon { node: String },
     /// Uncordon a node Kitfleet cordoned, and drop that record.
@@ -204,11 +213,13 @@ pub struct NodePatch {
     pub unschedulable: Option<bool>,
 }
 
-/// The operator-owned rollout annotations.
-pub const OPERATOR_KEYS: [&str; 8] = [
+/// The operator-owned rollout annotations (all removed by [`Action::Release`]).
+pub const OPERATOR_KEYS: [&str; 10] = [
     ANNOTATION_ROLLOUT_STATE,
     ANNOTATION_ROLLOUT_NODEIMAGE,
     ANNOTATION_DESIRED_BUILD_KEY,
+    ANNOTATION_DESIRED_ARTIFACT,
+    ANNOTATION_UPGRADE_METHOD,
     ANNOTATION_ROLLOUT_SINCE,
     ANNOTATION_ROLLOUT_DEADLINE,
     ANNOTATION_CORDONED,
@@ -224,8 +235,15 @@ impl Plan {
         for a in &self.actions {
             let (node, f): (&str, &dyn Fn(&mut NodePatch)) = match a {
                 Action::MarkState { node, .. } => (node, &|p| mark(p, a)),
-                Action::SetDesiredBuildKey { node, key } => (node, &|p| {
-                    set(p, ANNOTATION_DESIRED_BUILD_KEY, Some(key.clone()))
+                Action::SetDesiredBuildKey {
+                    node,
+                    key,
+                    artifact,
+                    method,
+                } => (node, &|p| {
+                    set(p, ANNOTATION_DESIRED_BUILD_KEY, Some(key.clone()));
+                    set(p, ANNOTATION_DESIRED_ARTIFACT, Some(artifact.clone()));
+                    set(p, ANNOTATION_UPGRADE_METHOD, Some(method.clone()));
                 }),
                 Action::Cordon { node } => (node, &|p| {
                     p.unschedulable = Some(true);

@@ -51,6 +51,26 @@ pub fn target_key(ni: &NodeImage) -> Option<&str> {
     Some(key.strip_prefix("sha256:").unwrap_or(key))
 }
 
+/// The artifact of the target key as the node agent pulls it: `REGISTRY/REPO@sha256:…` (the status's
+/// `repository:tag@digest` without its tag).
+pub fn target_artifact(ni: &NodeImage) -> Option<String> {
+    let a = ni.status.as_ref()?.artifact.as_ref()?;
+    let (name, digest) = a.reference.rsplit_once('@')?;
+    let repo = match name.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => repo,
+        _ => name,
+    };
+    Some(format!("{repo}@{digest}"))
+}
+
+/// `spec.rollout.method` as written in manifests (`reboot` or `kexec`).
+pub fn method_name(r: &RolloutSpec) -> String {
+    serde_json::to_value(r.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| "reboot".into())
+}
+
 /// How many selected nodes may be unavailable: a count, or a percentage of `total` rounded up; at least one.
 pub fn budget(max_unavailable: &IntOrString, total: usize) -> Result<usize, String> {
     let bad = |v: &str| {
@@ -126,6 +146,23 @@ impl<'a> Planner<'a> {
 
     pub fn push(&mut self, a: Action) {
         self.plan.actions.push(a);
+    }
+
+    /// Asks `node` to run `key`, with the artifact and method the agent needs for it.
+    pub fn desire(&self, node: &str, key: &str) -> Action {
+        Action::SetDesiredBuildKey {
+            node: node.to_string(),
+            key: key.to_string(),
+            artifact: target_artifact(self.inp.ni).unwrap_or_default(),
+            method: self
+                .inp
+                .ni
+                .spec
+                .rollout
+                .as_ref()
+                .map(method_name)
+                .unwrap_or_else(|| "reboot".into()),
+        }
     }
 
     pub fn requeue(&mut self, after: Duration) {

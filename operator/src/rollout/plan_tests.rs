@@ -92,7 +92,7 @@ pub(super) fn acts(p: &Plan) -> Vec<String> {
         .iter()
         .filter_map(|a| match a {
             Action::MarkState { node, state, .. } => Some(format!("{node} → {}", state.as_str())),
-            Action::SetDesiredBuildKey { node, key } => {
+            Action::SetDesiredBuildKey { node, key, .. } => {
                 Some(format!("Desire {node} {}", &key[..4]))
             }
             Action::Cordon { node } => Some(format!("Cordon {node}")),

@@ -8,6 +8,23 @@ use super::{ConditionIntent, RolloutStatus};
 
 pub const COND_ROLLED_OUT: &str = "RolledOut";
 pub const COND_DEGRADED: &str = "Degraded";
+/// The `Degraded` reasons the rollout writes (everything else there is the build controller's). Each controller
+/// leaves the other's `Degraded` alone: the build's problems stand over the rollout's (which `RolledOut` still
+/// tells), and neither clears what the other set.
+pub const ROLLOUT_REASONS: &[&str] = &[
+    "RolloutHealthy",
+    "RolloutHalted",
+    "RolloutConflict",
+    "InvalidMaxUnavailable",
+    "InvalidWindow",
+    "InvalidSelector",
+];
+
+/// Whether a `Degraded` reason is the rollout's.
+pub fn is_rollout_reason(reason: &str) -> bool {
+    ROLLOUT_REASONS.contains(&reason)
+}
+
 /// The most failures kept in status (the CRD's bound).
 pub const MAX_FAILURES: usize = 16;
 
