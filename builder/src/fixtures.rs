@@ -320,6 +320,64 @@ pub fn kernel_image() -> Result<ImageSpec> {
     })
 }
 
+/// [`kernel_image`] plus the named modules of Debian's cloud kernel (`virtio_net`, `vfat`…) and every module
+/// they depend on (from `modules.dep`), at their `lib/modules/<version>/kernel/…` paths, for fixtures whose
+/// init loads drivers with `insmod` (Debian's modules are not compressed). Returns the image and the module
+/// files relative to `/`, dependencies first (the order to load them in).
+pub fn kernel_image_with_modules(names: &[&str]) -> Result<(ImageSpec, Vec<String>)> {
+    let (_, ver) = host_kernel()?;
+    let base = format!("lib/modules/{ver}");
+    let dep = std::fs::read_to_string(format!("/{base}/modules.dep"))
+        .with_context(|| format!("/{base}/modules.dep"))?;
+    let deps: BTreeMap<&str, Vec<&str>> = dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m, d.split_whitespace().collect()))
+        .collect();
+    let mut order: Vec<String> = Vec::new();
+    fn visit(m: &str, deps: &BTreeMap<&str, Vec<&str>>, order: &mut Vec<String>) {
+        if order.iter().any(|o| o == m) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, order);
+        }
+        order.push(m.to_string());
+    }
+    for name in names {
+        let want = format!("/{name}.ko");
+        let m = deps
+            .keys()
+            .find(|k| k.ends_with(&want))
+            .with_context(|| format!("module {name} is not in /{base}/modules.dep"))?;
+        visit(m, &deps, &mut order);
+    }
+    let mut img = kernel_image()?;
+    let mut ktar_entries = vec![dir("lib"), dir("lib/modules"), dir(&base)];
+    let mut dirs = std::collections::BTreeSet::new();
+    for m in &order {
+        let mut p = Path::new(m.as_str()).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().into_owned());
+            p = d.parent();
+        }
+    }
+    for d in &dirs {
+        ktar_entries.push(dir(&format!("{base}/{d}")));
+    }
+    for m in &order {
+        ktar_entries.push(file(
+            &format!("{base}/{m}"),
+            read_host(&format!("/{base}/{m}"))?,
+            0o644,
+        ));
+    }
+    let layer = &mut img.layers[0];
+    layer.retain(|e| e.path != "kernel.tar");
+    layer.push(file("kernel.tar", to_tar(&ktar_entries)?, 0o644));
+    Ok((img, order.iter().map(|m| format!("{base}/{m}")).collect()))
+}
+
 const APPLETS: [&str; 24] = [
     "sh", "echo", "cat", "ls", "mount", "umount", "mkdir", "basename", "poweroff", "sleep",
     "uname", "grep", "sync", "reboot", "halt", "dmesg", "rm", "ln", "chmod", "true", "false",

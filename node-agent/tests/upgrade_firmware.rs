@@ -199,3 +199,63 @@ fn a_full_esp_fails_staging_with_the_sizes() {
         "no load option for a failed stage"
     );
 }
+
+/// A/B on a full ESP: staging removes the UKIs no live entry (BootCurrent, BootNext, BootOrder) boots — a
+/// superseded image without an entry and a staged one that never became live — with their Kitfleet entries,
+/// and keeps what the firmware may still boot (privileged: a 512 KiB tmpfs ESP).
+#[test]
+fn a_full_esp_drops_what_no_live_entry_boots() {
+    let bed = Bed::new();
+    let esp = bed.p("esp");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "kitfleet-upgrade-esp-ab"])
+        .arg(&esp)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "mounting a tmpfs failed under CI=true"
+        );
+        eprintln!("skipping: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let mut fw = bed.fw(&esp);
+        let size = 160 * 1024;
+        // Committed and booted: A.
+        let a = fw
+            .stage(&key('a'), &bed.uki("a.efi", &vec![0xa1; size]))
+            .unwrap();
+        let na = a.boot_number.unwrap();
+        bed.set_var("BootOrder", &na.to_le_bytes());
+        bed.set_var("BootCurrent", &na.to_le_bytes());
+        // Staged, tried, never live again: B.
+        let b = fw
+            .stage(&key('b'), &bed.uki("b.efi", &vec![0xb2; size]))
+            .unwrap();
+        // An older image without an entry (the disk's own first UKI): C.
+        let c = bed.uki("c.efi", &vec![0xc3; size]);
+        let (c_sha, _) = file_sha256(&c).unwrap();
+        std::fs::copy(&c, esp.join(format!("EFI/kitfleet/{c_sha}.efi"))).unwrap();
+        let d = fw
+            .stage(&key('d'), &bed.uki("d.efi", &vec![0xd4; size]))
+            .unwrap();
+        let on_esp = |sha: &str| esp.join(format!("EFI/kitfleet/{sha}.efi")).exists();
+        assert!(on_esp(&a.uki_sha256), "the committed UKI stays");
+        assert!(on_esp(&d.uki_sha256), "the new UKI is staged");
+        assert!(!on_esp(&b.uki_sha256) && !on_esp(&c_sha), "B and C removed");
+        let nb = b.boot_number.unwrap();
+        assert!(bed.var(&efi::boot_name(na)).is_some());
+        assert_eq!(
+            d.boot_number,
+            Some(nb),
+            "B's entry was removed; D takes the lowest free number"
+        );
+    });
+    let _ = std::process::Command::new("umount").arg(&esp).status();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -97,7 +97,11 @@ impl Firmware {
         if dest.exists() && file_sha256(&dest)?.0 == sha {
             return Ok(rel);
         }
-        let free = free_bytes(&dir)?;
+        let mut free = free_bytes(&dir)?;
+        if free < size {
+            self.prune(sha)?;
+            free = free_bytes(&dir)?;
+        }
         if free < size {
             return Err(UpgradeError::EspFull {
                 esp: self.cfg.esp.clone(),
@@ -120,6 +124,61 @@ impl Firmware {
         }
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         Ok(rel)
+    }
+
+    /// The `Boot####` numbers the firmware may boot: BootCurrent, BootNext and every entry of BootOrder.
+    fn live_entries(&self) -> Result<Vec<u16>> {
+        let mut live = match self.vars.read("BootOrder")? {
+            Some(d) => efi::parse_boot_order(&d)?,
+            None => Vec::new(),
+        };
+        for name in ["BootCurrent", "BootNext"] {
+            if let Some(d) = self.vars.read(name)?
+                && let [lo, hi] = d[..]
+            {
+                live.push(u16::from_le_bytes([lo, hi]));
+            }
+        }
+        Ok(live)
+    }
+
+    /// Makes room on a full ESP, A/B style: removes every `EFI/kitfleet/<sha>.efi` (but `keep`'s) that no live
+    /// entry ([`Self::live_entries`]) boots — a superseded image or a staged one that failed — and the Kitfleet
+    /// `Boot####` entries that pointed at them. What the firmware may still boot is never touched.
+    fn prune(&self, keep: &str) -> Result<()> {
+        let live = self.live_entries()?;
+        let mut kept_files = vec![format!("\\{}\\{keep}.efi", UKI_DIR.replace('/', "\\"))];
+        let mut stale = Vec::new();
+        for n in self.vars.boot_numbers()? {
+            let name = efi::boot_name(n);
+            let Some(data) = self.vars.read(&name)? else {
+                continue;
+            };
+            let Ok(info) = efi::parse_load_option(&name, &data) else {
+                continue;
+            };
+            if live.contains(&n) {
+                kept_files.extend(info.file);
+            } else if info.description.starts_with("Kitfleet ") {
+                stale.push(name);
+            }
+        }
+        let dir = self.cfg.esp.join(UKI_DIR);
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            let fname = e.file_name().to_string_lossy().into_owned();
+            let file = format!("\\{}\\{fname}", UKI_DIR.replace('/', "\\"));
+            let ours = fname.len() == 68 && fname.ends_with(".efi");
+            if ours && !kept_files.iter().any(|k| k.eq_ignore_ascii_case(&file)) {
+                std::fs::remove_file(e.path()).map_err(io(e.path()))?;
+                tracing::info!(file = %e.path().display(), "removed a UKI no live boot entry boots");
+            }
+        }
+        for name in stale {
+            self.vars.delete(&name)?;
+            tracing::info!(variable = %name, "removed a Kitfleet boot entry that is not live");
+        }
+        Ok(())
     }
 
     /// The `Boot####` whose File() path is `file`, or the lowest free number.
