@@ -116,7 +116,8 @@ pub struct KindNode<H> {
 }
 
 /// The script the transient unit runs in the node: stop the kubelet, kill every pod container but `keep_uid`'s,
-/// restart containerd, start the kubelet.
+/// restart containerd, start the kubelet. (`SIGKILL` goes to each task's init process, which ends its PID namespace;
+/// `ctr tasks kill --all` reported success on kind's cgroup-v1 nodes but left pause processes running.)
 pub fn restart_script(keep_uid: &str) -> String {
     format!(
         r#"set -u
@@ -124,7 +125,7 @@ systemctl stop kubelet
 for id in $(ctr -n k8s.io tasks ls -q); do
   uid=$(ctr -n k8s.io containers info "$id" | jq -r '.Labels["io.kubernetes.pod.uid"] // ""')
   [ "$uid" = "{keep_uid}" ] && continue
-  ctr -n k8s.io tasks kill -a -s SIGKILL "$id" || true
+  ctr -n k8s.io tasks kill -s SIGKILL "$id" || true
 done
 for i in $(seq 1 50); do
   left=0
@@ -211,7 +212,19 @@ impl<H: HostCommand> KindNode<H> {
         };
         // Recorded first: a restarted executor then waits for this unit rather than starting a second one.
         self.save(&r)?;
+        // The script goes into a file of the node first: systemd keeps a transient unit's command line in a unit
+        // file, where a multi-line argument would be cut at its newlines.
         let script = restart_script(&self.cfg.pod_uid);
+        let path = format!("/run/{}.sh", r.unit);
+        self.host(&[
+            "/bin/sh",
+            "-c",
+            "umask 077 && printf '%s' \"$1\" > \"$2\"",
+            "sh",
+            &script,
+            &path,
+        ])
+        .map_err(ExecError::Transient)?;
         let unit = format!("--unit={}", r.unit);
         self.host(&[
             "systemd-run",
@@ -220,8 +233,7 @@ impl<H: HostCommand> KindNode<H> {
             "--property=Type=oneshot",
             "--property=RemainAfterExit=yes",
             "/bin/sh",
-            "-c",
-            &script,
+            &path,
         ])
         .map_err(ExecError::Transient)?;
         tracing::info!(key, unit = %r.unit, "simulated reboot started");

@@ -74,12 +74,17 @@ fn one_unit_per_key_even_across_restarts_and_booted_after_a_fresh_ready() {
     assert_eq!(k.booted(&old), None);
     k.activate(K1, "a", SwitchMethod::Reboot).unwrap();
     assert_eq!(runs(&k), 1);
-    let run = k.host.calls.iter().find(|c| c[0] == "systemd-run").unwrap();
+    // The script is written to a file of the node, then run by a transient unit (a multi-line argument would be
+    // cut by systemd's unit file).
+    let write = &k.host.calls[0];
     assert!(
-        run.iter().any(|a| a.contains("uid-1")),
-        "own pod kept: {run:?}"
+        write[4].contains(r#"[ "$uid" = "uid-1" ] && continue"#),
+        "own pod kept: {write:?}"
     );
+    let run = k.host.calls.iter().find(|c| c[0] == "systemd-run").unwrap();
+    assert_eq!(run.last(), Some(&write[5]));
     assert!(run.contains(&"--no-block".to_string()));
+    assert!(run.iter().all(|a| !a.contains('\n')), "{run:?}");
     let r = k.reboot().unwrap();
     assert!(r.finished && r.key == K1);
     // A stale heartbeat (before the restart) is not the node coming back; NotReady neither.
