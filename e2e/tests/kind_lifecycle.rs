@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
@@ -156,7 +156,7 @@ impl Cluster {
             (v.as_array().iter().flat_map(|a| a.iter()))
                 .filter_map(|s| s.as_str())
                 .collect::<Vec<_>>()
-                .join("\\,")
+                .join(",")
         };
         let mut s = vec![
             format!(
@@ -237,8 +237,44 @@ impl Cluster {
         api.create(&Default::default(), &obj).await?;
         let back = serde_json::to_value(api.get(name).await?)?;
         let kept = !back["spec"]["rollout"]["healthCheck"]["podSelector"].is_null();
-        api.delete(name, &DeleteParams::default()).await?;
+        self.delete_nodeimages(Some(name)).await?;
         Ok(kept)
+    }
+
+    /// Deletes NodeImage `name` (or every NodeImage) without waiting for an operator: deleted, then its finalizers
+    /// dropped (once deletion has started none can be added).
+    async fn delete_nodeimages(&self, name: Option<&str>) -> Result<()> {
+        let ar = kube::discovery::ApiResource::erase::<kitfleet_api::NodeImage>(&());
+        let api: Api<kube::api::DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let names: Vec<String> = match name {
+            Some(n) => vec![n.to_string()],
+            None => (api.list(&ListParams::default()).await?.items.into_iter())
+                .filter_map(|o| o.metadata.name)
+                .collect(),
+        };
+        let unfinalize = json!({"metadata": {"finalizers": null}});
+        for n in &names {
+            match api.delete(n, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => continue,
+                Err(e) => return Err(e.into()),
+            }
+            match api
+                .patch(n, &PatchParams::default(), &Patch::Merge(&unfinalize))
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for n in &names {
+            wait_for("NodeImage gone", Duration::from_secs(60), || async {
+                Ok(api.get_opt(n).await?.is_none().then_some(()))
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Nothing of Kitfleet's is left on any node, in the namespace or in the Node annotations.
@@ -285,8 +321,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// Restarts every pod on the pod network outside Kitfleet's namespace (their addresses came from the IPAM store
-    /// the uninstall removed) and waits until the nodes and CoreDNS are Ready.
+    /// Deletes every pod on the pod network outside Kitfleet's namespace (their addresses came from the IPAM store
+    /// the uninstall removed): their controllers make new ones once a CNI is back.
+    async fn restart_pod_network_pods(&self) -> Result<usize> {
+        let all: Api<Pod> = Api::all(self.client.clone());
+        let mut n = 0;
+        for p in all.list(&ListParams::default()).await? {
+            let host = (p.spec.as_ref().and_then(|s| s.host_network)).unwrap_or(false);
+            let ns = p.metadata.namespace.clone().unwrap_or_default();
+            if host || ns == KITFLEET_NS {
+                continue;
+            }
+            let name = p.metadata.name.clone().unwrap_or_default();
+            match Api::<Pod>::namespaced(self.client.clone(), &ns)
+                .delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+            {
+                Ok(_) => n += 1,
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(n)
+    }
+
+    /// Waits until the nodes are Ready, restarts the pods on the pod network again and waits for CoreDNS.
     async fn settle_after_reinstall(&self) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         wait_for("every node Ready", Duration::from_secs(180), || async {
@@ -298,18 +357,7 @@ impl Cluster {
             Ok(ready.then_some(()))
         })
         .await?;
-        let all: Api<Pod> = Api::all(self.client.clone());
-        for p in all.list(&ListParams::default()).await? {
-            let host = (p.spec.as_ref().and_then(|s| s.host_network)).unwrap_or(false);
-            let ns = p.metadata.namespace.clone().unwrap_or_default();
-            if host || ns == KITFLEET_NS {
-                continue;
-            }
-            let name = p.metadata.name.clone().unwrap_or_default();
-            Api::<Pod>::namespaced(self.client.clone(), &ns)
-                .delete(&name, &DeleteParams::default().grace_period(0))
-                .await?;
-        }
+        self.restart_pod_network_pods().await?;
         let kube_system: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
         wait_for("CoreDNS Ready again", Duration::from_secs(180), || async {
             let lp = ListParams::default().labels("k8s-app=kube-dns");
@@ -370,6 +418,8 @@ async fn lifecycle(c: &Cluster) -> Result<()> {
     c.nothing_left()
         .await
         .context("after the first uninstall")?;
+    c.restart_pod_network_pods().await?;
+    c.delete_nodeimages(None).await?;
     for crd in CRDS {
         let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
         if crds.get_opt(crd).await?.is_some() {
@@ -436,6 +486,7 @@ async fn lifecycle(c: &Cluster) -> Result<()> {
         t.as_millis()
     );
     c.nothing_left().await.context("after helm uninstall")?;
+    c.restart_pod_network_pods().await?;
 
     // Back to the state the suite found: installed as scripts/kind/up.sh does, pods renumbered.
     let t = c

@@ -56,7 +56,9 @@ async fn pod_selector_kept(client: &kube::Client, name: &str) -> bool {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    apiserver::apply(client, &nodeimage(name)).await.unwrap();
+    // A plain create (a server-side apply refuses a field the schema lacks instead of pruning it).
+    let obj: kube::api::DynamicObject = serde_json::from_value(nodeimage(name)).unwrap();
+    api.create(&Default::default(), &obj).await.unwrap();
     let back = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
     !back["spec"]["rollout"]["healthCheck"]["podSelector"].is_null()
 }
