@@ -112,17 +112,16 @@ fn build(out: &Path, cache: &Path, formats: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// One raw-efi build per test process (kept for the process's lifetime).
+/// One raw-efi build per test process, in `$KITFLEET_CACHE/worker/test-raw` (replaced by each run, kept outside
+/// `/tmp`; its builder cache makes the next run's build warm).
 fn raw_disk() -> &'static Path {
     static DISK: OnceLock<PathBuf> = OnceLock::new();
     DISK.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("kf-worker-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        build(&dir.join("out"), &dir.join("cache"), &["raw-efi"]);
-        dir.join("out/worker-efi.raw")
+        let dir = cache_root().join("worker/test-raw");
+        let out = dir.join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        build(&out, &dir.join("cache"), &["raw-efi"]);
+        out.join("worker-efi.raw")
     })
 }
 
