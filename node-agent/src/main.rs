@@ -123,6 +123,15 @@ async fn run_mesh(a: MeshArgs) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("connecting to the apiserver")?;
+            // The Node condition KitfleetHardened: the running kernel's KSPP state, at start and every 10 minutes.
+            let (hc, node) = (client.clone(), cfg.node_name.clone());
+            tokio::spawn(async move {
+                let paths = kitfleet_node_agent::hardening::Paths::default();
+                loop {
+                    kitfleet_node_agent::hardening::report(&hc, &node, &paths).await;
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+            });
             mesh::run(cfg, KubeSource::new(client), routes, shutdown_signal()).await?;
         }
     }
