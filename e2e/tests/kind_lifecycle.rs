@@ -137,8 +137,7 @@ impl Cluster {
         c
     }
 
-    /// The release's values as installed (image, cluster CIDRs, registries): what the old chart and the reinstall
-    /// get too.
+    /// The release's values as installed (`helm get values`): what the old chart and the reinstall get too.
     fn values(&self) -> Result<Value> {
         let v: Value = serde_json::from_str(&run(self
             .helm()
@@ -151,43 +150,13 @@ impl Cluster {
         Ok(v)
     }
 
-    fn sets(values: &Value) -> Vec<String> {
-        let list = |v: &Value| -> String {
-            (v.as_array().iter().flat_map(|a| a.iter()))
-                .filter_map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut s = vec![
-            format!(
-                "image.registry={}",
-                values["image"]["registry"].as_str().unwrap_or_default()
-            ),
-            format!(
-                "image.tag={}",
-                values["image"]["tag"].as_str().unwrap_or_default()
-            ),
-            format!(
-                "nodeAgent.clusterCIDRs={{{}}}",
-                list(&values["nodeAgent"]["clusterCIDRs"])
-            ),
-        ];
-        let regs = list(&values["operator"]["insecureRegistries"]);
-        if !regs.is_empty() {
-            s.push(format!("operator.insecureRegistries={{{regs}}}"));
-        }
-        s
-    }
-
-    /// `helm ACTION` of `chart` with `sets`, waiting; returns how long it took.
-    fn helm_chart(&self, action: &[&str], chart: &Path, sets: &[String]) -> Result<Duration> {
+    /// `helm ACTION` of `chart` with `args` (values), waiting; returns how long it took.
+    fn helm_chart(&self, action: &[&str], chart: &Path, args: &[String]) -> Result<Duration> {
         let t = Instant::now();
         let mut cmd = self.helm();
         cmd.args(action).arg(RELEASE).arg(chart);
         cmd.args(["--wait", "--timeout", "6m"]);
-        for s in sets {
-            cmd.args(["--set", s]);
-        }
+        cmd.args(args);
         run(&mut cmd)?;
         Ok(t.elapsed())
     }
@@ -401,8 +370,13 @@ fn upgrade_from_an_older_chart_keeps_new_crd_fields_and_uninstall_leaves_no_node
 }
 
 async fn lifecycle(c: &Cluster) -> Result<()> {
+    // Every value the release was installed with (images, cluster CIDRs, registries, the kind upgrade executor):
+    // the old chart ignores those it does not know.
     let values = c.values()?;
-    let sets = Cluster::sets(&values);
+    let tmp_values = tempfile::tempdir()?;
+    let values_file = tmp_values.path().join("values.json");
+    std::fs::write(&values_file, serde_json::to_vec(&values)?)?;
+    let sets = vec!["-f".to_string(), values_file.to_string_lossy().into_owned()];
     let current = repo().join("charts/kitfleet");
     let tmp = tempfile::tempdir()?;
     let old = old_chart(tmp.path())?;
@@ -445,7 +419,7 @@ async fn lifecycle(c: &Cluster) -> Result<()> {
 
     // Helm alone (hook off): the old CRD stays and prunes the new field.
     let mut no_hook = sets.clone();
-    no_hook.push("hooks.crds.enabled=false".into());
+    no_hook.extend(["--set".to_string(), "hooks.crds.enabled=false".into()]);
     let t = c
         .helm_chart(&["upgrade"], &current, &no_hook)
         .context("helm upgrade without the CRD hook")?;
