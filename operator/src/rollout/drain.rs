@@ -60,6 +60,9 @@ pub struct Round {
     pub blocked: Vec<String>,
 }
 
+/// How long one eviction may take before it counts as refused for now.
+pub const EVICT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn params(grace: Option<i64>) -> DeleteParams {
     DeleteParams {
         grace_period_seconds: grace.and_then(|g| u32::try_from(g).ok()),
@@ -79,7 +82,14 @@ pub async fn evict(
         delete_options: Some(params(grace)),
         ..EvictParams::default()
     };
-    match api.evict(pod, &ep).await {
+    // kube's default client retries a 429 itself (up to 15 times, after the server's Retry-After): a refused
+    // eviction would hold the reconcile for minutes. Not answered in time = refused for now.
+    let Ok(answer) = tokio::time::timeout(EVICT_WAIT, api.evict(pod, &ep)).await else {
+        return Ok(Outcome::Blocked(format!(
+            "no answer within {EVICT_WAIT:?} (the API server refuses it for now: 429, retried by the client)"
+        )));
+    };
+    match answer {
         Ok(_) => Ok(Outcome::Done),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(Outcome::Gone),
         Err(kube::Error::Api(e)) if e.code == 429 => Ok(Outcome::Blocked(e.message)),
