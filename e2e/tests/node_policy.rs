@@ -1,14 +1,16 @@
 //! Issue 12, item 2: a node agent may change only its own Node, and there only `agent.kitfleet.dev/` annotations.
 //! Against a real kube-apiserver with the chart's node-agent RBAC and ValidatingAdmissionPolicy: agent A's token (bound
 //! to a pod on node A, as the DaemonSet's projected token is) first shows the finding under RBAC alone, then, with the
-//! policy, cannot change node B (metadata or status) nor the operator's keys on A, and can still publish its own keys.
+//! policy, cannot change node B (metadata or status) nor the operator's keys on A, and can still publish its own keys
+//! and its own Node condition (`KitfleetHardened`), and no other status.
 
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kitfleet_api::constants::{
     AGENT_ANNOTATION_PREFIX, ANNOTATION_ROLLOUT_STATE, ANNOTATION_WG_ENDPOINT,
-    ANNOTATION_WG_PUBLIC_KEY, NODE_AGENT_FIELD_MANAGER, OPERATOR_ANNOTATION_PREFIX,
+    ANNOTATION_WG_PUBLIC_KEY, CONDITION_KITFLEET_HARDENED, NODE_AGENT_FIELD_MANAGER,
+    OPERATOR_ANNOTATION_PREFIX,
 };
 use kitfleet_e2e::apiserver::{self, apply, describe, helm_template};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -238,11 +240,53 @@ async fn a_node_agent_changes_only_its_own_node_and_its_own_keys() {
             )
             .await,
     );
-    denied(
+    let msg = denied(
         "agent A changing node A's status",
         agent_a
             .patch_status("node-a", &PatchParams::default(), &Patch::Merge(json!({"status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.66"}]}})))
             .await,
+    );
+    assert!(msg.contains("only its KitfleetHardened condition"), "{msg}");
+    let condition = |type_: &str| {
+        Patch::Strategic(json!({"status": {"conditions": [{
+            "type": type_, "status": "False", "reason": "KsppUnmet",
+            "message": "KSPP: 20/26 met; unmet: init_on_free (found absent, want init_on_free=1)",
+            "lastTransitionTime": "2026-11-29T20:00:00Z"}]}}))
+    };
+    let msg = denied(
+        "agent A writing node A's Ready condition",
+        agent_a
+            .patch_status("node-a", &PatchParams::default(), &condition("Ready"))
+            .await,
+    );
+    assert!(msg.contains("only its KitfleetHardened condition"), "{msg}");
+    denied(
+        "agent A writing node B's KitfleetHardened condition",
+        agent_a
+            .patch_status(
+                "node-b",
+                &PatchParams::default(),
+                &condition(CONDITION_KITFLEET_HARDENED),
+            )
+            .await,
+    );
+    // What the agent does (node-agent/src/hardening.rs): its own condition on its own Node.
+    agent_a
+        .patch_status(
+            "node-a",
+            &PatchParams::default(),
+            &condition(CONDITION_KITFLEET_HARDENED),
+        )
+        .await
+        .expect("agent A reports its KitfleetHardened condition");
+    let a = nodes.get_status("node-a").await.unwrap();
+    let conds = a.status.unwrap().conditions.unwrap_or_default();
+    assert_eq!(
+        conds
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(CONDITION_KITFLEET_HARDENED, "False")]
     );
 
     // A token without the node claim (not bound to a pod) may change nothing, not even agent keys.
