@@ -33,6 +33,11 @@ export PATH="$k8s/bin:$PATH"
 image=$(bash "$here/node-image.sh" | tail -1)
 phase "node image $image"
 bash "$here/registry.sh" up
+# Every node's kubelet, containerd and systemd take inotify instances from the host's per-user pool (128 by default):
+# with several clusters, or after kubelet restarts, kubelet dies with "inotify_init: too many open files".
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 1024 ]; then
+  sysctl -qw fs.inotify.max_user_instances=1024
+fi
 mkdir -p "$KIND_STATE"
 ready="$KIND_READY"
 want="$image $(cat "$repo/scripts/kind/"*.sh "$repo/scripts/images/"*.sh | sha256sum | cut -c1-12) install=$install"
