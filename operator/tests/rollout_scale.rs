@@ -1,8 +1,8 @@
 //! A measurement, not a check (`#[ignore]`; run it with
 //! `cargo test -p kitfleet-operator --test rollout_scale -- --ignored --nocapture`): the `kitfleet-operator` binary
 //! (build, policy and rollout controllers) on a private real kube-apiserver under the chart's RBAC, with 1000 Nodes
-//! (Ready, 2 annotations and 3 labels each, 20 pools) and 50 NodeImages with a rollout, each selecting one pool of 20
-//! nodes and its artifact published, so that every rollout stages its nodes. Prints the operator's RSS idle, with the
+//! (Ready, 2 annotations and 3 labels each, 50 pools of 20) and 50 NodeImages with a rollout, each selecting one
+//! pool and its artifact published, so that every rollout stages its nodes. Prints the operator's RSS idle, with the
 //! Nodes, and once every rollout has written its status. `KITFLEET_OPERATOR_BIN=target/release/kitfleet-operator`
 //! measures a release build.
 
