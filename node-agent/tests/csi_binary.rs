@@ -57,7 +57,7 @@ async fn csi_subcommand_serves_registers_publishes_and_shuts_down() {
     std::fs::write(&launcher, "launcher").unwrap();
     let (csi_sock, reg_sock) = (
         t.path().join("plugins/csi.sock"),
-        t.path().join("registry/reg.sock"),
+        t.path().join("registry/sandbox.kitfleet.dev@reg.sock"),
     );
     let seccomp = t.path().join("seccomp/kitfleet");
     let mut child = Agent(

@@ -97,7 +97,7 @@ impl Bed {
                 csi: sock.clone(),
                 registration: Some(
                     dir.path()
-                        .join("plugins_registry/sandbox.kitfleet.dev-reg.sock"),
+                        .join("plugins_registry/sandbox.kitfleet.dev@reg.sock"),
                 ),
                 kubelet_endpoint: Some(
                     "/var/lib/kubelet/plugins/sandbox.kitfleet.dev/csi.sock".into(),
@@ -321,7 +321,7 @@ async fn kubelet_registration() {
     let ch = connect(
         &bed.dir
             .path()
-            .join("plugins_registry/sandbox.kitfleet.dev-reg.sock"),
+            .join("plugins_registry/sandbox.kitfleet.dev@reg.sock"),
     )
     .await;
     let mut r = reg::registration_client::RegistrationClient::new(ch);
@@ -350,7 +350,7 @@ async fn kubelet_registration() {
     assert!(!dir.path().join("csi.sock").exists());
     assert!(
         !dir.path()
-            .join("plugins_registry/sandbox.kitfleet.dev-reg.sock")
+            .join("plugins_registry/sandbox.kitfleet.dev@reg.sock")
             .exists()
     );
 }

@@ -26,7 +26,7 @@ pub const AGENT_PATHS: &[&str] = &[
     "/var/lib/kitfleet",
     "/var/lib/kubelet/seccomp/kitfleet",
     "/var/lib/kubelet/plugins/sandbox.kitfleet.dev",
-    "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev-reg.sock",
+    "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev@reg.sock",
 ];
 
 /// What a cleanup removes, as host paths (absolute, before the host root is prefixed).

@@ -34,7 +34,7 @@ fn the_charts_conflist() {
             "/var/lib/cni/kitfleet-wg",
             "/var/lib/kitfleet",
             "/var/lib/kubelet/plugins/sandbox.kitfleet.dev",
-            "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev-reg.sock",
+            "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev@reg.sock",
             "/var/lib/kubelet/seccomp/kitfleet",
             "/var/log/kitfleet-wg.log",
         ]

@@ -28,11 +28,13 @@ pub struct CsiArgs {
     /// The CSI socket's path as the kubelet sees it, if the agent sees it elsewhere (PluginInfo.endpoint).
     #[arg(long)]
     pub kubelet_endpoint: Option<PathBuf>,
-    /// The registration socket in the kubelet's plugins_registry directory.
+    /// The registration socket in the kubelet's plugins_registry directory. Its file name needs an `@`: the
+    /// kubelet sends the path as HTTP/2 `:authority`, which the plugin's server accepts only then (see
+    /// `csi::authority`).
     #[arg(
         long,
         env = "KITFLEET_CSI_REGISTRATION_SOCKET",
-        default_value = "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev-reg.sock"
+        default_value = "/var/lib/kubelet/plugins_registry/sandbox.kitfleet.dev@reg.sock"
     )]
     pub registration_socket: PathBuf,
     /// Do not register with the kubelet (serve the CSI socket only).
@@ -78,6 +80,9 @@ pub enum CliError {
     /// Serving failed.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// A flag's value cannot work.
+    #[error("--{flag}: {reason}")]
+    Invalid { flag: &'static str, reason: String },
 }
 
 /// Runs the plugin until `shutdown` completes.
@@ -85,6 +90,14 @@ pub async fn run(
     a: CsiArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), CliError> {
+    if !a.no_registration {
+        crate::csi::authority::check_registration_socket(&a.registration_socket).map_err(
+            |reason| CliError::Invalid {
+                flag: "registration-socket",
+                reason,
+            },
+        )?;
+    }
     let cfg = DriverConfig {
         driver_name: a.driver_name,
         node_id: a.node_name,

@@ -4,6 +4,7 @@
 //! README.md ("CSI node plugin") has the attribute schema, the error codes and the limits.
 
 pub mod attrs;
+pub mod authority;
 pub mod cli;
 pub mod driver;
 pub mod mount;
