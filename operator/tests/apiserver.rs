@@ -244,7 +244,16 @@ async fn the_controller_under_the_chart_rbac() {
         lb.2.contains(&format!("spec.kernel.image: {reg}/fixtures/kernel:6.1")),
         "{lb:?}"
     );
-    let events = env.events("s-new").await;
+    // Events are posted beside the status writes, not before them: give them a moment to arrive.
+    let mut events = env.events("s-new").await;
+    for _ in 0..50 {
+        let has = |r: &str| events.iter().any(|e| e.reason.as_deref() == Some(r));
+        if has("BuildStarted") && has("LoopbackRegistry") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        events = env.events("s-new").await;
+    }
     assert!(
         events
             .iter()
