@@ -130,8 +130,17 @@ if $install; then
   cidrs=$(kubectl -n kube-system get configmap kubeadm-config -o jsonpath='{.data.ClusterConfiguration}' \
     | awk '/podSubnet:/ {print $2}' | tr -d '"')
   [ -n "$cidrs" ] || kind_die "no podSubnet in kubeadm-config"
+  # With KITFLEET_IMAGES_FROM_HEAD=1 the chart comes from the same commit as the images: the working tree may hold
+  # someone's half-done chart edit that the images know nothing of.
+  chart="$repo/charts/kitfleet"
+  if [ "${KITFLEET_IMAGES_FROM_HEAD:-0}" = 1 ]; then
+    chart_src=$(mktemp -d "${TMPDIR:-/tmp}/kitfleet-chart.XXXXXX")
+    git -C "$repo" archive HEAD charts/kitfleet | tar -x -C "$chart_src"
+    chart="$chart_src/charts/kitfleet"
+    phase "chart from $(git -C "$repo" rev-parse --short HEAD) (KITFLEET_IMAGES_FROM_HEAD=1)"
+  fi
   th=$(date +%s)
-  if ! helm upgrade --install kitfleet "$repo/charts/kitfleet" --namespace kitfleet-system --create-namespace \
+  if ! helm upgrade --install kitfleet "$chart" --namespace kitfleet-system --create-namespace \
       --wait --timeout 5m \
       --set "image.registry=$REGISTRY/kitfleet" --set "image.tag=$tag" \
       --set "nodeAgent.clusterCIDRs={${cidrs//,/\\,}}" --set "operator.insecureRegistries={$REGISTRY}" \
@@ -140,6 +149,7 @@ if $install; then
     kind_die "helm install failed"
   fi
   phase "helm install --wait took $(( $(date +%s) - th )) s"
+  [ -z "${chart_src:-}" ] || rm -rf "$chart_src"
   if ! kubectl wait --for=condition=Ready nodes --all --timeout=180s >&2; then
     diagnose
     kind_die "nodes did not become Ready"
