@@ -13,7 +13,8 @@
 #               it is not LinuxKit's Go init
 #   runc        Debian's runc and the libraries it links (an init image: it lands in the root filesystem)
 #   tools       the onboot steps: modprobe, metadata (qemu fw_cfg), net, sysctl, format, mount (busybox, mke2fs)
-#   containerd  Debian's containerd (CRI) + shim + ctr + runc, a config, the CNI loopback plugin (a service)
+#   containerd  Debian's containerd (CRI) + shim + ctr + runc, a config, the CNI loopback and portmap plugins, nft
+#               (a service)
 #   kubelet     kubelet and kubeadm from scripts/k8s-build.sh, the join wrapper (a service)
 #   pause       Kubernetes' pause (gcc -static), the sandbox image containerd's CRI pulls (not in the manifest)
 #
@@ -34,7 +35,7 @@ kver=${KITFLEET_WORKER_KERNEL:-6.1.0-57-cloud-amd64}
 start=$(date +%s)
 log() { echo "worker-images: $*" >&2; }
 die() { log "$*"; exit 1; }
-for t in jq skopeo apt-get dpkg depmod; do command -v "$t" >/dev/null || die "$t is missing (bash scripts/setup.sh)"; done
+for t in jq skopeo apt-get dpkg depmod nft; do command -v "$t" >/dev/null || die "$t is missing (bash scripts/setup.sh)"; done
 mkdir -p "$wcache/debs" "$wcache/layouts"
 exec 8>"$wcache/.lock"
 flock 8
@@ -99,6 +100,8 @@ add_files "$r" init
 add_dyn "$r" /usr/bin/jq /usr/bin/jq
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,mnt,root,etc/kubernetes,etc/cni/net.d,opt/cni/bin,sbin,usr/sbin}
 ln -sf ../bin/busybox "$r/sbin/init"
+# The kernel's module autoloader (nftables expressions for kube-proxy and kitfleet-wg's masquerade) runs /sbin/modprobe.
+ln -sf ../bin/busybox "$r/sbin/modprobe"
 chmod 1777 "$r/tmp"
 printf '127.0.0.1 localhost\n::1 localhost\n' > "$r/etc/hosts"
 oci_image "$r" "$wcache/layouts/init" 1
@@ -122,7 +125,12 @@ add_busybox "$r"
 add_files "$r" containerd
 for b in containerd containerd-shim-runc-v2 ctr; do add_dyn "$r" "$x/containerd/usr/bin/$b" "/usr/bin/$b"; done
 add_dyn "$r" "$x/runc/usr/sbin/runc" /usr/bin/runc
-install -D -m 0755 "$x/containernetworking-plugins/usr/lib/cni/loopback" "$r/usr/lib/cni/loopback"
+# loopback (containerd's CRI needs it) and portmap (the chart chains it after kitfleet-wg).
+for p in loopback portmap; do
+  install -D -m 0755 "$x/containernetworking-plugins/usr/lib/cni/$p" "$r/usr/lib/cni/$p"
+done
+# nft: kitfleet-wg runs in containerd's mount namespace and execs it for the pod network's masquerade.
+add_dyn "$r" /usr/sbin/nft /usr/sbin/nft
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,etc/cni/net.d,opt/cni/bin}
 sed -i "s#^  sandbox_image = .*#  sandbox_image = \"$registry/kitfleet/worker/pause:$PAUSE_VERSION\"#" "$r/etc/containerd/config.toml"
 oci_image "$r" "$wcache/layouts/containerd" "$(debtag containerd)" \
@@ -134,6 +142,9 @@ add_busybox "$r"
 add_files "$r" kubelet
 for b in kubelet kubeadm; do install -D -m 0755 "$k8s/bin/$b" "$r/usr/bin/$b"; done
 mkdir -p "$r"/{proc,sys,dev,run,tmp,var,etc/kubernetes}
+# kubelet reads /etc/passwd and /etc/group at start (user-namespace mappings: the `kubelet` user, absent here).
+printf 'root:x:0:0:root:/root:/bin/sh\n' > "$r/etc/passwd"
+printf 'root:x:0:\n' > "$r/etc/group"
 oci_image "$r" "$wcache/layouts/kubelet" "$KUBERNETES_VERSION" 'entrypoint=["/usr/bin/kitfleet-kubelet"]'
 
 # pause (the CRI sandbox image): Kubernetes' pause.c, static, as scripts/kind/node-image.sh builds it.
