@@ -206,13 +206,13 @@ t_boot=$(wait_console "kitfleet-init: boot done" 600)
 log "boot done $t_boot s after qemu started"
 t_join=$(wait_console "kitfleet-kubelet: kubelet healthy" 900)
 log "kubelet joined and healthy $t_join s after qemu started"
-end=$(( $(date +%s) + 900 ))
+end=$(( $(date +%s) + 1800 ))
 until [ "$(kubectl get node "$name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; do
   vm_pid >/dev/null || die "qemu exited before the Node was Ready"
   if [ "$(date +%s)" -ge "$end" ]; then
     kubectl get node "$name" -o wide >&2 || true
     kubectl get pods -A -o wide --field-selector "spec.nodeName=$name" >&2 || true
-    die "Node $name not Ready within 900 s"
+    die "Node $name not Ready within 1800 s"
   fi
   sleep 2
 done
