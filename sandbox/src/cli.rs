@@ -118,43 +118,58 @@ pub fn read_manifests(paths: &[PathBuf]) -> Result<Vec<SecurityPolicy>, String> 
     let mut errors = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let docs: Vec<serde_json::Value> =
-            serde_saphyr::from_multiple(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        for (i, doc) in docs.into_iter().enumerate() {
-            if doc.is_null() {
-                continue;
-            }
-            let kind = (
-                doc.get("apiVersion").and_then(|v| v.as_str()),
-                doc.get("kind").and_then(|v| v.as_str()),
-            );
-            if kind != (Some("kitfleet.dev/v1alpha1"), Some("SecurityPolicy")) {
-                errors.push(format!(
-                    "{} document {i}: not a kitfleet.dev/v1alpha1 SecurityPolicy",
-                    path.display()
-                ));
-                continue;
-            }
-            // apiVersion and kind are checked above; the typed object carries them itself.
-            let mut doc = doc;
-            if let Some(m) = doc.as_object_mut() {
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
-            let meta = |k: &str| {
-                doc.pointer(&format!("/metadata/{k}"))
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            };
-            let name = match (meta("namespace"), meta("name")) {
-                (Some(ns), Some(n)) => format!("policy {ns}/{n}"),
-                (None, Some(n)) => format!("policy {n}"),
-                _ => "policy <unnamed>".to_string(),
-            };
-            match kitfleet_api::from_value::<SecurityPolicy>(doc) {
-                Ok(p) => out.push(p),
-                Err(e) => errors.push(format!("{} document {i}: {name}: {e}", path.display())),
-            }
+        match parse_manifests(&path.display().to_string(), &text) {
+            Ok(policies) => out.extend(policies),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// Parses the SecurityPolicy manifests of one multi-document YAML text; `origin` (a file name)
+/// starts every error line. Every document must be a `kitfleet.dev/v1alpha1` SecurityPolicy.
+pub fn parse_manifests(origin: &str, text: &str) -> Result<Vec<SecurityPolicy>, String> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| format!("{origin}: {e}"))?;
+    for (i, doc) in docs.into_iter().enumerate() {
+        if doc.is_null() {
+            continue;
+        }
+        let kind = (
+            doc.get("apiVersion").and_then(|v| v.as_str()),
+            doc.get("kind").and_then(|v| v.as_str()),
+        );
+        if kind != (Some("kitfleet.dev/v1alpha1"), Some("SecurityPolicy")) {
+            errors.push(format!(
+                "{origin} document {i}: not a kitfleet.dev/v1alpha1 SecurityPolicy"
+            ));
+            continue;
+        }
+        // apiVersion and kind are checked above; the typed object carries them itself.
+        let mut doc = doc;
+        if let Some(m) = doc.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        let meta = |k: &str| {
+            doc.pointer(&format!("/metadata/{k}"))
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let name = match (meta("namespace"), meta("name")) {
+            (Some(ns), Some(n)) => format!("policy {ns}/{n}"),
+            (None, Some(n)) => format!("policy {n}"),
+            _ => "policy <unnamed>".to_string(),
+        };
+        match kitfleet_api::from_value::<SecurityPolicy>(doc) {
+            Ok(p) => out.push(p),
+            Err(e) => errors.push(format!("{origin} document {i}: {name}: {e}")),
         }
     }
     if errors.is_empty() {
