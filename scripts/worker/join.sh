@@ -7,6 +7,7 @@
 #
 #   KIND_CLUSTER=kf-worker bash scripts/kind/up.sh                          # the cluster, first
 #   KIND_CLUSTER=kf-worker bash scripts/worker/join.sh up [--in-cluster]    # VM, Ready
+#   KIND_CLUSTER=kf-worker bash scripts/worker/join.sh check                # pods VM <-> kind worker, only WireGuard on the TAP
 #   KIND_CLUSTER=kf-worker bash scripts/worker/join.sh down                 # VM stopped, Node deleted, TAP removed
 #   KIND_CLUSTER=kf-worker bash scripts/worker/join.sh console              # the VM's serial console so far
 #   KIND_CLUSTER=kf-worker bash scripts/worker/join.sh logs                 # containerd's and kubelet's output (ttyS1)
@@ -29,7 +30,7 @@ local_build=true
 for a in "$@"; do
   case "$a" in
     --in-cluster) local_build=false ;;
-    *) echo "usage: $0 up [--in-cluster] | down | console | logs" >&2; exit 2 ;;
+    *) echo "usage: $0 up [--in-cluster] | check | down | console | logs" >&2; exit 2 ;;
   esac
 done
 name=${KITFLEET_VM_NAME:-kitfleet-vm-1}
@@ -66,12 +67,57 @@ down() {
   fi
 }
 
+# Step 2: a pod on the VM and a pod on a kind worker reach each other by pod IP (ICMP and HTTP both ways), and on the
+# VM's interface (the TAP, captured here) every IP packet between the VM and that worker is WireGuard UDP (port 51820;
+# ARP, which is not IP, is left out of the capture) and the request's marker never appears in clear.
+check() {
+  local ns=kf-worker-check worker="$KIND_CLUSTER-worker" image vm_ip kind_ip vm_addr w_addr pcap tpid n bad body body2
+  kubectl get node "$name" >/dev/null 2>&1 || die "no Node $name: $0 up first"
+  image=$(bash "$repo/scripts/kind/fixtures.sh" | tail -1)
+  kubectl create namespace "$ns" >/dev/null 2>&1 || true
+  for p in "on-vm:$name" "on-kind:$worker"; do
+    kubectl apply -f - >/dev/null <<JSON
+{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "${p%%:*}", "namespace": "$ns"},
+ "spec": {"nodeName": "${p#*:}", "terminationGracePeriodSeconds": 0, "tolerations": [{"operator": "Exists"}],
+  "containers": [{"name": "c", "image": "$image", "command": ["sh", "-c", "httpd -p 8080 -h /www && exec sleep 1000000"]}]}}
+JSON
+  done
+  kubectl -n "$ns" wait --for=condition=Ready pod/on-vm pod/on-kind --timeout=900s >&2 \
+    || { kubectl -n "$ns" describe pod on-vm >&2; die "the pods are not Ready"; }
+  log "pods Ready"
+  vm_ip=$(kubectl -n "$ns" get pod on-vm -o jsonpath='{.status.podIP}')
+  kind_ip=$(kubectl -n "$ns" get pod on-kind -o jsonpath='{.status.podIP}')
+  vm_addr=$(kubectl get node "$name" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  w_addr=$(kubectl get node "$worker" -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  pcap="$state/check.pcap"
+  tcpdump -i "$tap" -U -n -s 0 -w "$pcap" "ip and host $vm_addr and host $w_addr" 2>"$state/tcpdump.err" &
+  tpid=$!
+  sleep 2
+  local marker=kitfleet-plaintext-marker-0123456789 rc=0
+  kubectl -n "$ns" exec on-vm -- ping -c 3 -W 5 "$kind_ip" >&2 || rc=1
+  kubectl -n "$ns" exec on-kind -- ping -c 3 -W 5 "$vm_ip" >&2 || rc=1
+  body=$(kubectl -n "$ns" exec on-vm -- timeout 30 wget -q -O - "http://$kind_ip:8080/?$marker") || rc=1
+  body2=$(kubectl -n "$ns" exec on-kind -- timeout 30 wget -q -O - "http://$vm_ip:8080/?$marker") || rc=1
+  sleep 1
+  kill -INT "$tpid"; wait "$tpid" || true
+  [ $rc = 0 ] && [ "$body" = kitfleet-e2e ] && [ "$body2" = kitfleet-e2e ] \
+    || die "pod $vm_ip (VM) <-> $kind_ip ($worker) failed (HTTP bodies '$body', '$body2')"
+  n=$(tcpdump -r "$pcap" -n -q 2>/dev/null | wc -l)
+  bad=$(tcpdump -r "$pcap" -n -q 2>/dev/null | awk '!(/ UDP,/ && /\.51820 /)' | wc -l)
+  [ "$n" -ge 12 ] || die "only $n packets between $vm_addr and $w_addr on $tap"
+  [ "$bad" = 0 ] || { tcpdump -r "$pcap" -n -q | awk '!(/ UDP,/ && /\.51820 /)' >&2; die "$bad packets on $tap that are not WireGuard UDP"; }
+  if grep -aq "$marker" "$pcap"; then die "the pods' plaintext is visible on $tap"; fi
+  kubectl delete namespace "$ns" --wait=false >/dev/null
+  log "check passed: ICMP and HTTP both ways between pod $vm_ip on $name and pod $kind_ip on $worker; $n packets between $vm_addr and $w_addr on $tap, all WireGuard UDP (51820), no plaintext marker"
+}
+
 case "$cmd" in
   down) down; exit 0 ;;
   console) cat "$state/serial.log"; exit 0 ;;
   logs) cat "$state/services.log"; exit 0 ;;
+  check) check; exit 0 ;;
   up) ;;
-  *) echo "usage: $0 up [--in-cluster] | down | console | logs" >&2; exit 2 ;;
+  *) echo "usage: $0 up [--in-cluster] | check | down | console | logs" >&2; exit 2 ;;
 esac
 
 for t in qemu-system-x86_64 podman skopeo jq openssl ip; do command -v "$t" >/dev/null || die "$t is missing (bash scripts/setup.sh)"; done
