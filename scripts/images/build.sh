@@ -90,6 +90,9 @@ r="$work/builder"; base_root "$r"; add_bin "$r" kitfleet-build
 mkdir -p "$r/usr/bin" "$r/home/nonroot"
 chown 65532:65532 "$r/home/nonroot"
 cp /usr/bin/qemu-img "$r/usr/bin/"
+# raw-efi and UKI outputs wrap kernel + initrd + cmdline around systemd's EFI stub (kitfleet-build --uki-stub default).
+mkdir -p "$r/usr/lib/systemd/boot/efi"
+cp /usr/lib/systemd/boot/efi/linuxx64.efi.stub "$r/usr/lib/systemd/boot/efi/"
 ldd /usr/bin/qemu-img | awk '/=> \// {print $3} /^\t\/.*ld-linux/ {print $1}' | while read -r lib; do
   mkdir -p "$r$(dirname "$lib")"; cp -L "$lib" "$r$lib"; done
 "$r/usr/bin/qemu-img" --version >/dev/null 2>&1 || true
