@@ -11,7 +11,7 @@ mod common;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use kitfleet_cni_wg::netlink::Netlink;
+use kitfleet_netlink::Netlink;
 
 use common::*;
 use serde_json::{Value, json};

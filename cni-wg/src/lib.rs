@@ -2,13 +2,14 @@
 //! the WireGuard data-plane library the node agent runs.
 //!
 //! The plugin half: [`cni`] (protocol, pure), [`ipam`] (allocation, pure + on-disk store),
-//! [`netlink`] and [`netns`] (the kernel edge), [`plugin`] (the verbs), [`state`] (the node
+//! [`netns`] and `kitfleet_netlink` (the kernel edge), [`plugin`] (the verbs), [`state`] (the node
 //! state file shared with the node agent), [`nft`] (masquerade).
 
 pub mod cidr;
 pub mod cni;
 pub mod ipam;
-pub mod netlink;
+/// The netlink layer, now the shared crate `kitfleet-netlink` (kept here for the node agent until it imports it directly).
+pub use kitfleet_netlink as netlink;
 pub mod netns;
 pub mod nft;
 pub mod plugin;

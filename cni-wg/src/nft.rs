@@ -15,8 +15,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::cidr::Ipv4Cidr;
-use crate::netlink;
+use ipnet::Ipv4Net;
+use kitfleet_netlink as netlink;
 
 /// Masquerade errors.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +40,13 @@ pub fn table_name(network: &str) -> String {
 
 /// Destinations that are never masqueraded: the cluster CIDRs, with any CIDR covered by another
 /// removed (nft interval sets reject overlaps). The node's pod CIDR lies inside them.
-pub fn exclusions(cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
-    let mut all: Vec<Ipv4Cidr> = cluster.to_vec();
-    all.sort_by_key(|c| (c.prefix(), c.network()));
+pub fn exclusions(cluster: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    let mut all: Vec<Ipv4Net> = cluster.to_vec();
+    all.sort_by_key(|c| (c.prefix_len(), c.network()));
     all.dedup();
-    let mut out: Vec<Ipv4Cidr> = Vec::new();
+    let mut out: Vec<Ipv4Net> = Vec::new();
     for c in all {
-        if !out.iter().any(|o| o.contains(c.network())) {
+        if !out.iter().any(|o| o.contains(&c)) {
             out.push(c);
         }
     }
@@ -57,7 +57,7 @@ pub fn exclusions(cluster: &[Ipv4Cidr]) -> Vec<Ipv4Cidr> {
 /// The nft script: creates the table if missing, deletes it, and recreates it, in one
 /// transaction. Refused unless `pod` lies inside a cluster CIDR and no cluster CIDR is `/0`
 /// (the set must never cover everything), and for a name nft would not take verbatim.
-pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<String, NftError> {
+pub fn script(network: &str, pod: Ipv4Net, cluster: &[Ipv4Net]) -> Result<String, NftError> {
     let name_ok = network
         .chars()
         .next()
@@ -70,15 +70,12 @@ pub fn script(network: &str, pod: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<Stri
             "network name {network:?} is not [A-Za-z0-9][A-Za-z0-9_.-]*"
         )));
     }
-    if let Some(all) = cluster.iter().find(|c| c.prefix() == 0) {
+    if let Some(all) = cluster.iter().find(|c| c.prefix_len() == 0) {
         return Err(NftError::Unbounded(format!(
             "cluster CIDR {all} would exempt every destination"
         )));
     }
-    if !cluster
-        .iter()
-        .any(|c| c.prefix() <= pod.prefix() && c.contains(pod.network()))
-    {
+    if !cluster.iter().any(|c| c.contains(&pod)) {
         return Err(NftError::Unbounded(format!(
             "pod CIDR {pod} is not inside the cluster CIDRs"
         )));
@@ -194,7 +191,7 @@ pub fn ensure(network: &str, script: &str, marker: &Path, force: bool) -> Result
 mod tests {
     use super::*;
 
-    fn c(s: &str) -> Ipv4Cidr {
+    fn c(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 

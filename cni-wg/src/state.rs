@@ -25,7 +25,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cidr::Ipv4Cidr;
+use crate::cidr;
+use ipnet::Ipv4Net;
 
 /// Where the node agent writes the state file unless configured otherwise.
 pub const DEFAULT_STATE_FILE: &str = "/run/kitfleet/node.json";
@@ -171,8 +172,7 @@ impl NodeState {
         ] {
             for (i, c) in list.iter().enumerate() {
                 if !is_ipv6_cidr(c) {
-                    c.parse::<Ipv4Cidr>()
-                        .map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
+                    cidr::parse(c).map_err(|e| (format!("{name}[{i}]"), e.to_string()))?;
                 }
             }
         }
@@ -186,7 +186,7 @@ impl NodeState {
             }
         }
         for (i, c) in self.pod_cidrs.iter().enumerate() {
-            if let Ok(p) = c.parse::<Ipv4Cidr>()
+            if let Ok(p) = cidr::parse(c)
                 && !self.within_cluster(p)
             {
                 return Err((format!("podCIDRs[{i}]"), self.outside(p)));
@@ -199,12 +199,12 @@ impl NodeState {
     }
 
     /// The first IPv4 pod CIDR, parsed (`None` when the node has none yet).
-    pub fn pod_cidr(&self) -> Option<Ipv4Cidr> {
+    pub fn pod_cidr(&self) -> Option<Ipv4Net> {
         self.pod_cidrs.iter().find_map(|c| c.parse().ok())
     }
 
     /// The IPv4 cluster CIDRs, parsed.
-    pub fn cluster_cidrs_v4(&self) -> Vec<Ipv4Cidr> {
+    pub fn cluster_cidrs_v4(&self) -> Vec<Ipv4Net> {
         self.cluster_cidrs
             .iter()
             .filter_map(|c| c.parse().ok())
@@ -214,14 +214,12 @@ impl NodeState {
 
 impl NodeState {
     /// Whether `c` lies inside one of the IPv4 cluster CIDRs.
-    pub fn within_cluster(&self, c: Ipv4Cidr) -> bool {
-        self.cluster_cidrs_v4()
-            .iter()
-            .any(|k| k.prefix() <= c.prefix() && k.contains(c.network()))
+    pub fn within_cluster(&self, c: Ipv4Net) -> bool {
+        self.cluster_cidrs_v4().iter().any(|k| k.contains(&c))
     }
 
     /// Why `c` is refused (it is outside every cluster CIDR).
-    pub fn outside(&self, c: Ipv4Cidr) -> String {
+    pub fn outside(&self, c: Ipv4Net) -> String {
         let v4: Vec<String> = self
             .cluster_cidrs_v4()
             .iter()
@@ -240,7 +238,7 @@ impl NodeState {
     /// The pod CIDR to allocate from: the conflist override (`podCIDR`) if any, else the first
     /// IPv4 `podCIDRs` entry; either must lie inside the cluster CIDRs (the state file's own
     /// entries are checked by [`NodeState::validate`]). `Err` names the conflist key.
-    pub fn pod_cidr_with(&self, over: Option<Ipv4Cidr>) -> Result<Option<Ipv4Cidr>, String> {
+    pub fn pod_cidr_with(&self, over: Option<Ipv4Net>) -> Result<Option<Ipv4Net>, String> {
         match over {
             Some(o) if !self.within_cluster(o) => Err(format!(
                 "podCIDR: {} (node state file stateFile)",
@@ -381,7 +379,7 @@ mod tests {
 
     #[test]
     fn pod_cidrs_must_lie_inside_the_cluster_cidrs() {
-        let c = |s: &str| s.parse::<Ipv4Cidr>().unwrap();
+        let c = |s: &str| cidr::parse(s).unwrap();
         let mut s = sample();
         s.pod_cidrs = vec!["0.0.0.0/0".into()];
         assert_eq!(s.validate().unwrap_err().0, "podCIDRs[0]");

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::{CniError, SpecVersion, code};
-use crate::cidr::Ipv4Cidr;
 use crate::state::DEFAULT_STATE_FILE;
+use ipnet::Ipv4Net;
 
 /// Default IPAM store directory (one sub-directory per network name).
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/kitfleet-wg";
@@ -49,7 +49,7 @@ pub struct NetConf {
     /// `masquerade`: masquerade egress leaving the cluster CIDRs (default true).
     pub masquerade: bool,
     /// `podCIDR`: overrides the state file's podCIDRs.
-    pub pod_cidr: Option<Ipv4Cidr>,
+    pub pod_cidr: Option<Ipv4Net>,
     /// `runtimeConfig.portMappings`.
     pub port_mappings: Vec<PortMapping>,
     /// `prevResult`, as received.
@@ -103,7 +103,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     };
     let pod_cidr = match string(obj, "podCIDR")? {
         None => None,
-        Some(s) => Some(s.parse::<Ipv4Cidr>().map_err(|e| invalid("podCIDR", e))?),
+        Some(s) => Some(crate::cidr::parse(&s).map_err(|e| invalid("podCIDR", e))?),
     };
     let port_mappings = port_mappings(obj.get("runtimeConfig"))?;
     let prev_result = match obj.get("prevResult") {

@@ -11,12 +11,12 @@ pub mod store;
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use crate::cidr::Ipv4Cidr;
+use ipnet::Ipv4Net;
 
 /// First and last allocatable address of `cidr`.
-pub fn range(cidr: Ipv4Cidr) -> (Ipv4Addr, Ipv4Addr) {
-    let (n, l) = (u32::from(cidr.network()), u32::from(cidr.last()));
-    if cidr.prefix() >= 31 {
+pub fn range(cidr: Ipv4Net) -> (Ipv4Addr, Ipv4Addr) {
+    let (n, l) = (u32::from(cidr.network()), u32::from(cidr.broadcast()));
+    if cidr.prefix_len() >= 31 {
         (n.into(), l.into())
     } else {
         ((n + 2).into(), (l - 1).into())
@@ -25,7 +25,7 @@ pub fn range(cidr: Ipv4Cidr) -> (Ipv4Addr, Ipv4Addr) {
 
 /// The next free address after `last` (wrapping), or `None` when the range is exhausted.
 pub fn next_free(
-    cidr: Ipv4Cidr,
+    cidr: Ipv4Net,
     used: &HashSet<Ipv4Addr>,
     last: Option<Ipv4Addr>,
 ) -> Option<Ipv4Addr> {
@@ -43,7 +43,7 @@ pub fn next_free(
 }
 
 /// How many addresses `cidr` can hand out.
-pub fn capacity(cidr: Ipv4Cidr) -> u64 {
+pub fn capacity(cidr: Ipv4Net) -> u64 {
     let (a, b) = range(cidr);
     u64::from(u32::from(b) - u32::from(a)) + 1
 }
@@ -70,7 +70,7 @@ pub fn host_if_name(container_id: &str, ifname: &str) -> String {
 mod tests {
     use super::*;
 
-    fn c(s: &str) -> Ipv4Cidr {
+    fn c(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
     fn ip(s: &str) -> Ipv4Addr {
@@ -125,7 +125,9 @@ mod tests {
         let mut used = HashSet::new();
         let mut last = None;
         while let Some(a) = next_free(cidr, &used, last) {
-            assert!(cidr.contains(a) && a != cidr.network() && a != cidr.last() && used.insert(a));
+            assert!(
+                cidr.contains(&a) && a != cidr.network() && a != cidr.broadcast() && used.insert(a)
+            );
             last = Some(a);
         }
         assert_eq!(used.len() as u64, capacity(cidr));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::cidr::Ipv4Cidr;
+use ipnet::Ipv4Net;
 
 /// Who holds an address.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,7 +69,7 @@ pub enum IpamError {
     #[error("pod CIDR {cidr} has no free address ({used} in use)")]
     Exhausted {
         /// The CIDR.
-        cidr: Ipv4Cidr,
+        cidr: Ipv4Net,
         /// How many are reserved.
         used: usize,
     },
@@ -147,7 +147,7 @@ impl Store {
     }
 
     /// Reserves the next free address of `cidr` for `record`.
-    pub fn reserve(&self, cidr: Ipv4Cidr, record: &Record) -> Result<Ipv4Addr> {
+    pub fn reserve(&self, cidr: Ipv4Net, record: &Record) -> Result<Ipv4Addr> {
         let entries = self.entries()?;
         if let Some(e) = entries
             .iter()
@@ -304,7 +304,7 @@ mod tests {
     #[test]
     fn reserve_release_and_duplicates() {
         let d = tempfile::tempdir().unwrap();
-        let cidr: Ipv4Cidr = "10.0.0.0/29".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.0/29".parse().unwrap();
         let s = Store::lock(d.path(), "net").unwrap();
         let a = s.reserve(cidr, &rec("a")).unwrap();
         let b = s.reserve(cidr, &rec("b")).unwrap();
@@ -356,7 +356,7 @@ mod tests {
     #[test]
     fn parallel_reservations_are_unique() {
         let d = tempfile::tempdir().unwrap();
-        let cidr: Ipv4Cidr = "10.0.0.0/24".parse().unwrap();
+        let cidr: Ipv4Net = "10.0.0.0/24".parse().unwrap();
         let ips: Vec<Ipv4Addr> = std::thread::scope(|sc| {
             let hs: Vec<_> = (0..50)
                 .map(|i| {

@@ -10,16 +10,15 @@ use std::net::Ipv4Addr;
 use serde_json::Value;
 
 use super::{ipam, kernel, load_state, open_netns, pod_cidr};
-use crate::cidr::Ipv4Cidr;
 use crate::cni::config::NetConf;
 use crate::cni::env::Env;
 use crate::cni::result::{self, Attached, GATEWAY, advmss};
 use crate::cni::{CniError, code};
 use crate::ipam::store::{Record, Store};
 use crate::ipam::{HOST_MAC, host_if_name, pod_mac};
-use crate::netlink::wire::{RT_SCOPE_LINK, RT_SCOPE_UNIVERSE};
-use crate::netlink::{Netlink, Route, format_mac};
 use crate::{netns, nft};
+use ipnet::Ipv4Net;
+use kitfleet_netlink::{Netlink, Route, RouteScope, format_mac};
 
 pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     let state = load_state(conf, code::TRY_AGAIN)?;
@@ -99,7 +98,7 @@ pub(super) fn add(env: &Env, conf: &NetConf) -> Result<Value, CniError> {
     ))
 }
 
-fn masquerade(conf: &NetConf, cidr: Ipv4Cidr, cluster: &[Ipv4Cidr]) -> Result<(), CniError> {
+fn masquerade(conf: &NetConf, cidr: Ipv4Net, cluster: &[Ipv4Net]) -> Result<(), CniError> {
     let script = nft::script(&conf.name, cidr, cluster)
         .map_err(|e| CniError::new(code::MASQUERADE, e.to_string()))?;
     let dir = conf.data_dir.join(&conf.name);
@@ -130,7 +129,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         a.mtu,
     )
     .map_err(|e| {
-        if e.errno == nix::errno::Errno::EEXIST {
+        if e.errno() == nix::errno::Errno::EEXIST {
             CniError::new(
                 code::INTERFACE_EXISTS,
                 format!("interface {:?} already exists in {}", a.pod_if, a.netns),
@@ -163,7 +162,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         oif: Some(pod_idx),
     };
     pod_nl
-        .add_route(&gw_route, RT_SCOPE_LINK, None)
+        .add_route(&gw_route, RouteScope::Link, None)
         .map_err(kernel)?;
     pod_nl
         .add_neigh(pod_idx, GATEWAY, HOST_MAC)
@@ -175,7 +174,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         oif: Some(pod_idx),
     };
     pod_nl
-        .add_route(&default, RT_SCOPE_UNIVERSE, Some((a.mtu, advmss(a.mtu))))
+        .add_route(&default, RouteScope::Universe, Some((a.mtu, advmss(a.mtu))))
         .map_err(kernel)?;
     fault_point("after-pod-routes")?;
     // Host side: up and a /32 route to the pod.
@@ -199,7 +198,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
             gw: None,
             oif: Some(host_idx),
         },
-        RT_SCOPE_LINK,
+        RouteScope::Link,
         None,
     )
     .map_err(kernel)?;

@@ -8,8 +8,8 @@ use crate::cni::result::{self, Expected};
 use crate::cni::{CniError, code};
 use crate::ipam::host_if_name;
 use crate::ipam::store::Store;
-use crate::netlink::{Link, Netlink};
 use crate::netns;
+use kitfleet_netlink::{Link, Netlink};
 
 fn fail(what: String) -> CniError {
     CniError::new(code::CHECK_FAILED, what)

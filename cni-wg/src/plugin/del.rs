@@ -18,8 +18,8 @@ use crate::cni::env::Env;
 use crate::cni::{CniError, code};
 use crate::ipam::host_if_name;
 use crate::ipam::store::{Store, parse_dying};
-use crate::netlink::Netlink;
 use crate::state::boot_id;
+use kitfleet_netlink::Netlink;
 
 /// Environment variable that turns the binary into the link reaper (value: the ifindex).
 pub const REAP_ENV: &str = "KITFLEET_WG_REAP";

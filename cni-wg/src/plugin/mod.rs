@@ -14,8 +14,8 @@ use crate::cni::config::{self, NetConf};
 use crate::cni::env::{Command, Env};
 use crate::cni::{CniError, SpecVersion, code, version_result};
 use crate::ipam::store::IpamError;
-use crate::netlink::NetlinkError;
 use crate::state::{NodeState, StateError};
+use kitfleet_netlink::NetlinkError;
 
 /// Runs one invocation. `Ok(Some(json))` is printed on stdout; `Ok(None)` prints nothing.
 pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
@@ -81,7 +81,7 @@ pub fn init_logging(stdin: &[u8]) {
 }
 
 fn kernel(e: NetlinkError) -> CniError {
-    CniError::new(code::KERNEL, format!("{} {} failed", e.op, e.target)).details(e.errno)
+    CniError::new(code::KERNEL, format!("{} {} failed", e.op(), e.target())).details(e.errno())
 }
 
 fn ipam(e: IpamError) -> CniError {
@@ -110,7 +110,7 @@ fn open_netns(env: &Env) -> Result<std::fs::File, CniError> {
 
 /// The pod CIDR for `conf` (the `podCIDR` override or the state file's), bounded by the state
 /// file's `clusterCIDRs`: `Ok(None)` when the node has none yet, code 7 for an override outside.
-fn pod_cidr(conf: &NetConf, state: &NodeState) -> Result<Option<crate::cidr::Ipv4Cidr>, CniError> {
+fn pod_cidr(conf: &NetConf, state: &NodeState) -> Result<Option<ipnet::Ipv4Net>, CniError> {
     state
         .pod_cidr_with(conf.pod_cidr)
         .map_err(|m| CniError::new(code::INVALID_CONFIG, m))

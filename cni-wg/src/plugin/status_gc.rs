@@ -6,8 +6,8 @@ use super::{ipam, kernel, load_state, pod_cidr};
 use crate::cni::config::{Attachment, NetConf};
 use crate::cni::{CniError, code};
 use crate::ipam::store::Store;
-use crate::netlink::Netlink;
 use crate::nft;
+use kitfleet_netlink::Netlink;
 
 pub(super) fn status(conf: &NetConf) -> Result<(), CniError> {
     let state = load_state(conf, code::NOT_AVAILABLE)?;
