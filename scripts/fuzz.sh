@@ -2,7 +2,7 @@
 # Runs Kitfleet's fuzz targets (fuzz/, cargo-fuzz + libFuzzer, nightly Rust) for a fixed time each and prints a table.
 #
 #   bash scripts/fuzz.sh [SECONDS] [TARGET…]    # default: 60 s for every target, one after the other
-#   bash scripts/fuzz.sh --merge [TARGET…]      # fold what the runs found into fuzz/corpus/<target>, then `cargo fuzz cmin`
+#   bash scripts/fuzz.sh --merge [TARGET…]      # fold what the runs found into fuzz/corpus/<target>, minimised
 #   bash scripts/fuzz.sh --build [TARGET…]      # build (every) target, run none
 #   bash scripts/fuzz.sh --list                 # the targets
 #
@@ -61,13 +61,15 @@ case "${1:-}" in
     list=("$@")
     [[ ${#list[@]} -gt 0 ]] || mapfile -t list < <(targets)
     for t in "${list[@]}"; do
-      if [[ -d "corpus-run/$t" ]]; then
-        # Keep only the inputs that add coverage to the checked-in corpus, then minimise the result.
-        # shellcheck disable=SC2046
-        fuzz run "${flags[@]}" $(tflags "$t") "$t" "corpus/$t" "corpus-run/$t" -- -merge=1 >/dev/null 2>&1
-      fi
+      # The smallest set of inputs covering every edge the checked-in corpus and the runs reach (libFuzzer's
+      # set-cover merge, without hit counters: `cargo fuzz cmin` keeps thousands of files for counter features).
+      out=$(mktemp -d)
+      dirs=("corpus/$t")
+      [[ -d "corpus-run/$t" ]] && dirs+=("corpus-run/$t")
       # shellcheck disable=SC2046
-      fuzz cmin "${flags[@]}" $(tflags "$t") "$t" "corpus/$t" >/dev/null 2>&1
+      fuzz run "${flags[@]}" $(tflags "$t") "$t" "$out" "${dirs[@]}" -- -set_cover_merge=1 -use_counters=0 >/dev/null 2>&1
+      rm -rf "corpus/$t"
+      mv "$out" "corpus/$t"
       printf '%-26s %5d files %8d bytes\n' "$t" "$(find "corpus/$t" -type f | wc -l)" \
         "$(find "corpus/$t" -type f -printf '%s\n' | awk '{s += $1} END {print s + 0}')"
     done
@@ -99,13 +101,17 @@ for t in "${list[@]}"; do
   result=ok
   # shellcheck disable=SC2046
   fuzz run "${flags[@]}" $(tflags "$t") "$t" "corpus-run/$t" "corpus/$t" -- \
-    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || {
-    result="FINDING: $(grep -m1 -oE 'artifact_prefix=[^;]*; Test unit written to [^ ]+' "$log" | sed 's/.*written to //')"
+    -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1 || true
+  if grep -q 'Test unit written to' "$log"; then
+    result="FINDING: $(grep -m1 -oE 'Test unit written to [^ ]+' "$log" | sed 's/Test unit written to //')"
     failed=1
-  }
-  execs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  rate=$(grep -oE '^stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo 0)
-  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1 | grep -oE '[0-9]+' || echo 0)
+  elif ! grep -q '^stat::number_of_executed_units' "$log"; then
+    result="did not run (see $log)"
+    failed=1
+  fi
+  execs=$(grep -oE '^stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || true)
+  rate=$(grep -oE '^stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' || true)
+  cov=$( (grep -oE 'cov: [0-9]+' "$log" || true) | tail -1 | grep -oE '[0-9]+' || true)
   corpus=$(($(find "corpus-run/$t" -type f | wc -l) + $(find "corpus/$t" -type f | wc -l)))
   printf '%-26s %6s %12s %9s %7s %7s %s\n' "$t" "$seconds" "$execs" "$rate" "$cov" "$corpus" "$result"
 done
