@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Node;
 use kitfleet_api::constants::AGENT_ANNOTATION_PREFIX;
-use kitfleet_cni_wg::netlink::{self, Netlink, NetlinkError};
+use kitfleet_netlink::{self as netlink, Netlink, NetlinkError};
 use kube::api::{Api, Patch, PatchParams};
 
 use super::{Layout, Plan, plan, under};

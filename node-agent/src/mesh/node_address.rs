@@ -10,7 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use kitfleet_cni_wg::dataplane::Cidr;
-use kitfleet_cni_wg::netlink::Netlink;
+use kitfleet_netlink::Netlink;
 
 use super::guard;
 

@@ -1,46 +1,27 @@
 //! The underlay: which interface carries the node's InternalIP, and its MTU.
 
-use std::ffi::CStr;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 /// WireGuard overhead budgeted for pods: outer IPv6 (40) + UDP (8) + WireGuard header and tag (32).
 pub const WIREGUARD_OVERHEAD: u32 = 80;
 
 /// The name of the interface holding `ip`, if any.
 pub fn interface_with(ip: IpAddr) -> Option<String> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return None;
-    }
-    let mut found = None;
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` walks the list getifaddrs returned; every node and its sockaddr stay valid until freeifaddrs.
-        unsafe {
-            let ifa = &*cur;
-            if !ifa.ifa_addr.is_null() {
-                let fam = i32::from((*ifa.ifa_addr).sa_family);
-                let addr = if fam == libc::AF_INET {
-                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))))
-                } else if fam == libc::AF_INET6 {
-                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
-                    Some(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)))
-                } else {
-                    None
-                };
-                if addr == Some(ip) {
-                    found = Some(CStr::from_ptr(ifa.ifa_name).to_string_lossy().into_owned());
-                    break;
-                }
-            }
-            cur = ifa.ifa_next;
-        }
-    }
-    // SAFETY: `head` came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    found
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter(|a| {
+            let Some(sa) = a.address.as_ref() else {
+                return false;
+            };
+            let have = match (sa.as_sockaddr_in(), sa.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (None, Some(v6)) => IpAddr::V6(v6.ip()),
+                (None, None) => return false,
+            };
+            have == ip
+        })
+        .map(|a| a.interface_name)
+        .next()
 }
 
 /// MTU of the interface holding `ip`.
