@@ -98,7 +98,10 @@ async fn the_apiserver_calls_the_webhooks_over_tls() {
         listen: listener.local_addr().unwrap(),
         namespace: NS.into(),
         names: vec!["127.0.0.1".into()],
-        refresh: Duration::from_millis(300),
+        // Longer than the test: the namespace label must follow SecurityPolicy changes at once, not the refresh
+        // (with a refresh-only label pass, pods created in the first minute after a namespace's first policy
+        // started unconfined — found by the kind policy suite).
+        refresh: Duration::from_secs(3600),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let served = tokio::spawn(server::run_on(client, settings, None, listener, stop_rx));
@@ -133,6 +136,7 @@ async fn the_apiserver_calls_the_webhooks_over_tls() {
     .unwrap();
     let created = policies.create(&PostParams::default(), &p).await.unwrap();
     let namespaces: Api<Namespace> = Api::all(admin.clone());
+    let labelled_after = std::time::Instant::now();
     eventually("the sandbox label", || async {
         let n = namespaces.get(SHOP).await.unwrap();
         n.metadata
@@ -144,6 +148,10 @@ async fn the_apiserver_calls_the_webhooks_over_tls() {
             .filter(|v| v == "true")
     })
     .await;
+    eprintln!(
+        "namespace labelled {:?} after the policy was created",
+        labelled_after.elapsed()
+    );
 
     // A pod in the labelled namespace is stored wrapped. The webhook's policy store may lag the label by a moment:
     // retry until the stored pod carries the volume (each attempt is a fresh pod).

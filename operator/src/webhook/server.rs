@@ -3,7 +3,8 @@
 //!
 //! [`run`] loops until stopped: every [`WebhookSettings::refresh`] it re-reads (creating or rotating) the
 //! certificate Secret, swaps the served certificate when it changed, patches `caBundle` where it differs, and
-//! labels namespaces that have SecurityPolicies (`kitfleet.dev/sandbox=true`, removed when their last policy goes).
+//! labels namespaces that have SecurityPolicies (`kitfleet.dev/sandbox=true`, removed when their last policy goes);
+//! the label pass also runs at once after every SecurityPolicy change the webhook's watch sees.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -27,7 +28,7 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt as _};
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use super::certs::{self, Bundle, CertResolver};
@@ -356,13 +357,20 @@ pub async fn run_on(
     let resolver = Arc::new(CertResolver::new(&bundle)?);
     let (reader, writer) = reflector::store();
     let api: Api<SecurityPolicy> = Api::all(client.clone());
+    // Every SecurityPolicy change (created, changed, deleted) wakes the label pass at once: a namespace must carry the
+    // label as soon as its first policy exists, or the apiserver does not send its pods to the mutating webhook and
+    // they start unconfined (the refresh interval alone left that window open for up to a minute).
+    let changed = Arc::new(Notify::new());
+    let notify = changed.clone();
     let watch = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .touched_objects()
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                warn!(error = %e, "SecurityPolicy watch");
+        .for_each(move |r| {
+            match r {
+                Ok(_) => notify.notify_one(),
+                Err(e) => warn!(error = %e, "SecurityPolicy watch"),
             }
+            std::future::ready(())
         });
     let watch = tokio::spawn(watch);
     let webhook = Arc::new(Webhook {
@@ -379,19 +387,30 @@ pub async fn run_on(
         stop.clone(),
     ));
     let _ = reader.wait_until_ready().await;
+    let mut next_refresh = tokio::time::Instant::now() + settings.refresh;
+    let mut full_pass = true;
     loop {
-        match patch_ca_bundles(&client, &bundle.ca_pem).await {
-            Ok(0) => {}
-            Ok(n) => info!(webhooks = n, "caBundle patched"),
-            Err(e) => warn!(error = %e, "patching caBundle"),
+        if full_pass {
+            match patch_ca_bundles(&client, &bundle.ca_pem).await {
+                Ok(0) => {}
+                Ok(n) => info!(webhooks = n, "caBundle patched"),
+                Err(e) => warn!(error = %e, "patching caBundle"),
+            }
         }
         if let Err(e) = label_namespaces(&client, &reader.state()).await {
             warn!(error = %e, "labelling namespaces");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(settings.refresh) => {}
+        // A policy change runs the label pass alone; the refresh runs everything (a failed label pass is retried
+        // then, or at the next change).
+        full_pass = tokio::select! {
+            _ = tokio::time::sleep_until(next_refresh) => true,
+            _ = changed.notified() => false,
             _ = stopped(&mut stop) => break,
+        };
+        if !full_pass {
+            continue;
         }
+        next_refresh = tokio::time::Instant::now() + settings.refresh;
         match certs::ensure(&client, &settings.namespace, &settings.names).await {
             Ok(b) if b != bundle => {
                 resolver.set(&b)?;
