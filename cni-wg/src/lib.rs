@@ -1,7 +1,8 @@
-//! kitfleet-cni-wg: the `kitfleet-wg` CNI plugin (routed /32 pods, own IPAM, masquerade) and
-//! the WireGuard data-plane library the node agent runs.
+//! kitfleet-cni-wg: the `kitfleet-wg` CNI plugin (routed /32 pods, own IPAM, masquerade). The
+//! WireGuard data plane the node agent runs is its own crate, `kitfleet-dataplane` (`wg-dataplane/`);
+//! this crate does not link it.
 //!
-//! The plugin half: [`cni`] (protocol, pure), [`ipam`] (allocation, pure + on-disk store),
+//! Modules: [`cni`] (protocol, pure), [`ipam`] (allocation, pure + on-disk store),
 //! [`netns`] and `kitfleet_netlink` (the kernel edge), [`plugin`] (the verbs), [`state`] (the node
 //! state file shared with the node agent), [`nft`] (masquerade).
 
@@ -14,5 +15,3 @@ pub mod netns;
 pub mod nft;
 pub mod plugin;
 pub mod state;
-
-pub mod dataplane;

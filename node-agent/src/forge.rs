@@ -9,7 +9,7 @@ use blake2::{Blake2s256, Blake2sMac, Digest};
 use boringtun::x25519;
 use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag, XChaCha20Poly1305, XNonce};
-use kitfleet_cni_wg::dataplane::PublicKey;
+use kitfleet_dataplane::PublicKey;
 
 const CONSTRUCTION: &[u8] = b"Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s";
 const IDENTIFIER: &[u8] = b"WireGuard v1 zx2c4 Jason@zx2c4.com";

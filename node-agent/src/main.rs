@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_dataplane::Cidr;
 use kitfleet_node_agent::mesh::{
     self, MeshConfig, keyfile, kube_source::KubeSource, routes::NetlinkRoutes, source::DirSource,
 };

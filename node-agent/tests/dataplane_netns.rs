@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use kitfleet_cni_wg::dataplane::{Config, DataPlane, PeerConfig, PrivateKey};
+use kitfleet_dataplane::{Config, DataPlane, PeerConfig, PrivateKey};
 use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
 
 struct Ns(String);
@@ -257,7 +257,7 @@ fn live_peer_changes_counters_and_tun_reattach() {
     dpa.stop();
     dpb.stop();
     // Clean up the persistent interfaces explicitly (the namespaces go too, on drop).
-    let del = with_netns(&a.0, || kitfleet_cni_wg::dataplane::delete_interface("wga"))
+    let del = with_netns(&a.0, || kitfleet_dataplane::delete_interface("wga"))
         .join()
         .unwrap()
         .unwrap();
@@ -374,7 +374,7 @@ fn forged_handshakes_neither_move_endpoints_nor_buy_handshakes() {
         }
     }
     let cookies = cookie_replies(&attacker);
-    let per_source = kitfleet_cni_wg::dataplane::handshake::COOKIE_REPLIES_PER_SOURCE as usize;
+    let per_source = kitfleet_dataplane::handshake::COOKIE_REPLIES_PER_SOURCE as usize;
     assert!(
         (1..=per_source + 1).contains(&cookies),
         "{cookies} cookie replies to 600 valid-mac1 initiations from one address in a burst"
@@ -571,7 +571,7 @@ fn a_cookie_answering_flood_does_not_starve_the_real_peer() {
         back < Duration::from_secs(13),
         "A took {back:?} to get a handshake through the flood"
     );
-    let per_source = kitfleet_cni_wg::dataplane::handshake::HANDSHAKES_PER_SOURCE as u64;
+    let per_source = kitfleet_dataplane::handshake::HANDSHAKES_PER_SOURCE as u64;
     let admitted = c.handshakes - before.handshakes;
     assert!(
         admitted <= per_source * (flood_time.as_secs() + 2) + 16,

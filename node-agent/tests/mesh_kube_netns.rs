@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response};
-use kitfleet_cni_wg::dataplane::PrivateKey;
 use kitfleet_cni_wg::state::NodeState;
+use kitfleet_dataplane::PrivateKey;
 use kitfleet_node_agent::mesh::kube_source::KubeSource;
 use kitfleet_node_agent::mesh::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 use kitfleet_node_agent::mesh::routes::NetlinkRoutes;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use kitfleet_cni_wg::dataplane::PrivateKey;
+use kitfleet_dataplane::PrivateKey;
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
 use kitfleet_node_agent::testbed::{Proc, in_ns, ip, ns_output, privileged};
 

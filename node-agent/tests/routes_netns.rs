@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_dataplane::Cidr;
 use kitfleet_node_agent::mesh::routes::{NetlinkRoutes, RouteTable};
 use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use kitfleet_cni_wg::dataplane::PrivateKey;
+use kitfleet_dataplane::PrivateKey;
 use kitfleet_node_agent::testbed::{NodeNs, Proc, Testbed, in_ns, ip, ns_output, privileged};
 
 #[derive(Debug, Parser)]

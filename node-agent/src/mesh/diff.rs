@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kitfleet_cni_wg::dataplane::{Cidr, PeerConfig, PublicKey};
+use kitfleet_dataplane::{Cidr, PeerConfig, PublicKey};
 
 use super::guard::{Guard, overlaps};
 use super::nodes::NodeInfo;

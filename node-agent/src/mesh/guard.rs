@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_dataplane::Cidr;
 
 /// Ranges no cluster CIDR may overlap, with their names for the error message.
 const SPECIAL: &[(&str, &str)] = &[

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kitfleet_cni_wg::dataplane::PrivateKey;
+use kitfleet_dataplane::PrivateKey;
 
 /// Errors reading or writing the key file.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,5 @@
 //! The WireGuard mesh: every Node with a podCIDR and a published key becomes a peer, its podCIDRs
-//! routed through the userspace WireGuard interface of `kitfleet_cni_wg::dataplane`.
+//! routed through the userspace WireGuard interface of `kitfleet_dataplane`.
 //!
 //! Decide purely ([`nodes`], [`diff`]), act separately ([`run`] drives the data plane, [`routes`] and
 //! the node state file; [`source`] and [`kube_source`] read Nodes and publish this node's annotations).
@@ -23,7 +23,7 @@ pub enum MeshError {
     #[error(transparent)]
     KeyFile(#[from] keyfile::KeyFileError),
     #[error("data plane: {0}")]
-    DataPlane(#[from] kitfleet_cni_wg::dataplane::Error),
+    DataPlane(#[from] kitfleet_dataplane::Error),
     #[error("node source: {0}")]
     Source(#[from] source::SourceError),
     #[error("routes: {0}")]

@@ -9,7 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_dataplane::Cidr;
 use kitfleet_netlink::Netlink;
 
 use super::guard;

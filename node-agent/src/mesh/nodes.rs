@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Node;
-use kitfleet_cni_wg::dataplane::{Cidr, PublicKey};
+use kitfleet_dataplane::{Cidr, PublicKey};
 
 /// Node annotation holding the node's WireGuard public key (base64).
 pub const ANNOTATION_PUBLIC_KEY: &str = kitfleet_api::constants::ANNOTATION_WG_PUBLIC_KEY;

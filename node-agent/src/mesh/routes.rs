@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use kitfleet_cni_wg::dataplane::Cidr;
+use kitfleet_dataplane::Cidr;
 use kitfleet_netlink::{
     AddressFamily, Netlink, NetlinkError, RouteEntry, RouteProtocol, RouteScope, RouteSpec,
 };

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use kitfleet_cni_wg::dataplane::{self, Cidr, Config, DataPlane, PrivateKey};
 use kitfleet_cni_wg::state::NodeState;
+use kitfleet_dataplane::{self as dataplane, Cidr, Config, DataPlane, PrivateKey};
 
 use super::MeshError;
 use super::diff::{self, Actual, Skip};

@@ -27,7 +27,7 @@ pub fn interface_with(ip: IpAddr) -> Option<String> {
 /// MTU of the interface holding `ip`.
 pub fn mtu_for(ip: IpAddr) -> Option<(String, u32)> {
     let name = interface_with(ip)?;
-    let mtu = kitfleet_cni_wg::dataplane::tun::mtu(&name).ok()?;
+    let mtu = kitfleet_dataplane::tun::mtu(&name).ok()?;
     Some((name, mtu))
 }
 

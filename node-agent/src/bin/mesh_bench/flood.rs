@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kitfleet_cni_wg::dataplane::PublicKey;
+use kitfleet_dataplane::PublicKey;
 use kitfleet_node_agent::forge::{Forger, INITIATION_LEN};
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
 use kitfleet_node_agent::mesh::source::parse_manifest;

@@ -1,4 +1,5 @@
-//! Userspace WireGuard data plane: boringtun's pure `noise::Tunn` driven by our own I/O loop.
+//! kitfleet-dataplane: the userspace WireGuard data plane the node agent runs (design and limits in
+//! `NOTES.md` beside this crate's Cargo.toml): boringtun's pure `noise::Tunn` driven by our own I/O loop.
 //!
 //! One thread polls a persistent TUN (virtio-net header, TSO) and one UDP socket (GRO, GSO, 16 MiB
 //! buffers). Transmit: one read returns a TCP super-packet of up to 64 KiB; it is cut into segments in
