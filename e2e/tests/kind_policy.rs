@@ -393,10 +393,33 @@ fn a_matched_pod_is_confined_and_status_shows_both_workers() {
     });
 }
 
+/// The kernel's seccomp audit records (`type=1326`) since `since` for executable `exe` and syscall `nr`, from the
+/// host's kernel log (`dmesg`; the kind nodes share the host's kernel).
+fn seccomp_log_records(since: std::time::SystemTime, exe: &str, nr: u32) -> Result<Vec<String>> {
+    let since = since.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64() - 1.0;
+    let log = run(&mut Command::new("dmesg"))
+        .context("reading the kernel log (dmesg) for seccomp audit records")?;
+    let exe = format!("exe=\"{exe}\"");
+    let sc = format!("syscall={nr} ");
+    Ok(log
+        .lines()
+        .filter(|l| l.contains("type=1326") && l.contains(&exe) && l.contains(&sc))
+        .filter(|l| {
+            // audit(<epoch seconds>.<ms>:<serial>)
+            l.split_once("audit(")
+                .and_then(|(_, t)| t.split_once(':'))
+                .and_then(|(t, _)| t.parse::<f64>().ok())
+                .is_some_and(|t| t >= since)
+        })
+        .map(str::to_string)
+        .collect())
+}
+
 #[test]
 fn audit_lets_a_denied_syscall_run_and_status_says_landlock_is_not_applied() {
     suite(|c| async move {
         let ns = "kf-policy-audit";
+        let started = std::time::SystemTime::now();
         c.namespace(ns).await?;
         c.policy(ns, "aud", confining_spec("aud", "audit")).await?;
         let cmd = format!("{PROBES}; echo ptrace $(probe syscall 101 0); echo end; sleep 100000");
@@ -416,17 +439,29 @@ fn audit_lets_a_denied_syscall_run_and_status_says_landlock_is_not_applied() {
             "ok 1",
             "Landlock is not applied in audit mode:\n{log}"
         );
+        // The seccomp LOG action wrote a kernel audit record (type 1326) for the pod's ptrace: kind nodes share the
+        // host's kernel, so its log has it.
+        let logged = wait_for(Duration::from_secs(30), || async {
+            Ok(seccomp_log_records(started, "/bin/probe", 101)?
+                .into_iter()
+                .find(|r| r.contains("code=0x7ffc0000")))
+        })
+        .await
+        .context("a kernel audit record of the logged ptrace (SECCOMP_RET_LOG)")?;
+        eprintln!("logged: {logged}");
+        // LandlockApplied follows from the spec at once; nodesEnforcing once the worker's report (written every 2 s)
+        // reached the status controller: wait for both (asserting the second right after the first raced it).
         let s = wait_for(Duration::from_secs(60), || async {
             let s = c.status(ns, "aud").await?;
-            Ok(s.conditions
-                .iter()
-                .any(|x| {
-                    x.type_ == "LandlockApplied" && x.status == "False" && x.reason == "AuditMode"
-                })
-                .then_some(s))
+            let audit = s.conditions.iter().any(|x| {
+                x.type_ == "LandlockApplied" && x.status == "False" && x.reason == "AuditMode"
+            });
+            Ok((audit && s.nodes_enforcing == 1).then_some(s))
         })
-        .await?;
-        assert_eq!(s.nodes_enforcing, 1, "{s:?}");
+        .await
+        .context("status: LandlockApplied=False/AuditMode and nodesEnforcing == 1")?;
+        assert_eq!(s.nodes.len(), 1, "{s:?}");
+        assert_eq!(s.nodes[0].node, c.workers[1], "{s:?}");
         Ok(())
     });
 }
@@ -527,16 +562,19 @@ fn deleting_the_policy_stops_wrapping_new_pods() {
             .await?;
         let policies: Api<SecurityPolicy> = Api::namespaced(c.client.clone(), ns);
         policies.delete("gone", &DeleteParams::default()).await?;
+        // The webhook's watch sees the deletion within moments; each attempt is a new pod (a wrapped one left by
+        // an earlier attempt would keep its name while the kubelet tears it down).
+        let attempt = std::sync::atomic::AtomicU32::new(0);
         let pod = wait_for(Duration::from_secs(30), || async {
-            let _ = Api::<Pod>::namespaced(c.client.clone(), ns)
-                .delete("free", &DeleteParams::default())
-                .await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            let name = format!(
+                "free-{}",
+                attempt.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
             let p = c
                 .create_pod(
                     ns,
                     c.pod_json(
-                        "free",
+                        &name,
                         "gone",
                         &c.workers[1],
                         &[
@@ -559,6 +597,9 @@ fn deleting_the_policy_stops_wrapping_new_pods() {
         })
         .await
         .context("a pod created after the deletion is not wrapped")?;
+        let name = pod.name_any();
+        let tries = attempt.load(std::sync::atomic::Ordering::Relaxed);
+        eprintln!("unwrapped at attempt {tries}");
         assert_eq!(
             pod.spec.unwrap().containers[0]
                 .command
@@ -566,7 +607,7 @@ fn deleting_the_policy_stops_wrapping_new_pods() {
                 .unwrap_or_default()[0],
             "/bin/sh"
         );
-        let log = c.log_until(ns, "free", "w-data").await?;
+        let log = c.log_until(ns, &name, "w-data").await?;
         assert_eq!(line(&log, "w-data"), "ok 1", "{log}");
         Ok(())
     });
