@@ -38,10 +38,19 @@ kind_die() { echo "kind: $*" >&2; exit 1; }
 
 # Writes podman's configuration (idempotent). The runtime wrapper removes process.rlimits from the bundle's config.json
 # (and from `runc exec --process` files): root here lacks CAP_SYS_RESOURCE, so runc's setrlimit fails otherwise.
+# Replaces FILE atomically with stdin (MODE applied before it appears): several clusters' scripts run at once, and a
+# reader must never see a half-written configuration (podman: "The storage 'driver' option must be set").
+kind_write() { # FILE [MODE]
+  local tmp="$1.tmp.$$"
+  cat > "$tmp"
+  [ -z "${2:-}" ] || chmod "$2" "$tmp"
+  mv -f "$tmp" "$1"
+}
+
 kind_podman_setup() {
   local d="$KIND_STATE/podman"
   mkdir -p "$d/storage" "$d/run" "$d/netd" "$d/tmp"
-  cat > "$d/runc-norlimits" <<'WRAP'
+  kind_write "$d/runc-norlimits" 0755 <<'WRAP'
 #!/bin/sh
 # runc, minus the OCI spec's process.rlimits (written by scripts/kind/env.sh).
 prev=""
@@ -59,8 +68,7 @@ for a in "$@"; do
 done
 exec /usr/sbin/runc "$@"
 WRAP
-  chmod 0755 "$d/runc-norlimits"
-  cat > "$CONTAINERS_CONF" <<CONF
+  kind_write "$CONTAINERS_CONF" <<CONF
 [containers]
 default_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]
 [network]
@@ -76,13 +84,13 @@ tmp_dir = "$d/run/libpod-tmp"
 [engine.runtimes]
 kfrunc = ["$d/runc-norlimits"]
 CONF
-  cat > "$CONTAINERS_STORAGE_CONF" <<CONF
+  kind_write "$CONTAINERS_STORAGE_CONF" <<CONF
 [storage]
 driver = "overlay"
 runroot = "$d/run/storage"
 graphroot = "$d/storage"
 CONF
-  cat > "$CONTAINERS_REGISTRIES_CONF" <<CONF
+  kind_write "$CONTAINERS_REGISTRIES_CONF" <<CONF
 unqualified-search-registries = []
 [[registry]]
 location = "$REGISTRY"
