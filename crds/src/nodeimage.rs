@@ -22,7 +22,8 @@ use crate::linuxkit;
     printcolumn = r#"{"name":"Built","type":"string","description":"The Built condition's reason: Built, Adopted, Building, BuildFailed, InvalidSpec, Unresolved, ImagePullBackOff…","jsonPath":".status.conditions[?(@.type==\"Built\")].reason"}"#,
     printcolumn = r#"{"name":"Digest","type":"string","jsonPath":".status.artifact.shortDigest"}"#,
     printcolumn = r#"{"name":"Updated","type":"string","jsonPath":".status.nodes.progress"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Hardened","type":"string","priority":1,"description":"Selected nodes meeting KSPP's boot parameters and sysctls (their KitfleetHardened condition) / selected nodes","jsonPath":".status.hardening.summary"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct NodeImageSpec {
@@ -362,6 +363,57 @@ pub struct NodeImageStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub failures: Vec<NodeFailure>,
+    /// How many of the nodes `rollout.nodeSelector` selects meet KSPP's boot parameters and sysctls, from each
+    /// node's `KitfleetHardened` condition (its node agent's check). Unset when `hardening.kspp` is `off` or no
+    /// selector is given. Written by its own field manager (`kitfleet-hardening`), never by the build or rollout
+    /// controllers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardening: Option<HardeningStatus>,
+}
+
+/// The KSPP summary of the nodes a NodeImage selects.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HardeningStatus {
+    /// `spec.hardening.kspp` (`audit`, `apply`, `enforce`).
+    pub mode: String,
+    /// Nodes the rollout's `nodeSelector` selects.
+    pub nodes_selected: i32,
+    /// Selected nodes whose agent reported (they carry the `KitfleetHardened` condition).
+    pub nodes_checked: i32,
+    /// Selected nodes whose condition is `True` (every boot parameter and sysctl met).
+    pub nodes_meeting: i32,
+    /// `nodesMeeting/nodesSelected`, for `kubectl get -o wide`.
+    pub summary: String,
+    /// Checked nodes that do not meet the profile, by name (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub nodes_failing: Vec<NodeHardening>,
+    /// Selected nodes without the condition (no agent, or it has not reported yet), by name (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub nodes_unreported: Vec<String>,
+}
+
+/// One node that does not meet KSPP's boot parameters and sysctls.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeHardening {
+    pub node: String,
+    /// The condition's status (`False`, or `Unknown`).
+    pub status: String,
+    /// The condition's reason (`KsppUnmet`…).
+    pub reason: String,
+    /// Items met and checked, as the node counted them (unset when its message does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub met: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<i32>,
+    /// The unmet items, `name (found …, want …)` (at most 32; the node's message may list fewer than
+    /// `total - met` when it was cut to its size limit). When the message has no list: the message itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub unmet: Vec<String>,
 }
 
 /// A reference and the digest it resolved to.

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod config;
 pub mod crds_apply;
+pub mod hardening;
 pub mod leader;
 pub mod metrics;
 pub mod policy;

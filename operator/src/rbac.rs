@@ -9,8 +9,10 @@ pub type Rule = (&'static str, &'static str, &'static [&'static str]);
 /// The ClusterRole (cluster-scoped objects, and Events of cluster-scoped objects, which land in `default`).
 pub const CLUSTER_RULES: &[Rule] = &[
     // build/controller.rs: the Controller's list+watch; finalizer and annotation patches (`finalizer()`, SSA).
+    // hardening/mod.rs `run`: the NodeImage reflector (list+watch).
     ("kitfleet.dev", "nodeimages", &["list", "patch", "watch"]),
-    // build/controller.rs `patch_status` (SSA on /status).
+    // build/controller.rs `patch_status` (SSA on /status); hardening/mod.rs `apply` (SSA of status.hardening,
+    // field manager kitfleet-hardening).
     ("kitfleet.dev", "nodeimages/status", &["patch"]),
     // build/job.rs: Jobs carry an owner reference with blockOwnerDeletion, which the
     // OwnerReferencesPermissionEnforcement admission plugin allows only with update on the owner's finalizers.
@@ -37,6 +39,7 @@ pub const CLUSTER_RULES: &[Rule] = &[
     ("kitfleet.dev", "securitypolicies/status", &["patch"]),
     // policy/mod.rs `run`: the Node reflector (the agents' sandbox reports) and the Pod reflector (pods the
     // policies' selectors match, in every namespace).
+    // hardening/mod.rs `run`: the Node reflector (labels and the KitfleetHardened condition).
     // rollout/controller.rs (issue 13 item 6, exactly its list): the Node reflector; merge patches of the rollout's
     // annotations and cordons (`execute`); get and nodes/status patch as the issue grants them to the planner's
     // executor (the Ready condition and the agent's keys are read from the cache today).

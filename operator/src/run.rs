@@ -219,7 +219,8 @@ async fn lead<R: ArtifactRegistry>(
 }
 
 /// The controllers only the leader runs, side by side until `shutdown`: the NodeImage controller, the
-/// SecurityPolicy status controller (`policy`) and the rollout controller (`rollout::controller`).
+/// SecurityPolicy status controller (`policy`), the rollout controller (`rollout::controller`) and the NodeImage
+/// KSPP status (`hardening`).
 async fn leader_controllers<R: ArtifactRegistry>(
     ctx: Arc<Context<R>>,
     identity: &str,
@@ -227,9 +228,11 @@ async fn leader_controllers<R: ArtifactRegistry>(
 ) {
     let (tx, rx) = watch::channel(false);
     let client = ctx.client.clone();
+    let client_h = client.clone();
     let mut rx_a = rx.clone();
     let mut rx_b = rx;
     let mut rx_c = rx_b.clone();
+    let mut rx_d = rx_b.clone();
     let rollout = Arc::new(crate::rollout::controller::Context::new(
         client.clone(),
         ctx.metrics.clone(),
@@ -244,11 +247,14 @@ async fn leader_controllers<R: ArtifactRegistry>(
     let rollouts = crate::rollout::controller::run(rollout, async move {
         let _ = rx_c.wait_for(|s| *s).await;
     });
+    let hardening = crate::hardening::run(client_h, Default::default(), async move {
+        let _ = rx_d.wait_for(|s| *s).await;
+    });
     let stop = async move {
         shutdown.await;
         let _ = tx.send(true);
     };
-    tokio::join!(nodeimages, policies, rollouts, stop);
+    tokio::join!(nodeimages, policies, rollouts, hardening, stop);
 }
 
 /// Starts the admission webhooks (`webhook::server::run`) in a task.

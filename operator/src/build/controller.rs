@@ -546,10 +546,11 @@ async fn patch_status(
     status: &NodeImageStatus,
     ssa: &PatchParams,
 ) -> Result<()> {
+    // `status.hardening` has its own field manager (crate::hardening): never apply a (stale) copy of it.
     let patch = serde_json::json!({
         "apiVersion": "kitfleet.dev/v1alpha1",
         "kind": "NodeImage",
-        "status": status,
+        "status": crate::hardening::without_hardening(status),
     });
     api.patch_status(name, ssa, &Patch::Apply(&patch)).await?;
     Ok(())
