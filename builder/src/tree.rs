@@ -4,7 +4,7 @@
 //! fails the build with an error naming the layer digest and the entry. Nothing is written to disk
 //! here, so no entry can reach outside the output and cache directories.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::Read;
 
 use bytes::Bytes;
@@ -115,11 +115,14 @@ impl Default for Limits {
     }
 }
 
-/// A flattened filesystem: sorted paths, parents before children.
+/// A flattened filesystem: sorted paths, parents before children. Every hard link points at a
+/// regular file of the tree.
 #[derive(Debug, Default, Clone)]
 pub struct Tree {
     entries: BTreeMap<String, Entry>,
     total: u64,
+    /// Hard links by target: the other names of a file, which keep its content when it goes.
+    links: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Normalises a layer path: strips `./`, rejects absolute paths, `..`, empty names and NULs.
@@ -333,9 +336,13 @@ impl Tree {
                 let target = normalize(&t)
                     .map_err(|r| ctx.reject(&path, format!("hardlink target {t:?}: {r}")))?
                     .ok_or_else(|| ctx.reject(&path, "hardlink to the root directory"))?;
-                match self.entries.get(&target).map(|e| &e.kind) {
-                    Some(Kind::File(_)) => {}
-                    Some(Kind::Hardlink(_)) => {}
+                if target == path {
+                    return Err(ctx.reject(&path, "hardlink to itself"));
+                }
+                // One inode under several names: a link to a link is a link to its file.
+                let target = match self.entries.get(&target).map(|e| &e.kind) {
+                    Some(Kind::File(_)) => target,
+                    Some(Kind::Hardlink(file)) => file.clone(),
                     Some(_) => {
                         return Err(ctx.reject(
                             &path,
@@ -348,7 +355,7 @@ impl Tree {
                             "hardlink target {t:?} does not exist in the image (escaping hardlink)"
                         ),
                     )),
-                }
+                };
                 Kind::Hardlink(target)
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -442,18 +449,61 @@ impl Tree {
             Some(old) if old.kind == Kind::Dir && entry.kind != Kind::Dir => {
                 self.remove_subtree(&entry.path.clone())
             }
-            Some(old) => {
-                self.total -= match &old.kind {
-                    Kind::File(b) => b.len() as u64,
-                    _ => 0,
-                }
+            Some(_) => {
+                self.take(&entry.path);
             }
             None => {}
         }
-        if let Kind::File(b) = &entry.kind {
-            self.total += b.len() as u64;
+        match &entry.kind {
+            Kind::File(b) => self.total += b.len() as u64,
+            Kind::Hardlink(t) => {
+                self.links
+                    .entry(t.clone())
+                    .or_default()
+                    .insert(entry.path.clone());
+            }
+            _ => {}
         }
         self.entries.insert(entry.path.clone(), entry);
+    }
+
+    /// Removes the one entry at `path`. A regular file with other names (hard links) lives on
+    /// under the first of them, which becomes the file; the others then link to that one.
+    fn take(&mut self, path: &str) -> Option<Entry> {
+        let old = self.entries.remove(path)?;
+        match &old.kind {
+            Kind::File(b) => {
+                self.total -= b.len() as u64;
+                let mut names = self.links.remove(path).unwrap_or_default().into_iter();
+                if let Some(first) = names.next() {
+                    let rest: BTreeSet<String> = names.collect();
+                    for n in &rest {
+                        if let Some(e) = self.entries.get_mut(n) {
+                            e.kind = Kind::Hardlink(first.clone());
+                        }
+                    }
+                    let file = Entry {
+                        path: first.clone(),
+                        ..old.clone()
+                    };
+                    self.total += b.len() as u64;
+                    self.entries.insert(first.clone(), file);
+                    if !rest.is_empty() {
+                        self.links.insert(first, rest);
+                    }
+                }
+            }
+            Kind::Hardlink(t) => {
+                if let Some(names) = self.links.get_mut(t) {
+                    names.remove(path);
+                    if names.is_empty() {
+                        self.links.remove(t);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Some(old)
     }
 
     /// Removes `path` and everything below it.
@@ -467,13 +517,7 @@ impl Tree {
             .collect();
         doomed.push(path.to_string());
         for k in doomed {
-            if let Some(Entry {
-                kind: Kind::File(b),
-                ..
-            }) = self.entries.remove(&k)
-            {
-                self.total -= b.len() as u64;
-            }
+            self.take(&k);
         }
     }
 
@@ -487,13 +531,7 @@ impl Tree {
             .map(|(k, _)| k.clone())
             .collect();
         for k in doomed {
-            if let Some(Entry {
-                kind: Kind::File(b),
-                ..
-            }) = self.entries.remove(&k)
-            {
-                self.total -= b.len() as u64;
-            }
+            self.take(&k);
         }
     }
 }
@@ -508,6 +546,87 @@ mod tests {
         assert_eq!(normalize("./").unwrap(), None);
         assert!(normalize("/etc/passwd").is_err());
         assert!(normalize("a/../../b").is_err());
+    }
+
+    /// A layer from `(path, kind)` in the given order: `f` a file holding its path, `d` a
+    /// directory, `w` an empty file (whiteouts), anything else a hard link to that name.
+    fn layer(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(0);
+            let data: &[u8] = match *kind {
+                "f" => path.as_bytes(),
+                _ => b"",
+            };
+            match *kind {
+                "d" => h.set_entry_type(tar::EntryType::Directory),
+                "f" | "w" => h.set_entry_type(tar::EntryType::Regular),
+                target => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    b.append_link(&mut h, path, target).unwrap();
+                    continue;
+                }
+            }
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, path, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn apply(layers: &[&[(&str, &str)]]) -> Tree {
+        let mut t = Tree::new();
+        for l in layers {
+            t.apply_layer("sha256:test", &layer(l)[..], Limits::default())
+                .unwrap();
+        }
+        t
+    }
+
+    fn kind(t: &Tree, path: &str) -> Option<Kind> {
+        t.get(path).map(|e| e.kind.clone())
+    }
+
+    // Found writing the oci_layer fuzz target (its tree invariants): a whiteout removed a file
+    // and left its hard links pointing at nothing; the `tar` output then held a link an extractor
+    // refuses.
+    #[test]
+    fn a_removed_file_lives_on_under_its_hard_links() {
+        let t = apply(&[&[("a", "f"), ("b", "a"), ("c", "a")], &[(".wh.a", "w")]]);
+        assert_eq!(kind(&t, "a"), None);
+        assert_eq!(kind(&t, "b"), Some(Kind::File(Bytes::from_static(b"a"))));
+        assert_eq!(kind(&t, "c"), Some(Kind::Hardlink("b".into())));
+        assert_eq!(t.total_size(), 1);
+        // Replaced by a directory or a new file: the links keep the old content too.
+        let t = apply(&[&[("a", "f"), ("b", "a"), ("a", "d")]]);
+        assert_eq!(kind(&t, "b"), Some(Kind::File(Bytes::from_static(b"a"))));
+        let t = apply(&[
+            &[("d", "d"), ("d/a", "f"), ("b", "d/a")],
+            &[("d/.wh..wh..opq", "w")],
+        ]);
+        assert_eq!(kind(&t, "d/a"), None);
+        assert_eq!(kind(&t, "b"), Some(Kind::File(Bytes::from_static(b"d/a"))));
+    }
+
+    // Found writing the oci_layer fuzz target: a link to a link was kept as such, so the `tar`
+    // output (hard links last, in path order) could write it before the link it names.
+    #[test]
+    fn a_link_to_a_link_is_a_link_to_its_file() {
+        let t = apply(&[&[("a", "f"), ("b", "a"), ("c", "b")]]);
+        assert_eq!(kind(&t, "c"), Some(Kind::Hardlink("a".into())));
+        let mut t = Tree::new();
+        let e = t
+            .apply_layer(
+                "sha256:test",
+                &layer(&[("a", "f"), ("a", "a")])[..],
+                Limits::default(),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("hardlink to itself"), "{e}");
     }
 
     #[test]
