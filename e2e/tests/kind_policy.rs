@@ -4,12 +4,12 @@
 //! `kitfleet-registry:5000/e2e/probe` by `scripts/kind/probe-image.sh` (nothing pulled from outside).
 //!
 //! Its own cluster (COMMON: `KIND_CLUSTER=kf-policy`); without a cluster the tests skip, unless `KITFLEET_KIND=1`.
-//! Opt-in for now: the tests skip unless `KITFLEET_KIND_POLICY=1` (the test command's cluster runs every
-//! `kind_*.rs`; this suite joins it once it has passed on its own cluster).
+//! The test command runs it on its cluster after `kind.rs`; it leaves its namespaces (and bare pods) behind, which the
+//! rollout suite after it drains with `force`.
 //!
 //! ```sh
 //! KITFLEET_IMAGES_FROM_HEAD=1 KIND_CLUSTER=kf-policy bash scripts/kind/up.sh --fresh
-//! KITFLEET_KIND_POLICY=1 KITFLEET_KIND=1 KUBECONFIG=/var/cache/kitfleet/kind/kubeconfig-kf-policy \
+//! KITFLEET_KIND=1 KUBECONFIG=/var/cache/kitfleet/kind/kubeconfig-kf-policy \
 //!   cargo test -p kitfleet-e2e --test kind_policy -- --test-threads=1
 //! cargo test -p kitfleet-e2e --test kind_policy -- --ignored start_latency   # the benchmark (prints figures)
 //! ```
@@ -64,11 +64,6 @@ struct Cluster {
 
 /// The cluster, or `None` (skip) when there is none and the suite is not required.
 async fn cluster() -> Option<Cluster> {
-    // Opt-in until the lead wires it into the test command (the suite is being verified on its own cluster).
-    if std::env::var("KITFLEET_KIND_POLICY").as_deref() != Ok("1") {
-        eprintln!("skipping: the SecurityPolicy kind suite is opt-in (KITFLEET_KIND_POLICY=1)");
-        return None;
-    }
     let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
     if !required {
         // Never against whatever cluster happens to be reachable: `cargo test --workspace` runs before the test

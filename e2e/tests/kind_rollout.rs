@@ -682,7 +682,9 @@ async fn rollout_with_a_service(c: &Cluster) -> Result<()> {
     let rollout = serde_json::json!({
         "nodeSelector": {"matchLabels": {POOL_LABEL: "rollout"}},
         "maxUnavailable": 1,
-        "drain": {"timeout": "5m", "gracePeriodSeconds": 2},
+        // The suite shares the test command's cluster: earlier suites leave bare pods on the workers (kind.rs's
+        // kf-e2e/net-0), which a drain without `force` refuses (`UnmanagedPod`, as the CRD documents).
+        "drain": {"timeout": "5m", "gracePeriodSeconds": 2, "force": true},
         "healthCheck": {"timeout": "5m", "podSelector": {"matchLabels": {"app": "web"}}},
         "method": "reboot"
     });
