@@ -9,8 +9,6 @@
 pub mod cidr;
 pub mod cni;
 pub mod ipam;
-/// The netlink layer, now the shared crate `kitfleet-netlink` (kept here for the node agent until it imports it directly).
-pub use kitfleet_netlink as netlink;
 pub mod netns;
 pub mod nft;
 pub mod plugin;
