@@ -8,7 +8,7 @@
 //! `bash scripts/kind/up.sh && KITFLEET_KIND=1 cargo test -p kitfleet-e2e --test kind`
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,148 +19,33 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kitfleet_api::NodeImage;
+use kitfleet_e2e::kind::{
+    KITFLEET_NS, Kind, REGISTRY, block_on, connect, podman, repo, run, wait_for,
+};
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config};
 use std::sync::Mutex;
 
 /// One test at a time: they share the cluster, and some uninstall and reinstall Kitfleet.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const NS: &str = "kf-e2e";
-const KITFLEET_NS: &str = "kitfleet-system";
-const REGISTRY: &str = "kitfleet-registry:5000";
-const WORKERS: [&str; 2] = ["kitfleet-worker", "kitfleet-worker2"];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// The cluster (`kitfleet_e2e::kind`) and what this suite does with it.
+struct Cluster(Kind);
 
-fn cache() -> PathBuf {
-    std::env::var_os("KITFLEET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kitfleet"))
-}
-
-struct Cluster {
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    client: Client,
-}
-
-/// The Kubernetes binaries scripts/k8s-build.sh left in the cache (the newest complete build).
-fn k8s_bin(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(cache())
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("k8s-v"))
-                && p.join(".complete").exists()
-        })
-        .collect();
-    dirs.sort_by_key(|p| {
-        std::fs::metadata(p.join(".complete"))
-            .and_then(|m| m.modified())
-            .ok()
-    });
-    dirs.pop().map(|d| d.join("bin").join(name))
-}
-
-/// The cluster, or `None` (skip) when there is none and the suite is not required.
-async fn cluster() -> Option<Cluster> {
-    let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
-    if !required {
-        // Never against whatever cluster happens to be reachable: `cargo test --workspace` runs before the test
-        // command makes its cluster, and a developer's cluster must not be upgraded or uninstalled by accident.
-        eprintln!(
-            "skipping: the kind suites run only with KITFLEET_KIND=1 (scripts/test.sh sets it)"
-        );
-        return None;
+impl Deref for Cluster {
+    type Target = Kind;
+    fn deref(&self) -> &Kind {
+        &self.0
     }
-    let absent = |why: String| -> Option<Cluster> {
-        if required {
-            panic!("the kind cluster is not usable: {why}");
-        }
-        eprintln!(
-            "skipping: {why} (bash scripts/kind/up.sh makes the cluster; KITFLEET_KIND=1 makes this a failure)"
-        );
-        None
-    };
-    let kubeconfig = std::env::var_os("KITFLEET_KIND_KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("kind/kubeconfig"));
-    if !kubeconfig.exists() {
-        return absent(format!("no kubeconfig at {}", kubeconfig.display()));
-    }
-    let Some(kubectl) = k8s_bin("kubectl").filter(|p| p.exists()) else {
-        return absent("no kubectl from scripts/k8s-build.sh".into());
-    };
-    let client = async {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-        let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = Client::try_from(cfg)?;
-        client.apiserver_version().await?;
-        anyhow::Ok(client)
-    }
-    .await;
-    match client {
-        Ok(client) => Some(Cluster {
-            kubeconfig,
-            kubectl,
-            client,
-        }),
-        Err(e) => absent(format!("the apiserver does not answer: {e:#}")),
-    }
-}
-
-/// Runs a command; its stdout, or an error with both streams.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Cluster {
-    fn kubectl(&self) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
-        c
-    }
-
     fn exec(&self, pod: &str, script: &str) -> Result<String> {
         run(self
             .kubectl()
             .args(["exec", "-n", NS, pod, "--", "sh", "-c", script]))
-    }
-
-    /// The last lines of the named component's logs, for failure messages.
-    fn logs(&self, ns: &str, selector: &str) -> String {
-        self.kubectl()
-            .args([
-                "logs",
-                "-n",
-                ns,
-                "-l",
-                selector,
-                "--all-containers",
-                "--prefix",
-                "--tail",
-                "40",
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
     }
 
     /// Two busybox pods, one per worker, serving HTTP on 8080, and a Service in front of the second.
@@ -173,7 +58,7 @@ impl Cluster {
         nss.patch(NS, &ssa, &Patch::Apply(&ns)).await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), NS);
         let mut out = Vec::new();
-        for (i, node) in WORKERS.iter().enumerate() {
+        for (i, node) in self.workers.iter().enumerate() {
             let name = format!("net-{i}");
             let pod: Pod = serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name, "labels": {"app": name}},
@@ -223,30 +108,6 @@ impl Cluster {
     }
 }
 
-/// Polls `f` until it yields a value or `timeout` passes.
-async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if start.elapsed() > timeout {
-            return match last {
-                Some(e) => Err(e.context(format!("still failing after {timeout:?}"))),
-                None => bail!("not done after {timeout:?}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 #[test]
 fn nodes_are_ready_through_kitfleet_and_the_crds_are_served() {
     suite(|c| async move {
@@ -263,9 +124,7 @@ fn nodes_are_ready_through_kitfleet_and_the_crds_are_served() {
         }
         // The kubelet's network is Kitfleet's: its conflist is the only one on every node.
         for n in list.items.iter().filter_map(|n| n.metadata.name.as_deref()) {
-            let conf = run(Command::new("podman")
-                .args(["exec", n, "ls", "/etc/cni/net.d"])
-                .envs(podman_env()))?;
+            let conf = run(podman().args(["exec", n, "ls", "/etc/cni/net.d"]))?;
             assert_eq!(
                 conf.split_whitespace().collect::<Vec<_>>(),
                 ["10-kitfleet.conflist"],
@@ -285,18 +144,6 @@ fn nodes_are_ready_through_kitfleet_and_the_crds_are_served() {
         nis.list(&ListParams::default()).await?;
         Ok(())
     })
-}
-
-/// podman's settings for the kind state (scripts/kind/env.sh).
-fn podman_env() -> Vec<(String, String)> {
-    let p = cache().join("kind/podman");
-    [
-        ("CONTAINERS_CONF", "containers.conf"),
-        ("CONTAINERS_STORAGE_CONF", "storage.conf"),
-        ("CONTAINERS_REGISTRIES_CONF", "registries.conf"),
-    ]
-    .map(|(k, f)| (k.to_string(), p.join(f).to_string_lossy().into_owned()))
-    .into()
 }
 
 fn example_nodeimage() -> Result<NodeImage> {
@@ -365,22 +212,20 @@ fn pods_on_both_workers_reach_each_other() {
 
 /// The node container's PID on this machine (podman).
 fn node_pid(node: &str) -> Result<String> {
-    Ok(run(Command::new("podman")
-        .args(["inspect", "-f", "{{.State.Pid}}", node])
-        .envs(podman_env()))?
-    .trim()
-    .to_string())
+    Ok(
+        run(podman().args(["inspect", "-f", "{{.State.Pid}}", node]))?
+            .trim()
+            .to_string(),
+    )
 }
 
 fn node_ip(node: &str) -> Result<String> {
-    Ok(run(Command::new("podman")
-        .args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            node,
-        ])
-        .envs(podman_env()))?
+    Ok(run(podman().args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        node,
+    ]))?
     .trim()
     .to_string())
 }
@@ -389,8 +234,8 @@ fn node_ip(node: &str) -> Result<String> {
 fn cross_node_pod_traffic_is_only_wireguard_on_the_underlay() {
     suite(|c| async move {
         let [(a, _), (_, b_ip)] = c.pods().await?;
-        let pid = node_pid(WORKERS[0])?;
-        let (w0, w1) = (node_ip(WORKERS[0])?, node_ip(WORKERS[1])?);
+        let pid = node_pid(&c.workers[0])?;
+        let (w0, w1) = (node_ip(&c.workers[0])?, node_ip(&c.workers[1])?);
         let dir = tempfile::tempdir()?;
         let pcap = dir.path().join("underlay.pcap");
         // Everything between the two workers on worker's underlay (eth0), while pods talk across them.
@@ -663,14 +508,10 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        let Some(c) = cluster().await else { return };
-        if let Err(e) = step(c).await {
-            panic!("{e:?}");
+    block_on(async {
+        match connect().await {
+            Some(k) => step(Cluster(k)).await,
+            None => Ok(()),
         }
     });
 }

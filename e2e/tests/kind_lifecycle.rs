@@ -10,148 +10,40 @@
 //! Then `helm install` as scripts/kind/up.sh does, and the pods on the pod network are restarted, so the cluster is
 //! as the suite found it.
 //!
-//! Skips without a cluster unless `KITFLEET_KIND=1`. The kubeconfig: `KITFLEET_KIND_KUBECONFIG`, else `KUBECONFIG`,
-//! else the test command's cluster (`$KITFLEET_CACHE/kind/kubeconfig`).
+//! Runs only with `KITFLEET_KIND=1` (`kitfleet_e2e::kind`: the kubeconfig is `KITFLEET_KIND_KUBECONFIG`, else
+//! `KUBECONFIG`, else the test command's cluster).
 //!
-//! `KITFLEET_KIND_LIFECYCLE=1 KITFLEET_KIND=1 KUBECONFIG=… cargo test -p kitfleet-e2e --test kind_lifecycle -- --test-threads=1`
+//! `KITFLEET_KIND=1 KUBECONFIG=… cargo test -p kitfleet-e2e --test kind_lifecycle -- --test-threads=1`
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ops::Deref;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kitfleet_e2e::kind::{KITFLEET_NS, Kind, block_on, connect, podman, repo, run, wait_for};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Client, Config};
 use serde_json::{Value, json};
 
 /// The chart before `rollout.healthCheck.podSelector` existed (`git log -S podSelector -- crds/`: added by 4980415).
 const OLD_REF: &str = "45ed9216244fd59a7397ac657ae5a6a223e9702d";
 const RELEASE: &str = "kitfleet";
-const KITFLEET_NS: &str = "kitfleet-system";
 const CRDS: [&str; 2] = ["nodeimages.kitfleet.dev", "securitypolicies.kitfleet.dev"];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// The cluster (`kitfleet_e2e::kind`) and what this suite does with it.
+struct Cluster(Kind);
 
-fn cache() -> PathBuf {
-    std::env::var_os("KITFLEET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kitfleet"))
-}
-
-/// podman's settings for the kind state (scripts/kind/env.sh).
-fn podman_env() -> Vec<(String, String)> {
-    let p = cache().join("kind/podman");
-    [
-        ("CONTAINERS_CONF", "containers.conf"),
-        ("CONTAINERS_STORAGE_CONF", "storage.conf"),
-        ("CONTAINERS_REGISTRIES_CONF", "registries.conf"),
-    ]
-    .map(|(k, f)| (k.to_string(), p.join(f).to_string_lossy().into_owned()))
-    .into()
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-struct Cluster {
-    kubeconfig: PathBuf,
-    client: Client,
-}
-
-async fn cluster() -> Option<Cluster> {
-    // Opt-in until it passes on the test command's cluster: its one run there (after the main suite, 2026-11-29)
-    // failed at "Kitfleet's pods gone" after the uninstall, with the main suite's build Job pods still in the
-    // namespace.
-    if std::env::var("KITFLEET_KIND_LIFECYCLE").as_deref() != Ok("1") {
-        eprintln!("skipping: the helm lifecycle kind suite is opt-in (KITFLEET_KIND_LIFECYCLE=1)");
-        return None;
-    }
-    let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
-    if !required {
-        // Never against whatever cluster happens to be reachable: `cargo test --workspace` runs before the test
-        // command makes its cluster, and a developer's cluster must not be upgraded or uninstalled by accident.
-        eprintln!(
-            "skipping: the kind suites run only with KITFLEET_KIND=1 (scripts/test.sh sets it)"
-        );
-        return None;
-    }
-    let kubeconfig = std::env::var_os("KITFLEET_KIND_KUBECONFIG")
-        .or_else(|| std::env::var_os("KUBECONFIG"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("kind/kubeconfig"));
-    let client = async {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-        let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = Client::try_from(cfg)?;
-        client.apiserver_version().await?;
-        anyhow::Ok(client)
-    }
-    .await;
-    match client {
-        Ok(client) => Some(Cluster { kubeconfig, client }),
-        Err(e) if required => panic!(
-            "the kind cluster ({}) is not usable: {e:#}",
-            kubeconfig.display()
-        ),
-        Err(e) => {
-            eprintln!(
-                "skipping: no kind cluster at {}: {e:#}",
-                kubeconfig.display()
-            );
-            None
-        }
-    }
-}
-
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if start.elapsed() > timeout {
-            return match last {
-                Some(e) => Err(e.context(format!("{what}: still failing after {timeout:?}"))),
-                None => bail!("{what}: not done after {timeout:?}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+impl Deref for Cluster {
+    type Target = Kind;
+    fn deref(&self) -> &Kind {
+        &self.0
     }
 }
 
 impl Cluster {
-    fn helm(&self) -> Command {
-        let mut c = Command::new("helm");
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
-        c.args(["--namespace", KITFLEET_NS]);
-        c
-    }
-
     /// The release's values as installed (`helm get values`): what the old chart and the reinstall get too.
     fn values(&self) -> Result<Value> {
         let v: Value = serde_json::from_str(&run(self
@@ -201,10 +93,11 @@ impl Cluster {
         let api: Api<kube::api::DynamicObject> = Api::all_with(self.client.clone(), &ar);
         if api.get_opt(name).await?.is_some() {
             api.delete(name, &DeleteParams::default()).await?;
-            wait_for("old NodeImage gone", Duration::from_secs(60), || async {
+            wait_for(Duration::from_secs(60), || async {
                 Ok(api.get_opt(name).await?.is_none().then_some(()))
             })
-            .await?;
+            .await
+            .context("old NodeImage gone")?;
         }
         let obj: kube::api::DynamicObject = serde_json::from_value(json!({
             "apiVersion": "kitfleet.dev/v1alpha1", "kind": "NodeImage",
@@ -253,10 +146,11 @@ impl Cluster {
             }
         }
         for n in &names {
-            wait_for("NodeImage gone", Duration::from_secs(60), || async {
+            wait_for(Duration::from_secs(60), || async {
                 Ok(api.get_opt(n).await?.is_none().then_some(()))
             })
-            .await?;
+            .await
+            .context("NodeImage gone")?;
         }
         Ok(())
     }
@@ -264,13 +158,14 @@ impl Cluster {
     /// Nothing of Kitfleet's is left on any node, in the namespace or in the Node annotations.
     async fn nothing_left(&self) -> Result<()> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), KITFLEET_NS);
-        wait_for("Kitfleet's pods gone", Duration::from_secs(120), || async {
+        wait_for(Duration::from_secs(120), || async {
             let left: Vec<String> = (pods.list(&ListParams::default()).await?.items.iter())
                 .filter_map(|p| p.metadata.name.clone())
                 .collect();
             Ok(left.is_empty().then_some(()))
         })
-        .await?;
+        .await
+        .context("Kitfleet's pods gone")?;
         let ds: Api<DaemonSet> = Api::all(self.client.clone());
         let dss: Vec<String> = (ds.list(&ListParams::default()).await?.items.iter())
             .filter(|d| d.metadata.namespace.as_deref() == Some(KITFLEET_NS))
@@ -295,9 +190,7 @@ impl Cluster {
                 nft list tables | grep kitfleet; \
                 ls -d /etc/cni/net.d/10-kitfleet.conflist /opt/cni/bin/kitfleet-wg /run/kitfleet /var/lib/kitfleet \
                   /var/lib/cni/kitfleet-wg /var/log/kitfleet-wg.log 2>/dev/null; true";
-            let found = run(Command::new("podman")
-                .args(["exec", &name, "sh", "-c", script])
-                .envs(podman_env()))?;
+            let found = run(podman().args(["exec", &name, "sh", "-c", script]))?;
             if !found.trim().is_empty() {
                 bail!("node {name} still has Kitfleet state:\n{found}");
             }
@@ -332,7 +225,7 @@ impl Cluster {
     /// Waits until the nodes are Ready, restarts the pods on the pod network again and waits for CoreDNS.
     async fn settle_after_reinstall(&self) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        wait_for("every node Ready", Duration::from_secs(180), || async {
+        wait_for(Duration::from_secs(180), || async {
             let all = nodes.list(&ListParams::default()).await?;
             let ready = all.items.iter().all(|n| {
                 (n.status.as_ref().and_then(|s| s.conditions.as_ref()))
@@ -340,10 +233,11 @@ impl Cluster {
             });
             Ok(ready.then_some(()))
         })
-        .await?;
+        .await
+        .context("every node Ready")?;
         self.restart_pod_network_pods().await?;
         let kube_system: Api<Pod> = Api::namespaced(self.client.clone(), "kube-system");
-        wait_for("CoreDNS Ready again", Duration::from_secs(180), || async {
+        wait_for(Duration::from_secs(180), || async {
             let lp = ListParams::default().labels("k8s-app=kube-dns");
             let pods = kube_system.list(&lp).await?.items;
             let ready = !pods.is_empty()
@@ -354,11 +248,12 @@ impl Cluster {
             Ok(ready.then_some(()))
         })
         .await
+        .context("CoreDNS Ready again")
     }
 }
 
 /// The chart at `OLD_REF`, extracted with `git archive` into `dir`.
-fn old_chart(dir: &Path) -> Result<PathBuf> {
+fn old_chart(dir: &Path) -> Result<std::path::PathBuf> {
     let tar = dir.join("chart.tar");
     run(Command::new("git")
         .arg("-C")
@@ -372,14 +267,10 @@ fn old_chart(dir: &Path) -> Result<PathBuf> {
 
 #[test]
 fn upgrade_from_an_older_chart_keeps_new_crd_fields_and_uninstall_leaves_no_node_state() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        let Some(c) = cluster().await else { return };
-        if let Err(e) = lifecycle(&c).await {
-            panic!("{e:?}");
+    block_on(async {
+        match connect().await {
+            Some(k) => lifecycle(&Cluster(k)).await,
+            None => Ok(()),
         }
     });
 }
@@ -414,10 +305,11 @@ async fn lifecycle(c: &Cluster) -> Result<()> {
         if crds.get_opt(crd).await?.is_some() {
             crds.delete(crd, &DeleteParams::default()).await?;
         }
-        wait_for("CRD deleted", Duration::from_secs(60), || async {
+        wait_for(Duration::from_secs(60), || async {
             Ok(crds.get_opt(crd).await?.is_none().then_some(()))
         })
-        .await?;
+        .await
+        .context("CRD deleted")?;
     }
     let t = c
         .helm_chart(&["install"], &old, &sets)

@@ -3,9 +3,8 @@
 //! (`sandbox/tests/fixtures/probe.c`, printing `ok N` or `errno N`) and a static busybox, built into
 //! `kitfleet-registry:5000/e2e/probe` by `scripts/kind/probe-image.sh` (nothing pulled from outside).
 //!
-//! Its own cluster (COMMON: `KIND_CLUSTER=kf-policy`); without a cluster the tests skip, unless `KITFLEET_KIND=1`.
-//! The test command runs it on its cluster after `kind.rs`; it leaves its namespaces (and bare pods) behind, which the
-//! rollout suite after it drains with `force`.
+//! Runs only with `KITFLEET_KIND=1` (`kitfleet_e2e::kind`). The test command runs it on its cluster after `kind.rs`;
+//! it leaves its namespaces (and bare pods) behind, which the rollout suite after it drains with `force`.
 //!
 //! ```sh
 //! KITFLEET_IMAGES_FROM_HEAD=1 KIND_CLUSTER=kf-policy bash scripts/kind/up.sh --fresh
@@ -14,139 +13,42 @@
 //! cargo test -p kitfleet-e2e --test kind_policy -- --ignored start_latency   # the benchmark (prints figures)
 //! ```
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ops::Deref;
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use anyhow::{Context, Result};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
 use kitfleet_api::SecurityPolicy;
+use kitfleet_e2e::kind::{Kind, block_on, connect, repo, run, wait_for};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("KITFLEET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kitfleet"))
-}
-
-/// Runs a command; its stdout, or an error with both streams.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
+/// The cluster (`kitfleet_e2e::kind`) and the probe image the suite runs.
 struct Cluster {
-    client: Client,
+    kind: Kind,
     probe: String,
-    workers: Vec<String>,
 }
 
-/// The cluster, or `None` (skip) when there is none and the suite is not required.
+impl Deref for Cluster {
+    type Target = Kind;
+    fn deref(&self) -> &Kind {
+        &self.kind
+    }
+}
+
+/// The cluster, or `None` (skip) without `KITFLEET_KIND=1`; builds and pushes the probe image.
 async fn cluster() -> Option<Cluster> {
-    let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
-    if !required {
-        // Never against whatever cluster happens to be reachable: `cargo test --workspace` runs before the test
-        // command makes its cluster, and a developer's cluster must not be upgraded or uninstalled by accident.
-        eprintln!(
-            "skipping: the kind suites run only with KITFLEET_KIND=1 (scripts/test.sh sets it)"
-        );
-        return None;
-    }
-    let absent = |why: String| -> Option<Cluster> {
-        if required {
-            panic!("the kind cluster is not usable: {why}");
-        }
-        eprintln!(
-            "skipping: {why} (KIND_CLUSTER=kf-policy bash scripts/kind/up.sh makes the cluster; KITFLEET_KIND=1 makes this a failure)"
-        );
-        None
-    };
-    let kubeconfig = std::env::var_os("KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("kind/kubeconfig-kf-policy"));
-    if !kubeconfig.exists() {
-        return absent(format!("no kubeconfig at {}", kubeconfig.display()));
-    }
-    let client = async {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-        let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = Client::try_from(cfg)?;
-        client.apiserver_version().await?;
-        anyhow::Ok(client)
-    }
-    .await;
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => return absent(format!("the apiserver does not answer: {e:#}")),
-    };
+    let kind = connect().await?;
     let probe = run(Command::new("bash").arg(repo().join("scripts/kind/probe-image.sh")))
         .expect("scripts/kind/probe-image.sh");
     let probe = probe.trim().lines().last().unwrap_or_default().to_string();
-    let nodes: Api<Node> = Api::all(client.clone());
-    let mut workers: Vec<String> = nodes
-        .list(&ListParams::default())
-        .await
-        .expect("nodes")
-        .items
-        .iter()
-        .filter(|n| {
-            !n.labels()
-                .contains_key("node-role.kubernetes.io/control-plane")
-        })
-        .map(|n| n.name_any())
-        .collect();
-    workers.sort();
-    assert_eq!(workers.len(), 2, "two workers: {workers:?}");
-    Some(Cluster {
-        client,
-        probe,
-        workers,
-    })
-}
-
-/// Polls `f` until it yields a value or `timeout` passes.
-async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if start.elapsed() > timeout {
-            return match last {
-                Some(e) => Err(e.context(format!("still failing after {timeout:?}"))),
-                None => bail!("not done after {timeout:?}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    Some(Cluster { kind, probe })
 }
 
 impl Cluster {
@@ -285,15 +187,10 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let Some(c) = cluster().await else { return };
-        if let Err(e) = step(c).await {
-            panic!("{e:#}");
+    block_on(async {
+        match cluster().await {
+            Some(c) => step(c).await,
+            None => Ok(()),
         }
     });
 }

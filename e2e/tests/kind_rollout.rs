@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::ops::Deref;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,8 +31,9 @@ use kitfleet_api::constants::{
     ANNOTATION_ROLLOUT_SINCE, ANNOTATION_ROLLOUT_STATE, ANNOTATION_STAGED_BUILD_KEY,
     ANNOTATION_UPGRADE_FAILURE, ANNOTATION_UPGRADE_METHOD,
 };
+use kitfleet_e2e::kind::{KITFLEET_NS, Kind, REGISTRY, block_on, connect, repo, run, wait_for};
+use kube::Api;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, Config};
 
 /// `assert_eq!` as an error, so that a failed check still reaches the suite's cleanup.
 macro_rules! ensure_eq {
@@ -48,175 +49,19 @@ macro_rules! ensure_eq {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const NS: &str = "kf-rollout";
-const KITFLEET_NS: &str = "kitfleet-system";
-const REGISTRY: &str = "kitfleet-registry:5000";
 const POOL_LABEL: &str = "kitfleet.dev/e2e-pool";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+/// The cluster (`kitfleet_e2e::kind`) and what this suite does with it.
+struct Cluster(Kind);
 
-fn cache() -> PathBuf {
-    std::env::var_os("KITFLEET_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kitfleet"))
-}
-
-struct Cluster {
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    client: Client,
-    workers: Vec<String>,
-    control: String,
-}
-
-fn k8s_bin(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<_> = std::fs::read_dir(cache())
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("k8s-v"))
-                && p.join(".complete").exists()
-        })
-        .collect();
-    dirs.sort_by_key(|p| {
-        std::fs::metadata(p.join(".complete"))
-            .and_then(|m| m.modified())
-            .ok()
-    });
-    dirs.pop().map(|d| d.join("bin").join(name))
-}
-
-async fn cluster() -> Option<Cluster> {
-    let required = std::env::var("KITFLEET_KIND").as_deref() == Ok("1");
-    if !required {
-        // Never against whatever cluster happens to be reachable: `cargo test --workspace` runs before the test
-        // command makes its cluster, and a developer's cluster must not be upgraded or uninstalled by accident.
-        eprintln!(
-            "skipping: the kind suites run only with KITFLEET_KIND=1 (scripts/test.sh sets it)"
-        );
-        return None;
-    }
-    let absent = |why: String| -> Option<Cluster> {
-        if required {
-            panic!("the kind cluster is not usable: {why}");
-        }
-        eprintln!(
-            "skipping: {why} (bash scripts/kind/up.sh makes the cluster; KITFLEET_KIND=1 makes this a failure)"
-        );
-        None
-    };
-    let kubeconfig = std::env::var_os("KITFLEET_KIND_KUBECONFIG")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join("kind/kubeconfig"));
-    if !kubeconfig.exists() {
-        return absent(format!("no kubeconfig at {}", kubeconfig.display()));
-    }
-    let Some(kubectl) = k8s_bin("kubectl").filter(|p| p.exists()) else {
-        return absent("no kubectl from scripts/k8s-build.sh".into());
-    };
-    let r = async {
-        let kc = kube::config::Kubeconfig::read_from(&kubeconfig)?;
-        let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-        let client = Client::try_from(cfg)?;
-        let nodes = Api::<Node>::all(client.clone())
-            .list(&ListParams::default())
-            .await?;
-        let control = "node-role.kubernetes.io/control-plane";
-        let (cp, workers): (Vec<_>, Vec<_>) = nodes.items.iter().partition(|n| {
-            n.metadata
-                .labels
-                .as_ref()
-                .is_some_and(|l| l.contains_key(control))
-        });
-        let name = |n: &&Node| n.metadata.name.clone().unwrap_or_default();
-        let mut workers: Vec<String> = workers.iter().map(name).collect();
-        workers.sort();
-        anyhow::ensure!(
-            workers.len() == 2 && cp.len() == 1,
-            "want 1 control plane + 2 workers"
-        );
-        anyhow::Ok((client, workers, name(&cp[0])))
-    }
-    .await;
-    match r {
-        Ok((client, workers, control)) => Some(Cluster {
-            kubeconfig,
-            kubectl,
-            client,
-            workers,
-            control,
-        }),
-        Err(e) => absent(format!("the cluster does not answer as expected: {e:#}")),
-    }
-}
-
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last = None;
-    loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if start.elapsed() > timeout {
-            return match last {
-                Some(e) => Err(e.context(format!("still failing after {timeout:?}"))),
-                None => bail!("not done after {timeout:?}"),
-            };
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+impl Deref for Cluster {
+    type Target = Kind;
+    fn deref(&self) -> &Kind {
+        &self.0
     }
 }
 
 impl Cluster {
-    fn kubectl(&self) -> Command {
-        let mut c = Command::new(&self.kubectl);
-        c.arg("--kubeconfig").arg(&self.kubeconfig);
-        c
-    }
-
-    fn logs(&self, ns: &str, selector: &str) -> String {
-        self.kubectl()
-            .args([
-                "logs",
-                "-n",
-                ns,
-                "-l",
-                selector,
-                "--all-containers",
-                "--prefix",
-                "--tail",
-                "40",
-            ])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default()
-    }
-
     fn diagnostics(&self) -> String {
         format!(
             "upgrade agents:\n{}\noperator:\n{}",
@@ -806,14 +651,10 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        let Some(c) = cluster().await else { return };
-        if let Err(e) = step(c).await {
-            panic!("{e:?}");
+    block_on(async {
+        match connect().await {
+            Some(k) => step(Cluster(k)).await,
+            None => Ok(()),
         }
     });
 }

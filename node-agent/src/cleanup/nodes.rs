@@ -1,4 +1,7 @@
-//! `kitfleet-node-agent cleanup-nodes`: the chart's pre-delete hook. Stops the node agents first (deletes the node
+//! `kitfleet-node-agent cleanup-nodes`: the chart's pre-delete hook. Stops the builds first (deletes the operator's
+//! Deployment and waits until its pods are gone, so no new build Job starts, then deletes the operator's build Jobs
+//! and their pods and waits until those are gone: they are Kitfleet's workload too, and the NodeImages that own
+//! them outlive the release with the CRDs), then stops the node agents (deletes the node
 //! agent's and the upgrade agent's DaemonSets and waits until their pods are gone: a running agent would recreate
 //! its TUN, state files and annotations), then runs `kitfleet-node-agent cleanup` on every Node in one privileged, host-network pod pinned to
 //! it with `nodeName` (tolerating every taint: nodes lose their CNI during this), waits for all of them and reports
@@ -7,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -26,8 +30,9 @@ pub enum NodesError {
         #[source]
         source: kube::Error,
     },
-    #[error("the node agents' pods ({selector}) are still there after {waited:?}: {pods}")]
-    AgentsRemain {
+    #[error("the {what} pods ({selector}) are still there after {waited:?}: {pods}")]
+    PodsRemain {
+        what: &'static str,
         selector: String,
         waited: Duration,
         pods: String,
@@ -60,6 +65,18 @@ pub struct NodesArgs {
     /// own Node's `agent.kitfleet.dev/` annotations.
     #[arg(long, default_value = "kitfleet-node-agent")]
     pub service_account: String,
+    /// The operator's Deployment (it creates build Jobs), deleted first.
+    #[arg(long, default_value = "kitfleet-operator")]
+    pub operator_deployment: String,
+    /// Label selector of the operator's pods (waited for until gone).
+    #[arg(
+        long,
+        default_value = "app.kubernetes.io/name=kitfleet,app.kubernetes.io/component=operator"
+    )]
+    pub operator_selector: String,
+    /// Label selector of the operator's build Jobs and their pods (deleted, waited for until gone).
+    #[arg(long, default_value = "app.kubernetes.io/managed-by=kitfleet-operator")]
+    pub build_selector: String,
     /// The DaemonSets that write node state (the node agent's, the upgrade agent's), deleted first.
     #[arg(
         long = "daemonset",
@@ -185,34 +202,50 @@ async fn delete_cleanup_pods(pods: &Api<Pod>) -> Result<(), NodesError> {
     Ok(())
 }
 
-async fn stop_agents(client: &Client, a: &NodesArgs, deadline: Instant) -> Result<(), NodesError> {
-    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), &a.namespace);
-    for name in &a.daemonsets {
-        match ds.delete(name, &DeleteParams::background()).await {
-            Ok(_) => tracing::info!(daemonset = %name, "DaemonSet deleted"),
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("deleting DaemonSet {name}"))(e)),
-        }
+/// Deletes `name` (a 404 is fine: already gone).
+async fn delete_one<K>(api: &Api<K>, kind: &str, name: &str) -> Result<bool, NodesError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(kube_err(format!("deleting {kind} {name}"))(e)),
     }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &a.namespace);
-    let lp = ListParams::default().labels(&a.agent_selector);
+}
+
+/// Waits until no pod matches `selector`; with `delete`, deletes those still there on every round.
+async fn wait_pods_gone(
+    pods: &Api<Pod>,
+    what: &'static str,
+    selector: &str,
+    delete: bool,
+    deadline: Instant,
+) -> Result<(), NodesError> {
+    let lp = ListParams::default().labels(selector);
     let start = Instant::now();
     loop {
-        let left = pods
-            .list(&lp)
-            .await
-            .map_err(kube_err("listing the node agents' pods"))?;
+        let left = (pods.list(&lp).await).map_err(kube_err(format!("listing the {what} pods")))?;
         if left.items.is_empty() {
             tracing::info!(
                 waited_ms = start.elapsed().as_millis() as u64,
-                "node agents gone"
+                "{what} pods gone"
             );
             return Ok(());
         }
+        if delete {
+            for p in left
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+            {
+                delete_one(pods, "pod", &p.name_any()).await?;
+            }
+        }
         if Instant::now() >= deadline {
             let names: Vec<String> = left.iter().map(|p| p.name_any()).collect();
-            return Err(NodesError::AgentsRemain {
-                selector: a.agent_selector.clone(),
+            return Err(NodesError::PodsRemain {
+                what,
+                selector: selector.to_string(),
                 waited: start.elapsed(),
                 pods: names.join(", "),
             });
@@ -221,11 +254,42 @@ async fn stop_agents(client: &Client, a: &NodesArgs, deadline: Instant) -> Resul
     }
 }
 
+/// Stops the operator (no new build Job), then deletes its build Jobs and their pods, while the pod network still
+/// works (the kubelet tears a pod's sandbox down through the CNI plugin the node cleanup removes later).
+async fn stop_builds(client: &Client, a: &NodesArgs, deadline: Instant) -> Result<(), NodesError> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &a.namespace);
+    if delete_one(&deployments, "Deployment", &a.operator_deployment).await? {
+        tracing::info!(deployment = %a.operator_deployment, "operator Deployment deleted");
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &a.namespace);
+    wait_pods_gone(&pods, "operator", &a.operator_selector, false, deadline).await?;
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &a.namespace);
+    let lp = ListParams::default().labels(&a.build_selector);
+    let list = (jobs.list(&lp).await).map_err(kube_err("listing the build Jobs"))?;
+    for j in &list {
+        delete_one(&jobs, "Job", &j.name_any()).await?;
+    }
+    tracing::info!(jobs = list.items.len(), "build Jobs deleted");
+    wait_pods_gone(&pods, "build", &a.build_selector, true, deadline).await
+}
+
+async fn stop_agents(client: &Client, a: &NodesArgs, deadline: Instant) -> Result<(), NodesError> {
+    let ds: Api<DaemonSet> = Api::namespaced(client.clone(), &a.namespace);
+    for name in &a.daemonsets {
+        if delete_one(&ds, "DaemonSet", name).await? {
+            tracing::info!(daemonset = %name, "DaemonSet deleted");
+        }
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &a.namespace);
+    wait_pods_gone(&pods, "node agents'", &a.agent_selector, false, deadline).await
+}
+
 /// Stops the agents, cleans every node, reports. Returns the nodes cleaned.
 pub async fn clean_all(client: &Client, a: &NodesArgs) -> Result<Vec<String>, NodesError> {
     let deadline = Instant::now() + Duration::from_secs(a.timeout_seconds);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &a.namespace);
     delete_cleanup_pods(&pods).await?;
+    stop_builds(client, a, deadline).await?;
     stop_agents(client, a, deadline).await?;
     let nodes: Vec<String> = (Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -358,6 +422,16 @@ mod tests {
         assert_eq!(
             t.a.daemonsets,
             ["kitfleet-node-agent", "kitfleet-node-upgrade"]
+        );
+        assert_eq!(t.a.operator_deployment, "kitfleet-operator");
+        // The build Jobs' label (operator build/job.rs `labels`) and the chart's operator pod labels.
+        assert_eq!(
+            t.a.build_selector,
+            format!(
+                "{}={}",
+                kitfleet_api::constants::LABEL_MANAGED_BY,
+                kitfleet_api::constants::OPERATOR_FIELD_MANAGER
+            )
         );
     }
 
