@@ -254,6 +254,11 @@ fn add_rolls_back_a_failure_at_every_step() {
     if !privileged() {
         return;
     }
+    // The hooks exist only with the `fault-injection` feature (cni-wg's self dev-dependency turns it on for tests).
+    assert!(
+        kitfleet_cni_wg::plugin::fault::ENABLED,
+        "kitfleet-wg built without its fault hooks"
+    );
     let node = Node::new("10.244.6.0/24");
     let points = [
         "after-reserve",

@@ -9,6 +9,10 @@ pub mod builder;
 pub mod cni;
 #[cfg(feature = "api")]
 pub mod crds;
+#[cfg(feature = "dataplane")]
+pub mod dataplane;
+#[cfg(feature = "netlink")]
+pub mod netlink;
 pub mod replay;
 #[cfg(feature = "sandbox")]
 pub mod sandbox;
@@ -27,5 +31,9 @@ pub fn targets() -> Vec<Target> {
     all.extend_from_slice(builder::TARGETS);
     #[cfg(feature = "sandbox")]
     all.extend_from_slice(sandbox::TARGETS);
+    #[cfg(feature = "dataplane")]
+    all.extend_from_slice(dataplane::TARGETS);
+    #[cfg(feature = "netlink")]
+    all.extend_from_slice(netlink::TARGETS);
     all
 }

@@ -3,9 +3,7 @@
 
 pub mod cleanup;
 pub mod csi;
-pub mod forge;
 pub mod hardening;
 pub mod mesh;
 pub mod seccomp_profiles;
-pub mod testbed;
 pub mod upgrade;

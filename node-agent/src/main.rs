@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kitfleet_dataplane::Cidr;
+use ipnet::IpNet;
 use kitfleet_node_agent::mesh::{
     self, MeshConfig, keyfile, kube_source::KubeSource, routes::NetlinkRoutes, source::DirSource,
 };
@@ -75,7 +75,7 @@ struct MeshArgs {
     /// traffic inside them is not masqueraded.
     #[arg(long = "cluster-cidr", env = "KITFLEET_CLUSTER_CIDRS", value_delimiter = ',',
           required = true, value_parser = mesh::guard::parse_cluster_cidr)]
-    cluster_cidrs: Vec<Cidr>,
+    cluster_cidrs: Vec<IpNet>,
     /// Persistent keepalive in seconds (off by default).
     #[arg(long)]
     keepalive: Option<u16>,

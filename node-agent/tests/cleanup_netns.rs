@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kitfleet_dataplane::PrivateKey;
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
-use kitfleet_node_agent::testbed::{Proc, in_ns, ip, ns_output, privileged};
+use kitfleet_testbed::netns::{Proc, in_ns, ip, ns_output, require_privileges};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kitfleet-node-agent");
 const DEV: &str = "kfcl0";
@@ -89,13 +89,7 @@ const CONFLIST: &str = r#"{"cniVersion":"1.0.0","name":"kitfleet","plugins":[
 
 #[test]
 fn cleanup_removes_what_the_mesh_and_plugin_leave_and_nothing_else() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("cleanup_removes_what_the_mesh_and_plugin_leave_and_nothing_else") {
         return;
     }
     let ns = Ns(format!("hcl{}", std::process::id() % 10000));

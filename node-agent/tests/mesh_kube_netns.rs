@@ -12,7 +12,7 @@ use kitfleet_node_agent::mesh::kube_source::KubeSource;
 use kitfleet_node_agent::mesh::nodes::{ANNOTATION_ENDPOINT, ANNOTATION_PUBLIC_KEY};
 use kitfleet_node_agent::mesh::routes::NetlinkRoutes;
 use kitfleet_node_agent::mesh::{MeshConfig, run};
-use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
+use kitfleet_testbed::netns::{ip, ns_output, require_privileges, with_netns};
 use kube::client::Body;
 use serde_json::json;
 
@@ -61,13 +61,7 @@ async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn mesh_follows_the_apiserver() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("mesh_follows_the_apiserver") {
         return;
     }
     let ns = format!("kk{}", std::process::id() % 10000);

@@ -13,25 +13,12 @@ use std::time::{Duration, Instant};
 use kitfleet_cni_wg::state::NodeState;
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
 use kitfleet_node_agent::mesh::source::parse_manifest;
-use kitfleet_node_agent::testbed::{
-    NodeNs, Pod, Proc, Testbed, in_ns, ns_output, privileged, with_netns,
+use kitfleet_testbed::netns::{
+    NodeNs, Pod, Proc, Testbed, in_ns, ns_output, require_privileges, with_netns,
 };
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kitfleet-node-agent");
 const MARKER: &[u8] = b"KITFLEET-PLAINTEXT-MARKER-7f3a";
-
-fn require_privileges() -> bool {
-    if privileged() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "mesh namespace tests need root, /dev/net/tun and network namespaces (CI=true: failing, not skipping)"
-        );
-    }
-    eprintln!("skipping: mesh namespace tests need root, /dev/net/tun and network namespaces");
-    false
-}
 
 fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
@@ -184,7 +171,7 @@ fn start_mesh(tb: &Testbed, dir: &Path, work: &Path) -> Vec<Agent> {
 /// Before that address existed, the kernel chose the node's underlay address and the receiving peer dropped the packet.
 #[test]
 fn the_node_itself_reaches_pods_on_other_nodes() {
-    if !require_privileges() {
+    if !require_privileges("mesh namespace test") {
         return;
     }
     require_tool("ping");
@@ -298,7 +285,7 @@ fn pcap_frames(bytes: &[u8]) -> Vec<&[u8]> {
 
 #[test]
 fn three_nodes_encrypt_icmp_tcp_udp_between_pods() {
-    if !require_privileges() {
+    if !require_privileges("mesh namespace test") {
         return;
     }
     require_tool("ping");
@@ -456,7 +443,7 @@ fn three_nodes_encrypt_icmp_tcp_udp_between_pods() {
 
 #[test]
 fn key_rotation_and_agent_restart_keep_pods_connected() {
-    if !require_privileges() {
+    if !require_privileges("mesh namespace test") {
         return;
     }
     require_tool("ping");
@@ -589,7 +576,7 @@ fn cni(
 
 #[test]
 fn pods_wired_by_the_kitfleet_wg_plugin_talk_across_nodes() {
-    if !require_privileges() {
+    if !require_privileges("mesh namespace test") {
         return;
     }
     require_tool("ping");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kitfleet_dataplane::PrivateKey;
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
-use kitfleet_node_agent::testbed::{Proc, in_ns, ip, ns_output, privileged};
+use kitfleet_testbed::netns::{Proc, in_ns, ip, ns_output, require_privileges};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_kitfleet-node-agent");
 const DEV: &str = "kfrh0";
@@ -77,13 +77,7 @@ fn agent_routes(ns: &str) -> BTreeSet<String> {
 
 #[test]
 fn nodes_cannot_hijack_routes() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("nodes_cannot_hijack_routes") {
         return;
     }
     let ns = Ns(format!("h3rh{}", std::process::id() % 10000));

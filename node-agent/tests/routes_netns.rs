@@ -3,19 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use kitfleet_dataplane::Cidr;
+use ipnet::IpNet;
 use kitfleet_node_agent::mesh::routes::{NetlinkRoutes, RouteTable};
-use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
+use kitfleet_testbed::netns::{ip, ns_output, require_privileges, with_netns};
 
 #[test]
 fn add_list_delete_only_touch_the_agents_routes() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root and network namespaces");
+    if !require_privileges("add_list_delete_only_touch_the_agents_routes") {
         return;
     }
     let ns = format!("rt{}", std::process::id() % 10000);
@@ -44,14 +38,14 @@ fn add_list_delete_only_touch_the_agents_routes() {
     ip(&["-n", &ns, "route", "add", "10.244.6.0/24", "dev", "wgt"]).unwrap();
     let ns2 = ns.clone();
     with_netns(&ns, move || {
-        let c = |s: &str| -> Cidr { s.parse().unwrap() };
+        let c = |s: &str| -> IpNet { s.parse().unwrap() };
         let mut rt = NetlinkRoutes::open().unwrap();
         assert!(rt.list("wgt").unwrap().is_empty());
         rt.add("wgt", c("10.244.1.0/24")).unwrap();
         rt.add("wgt", c("10.244.2.0/24")).unwrap();
         rt.add("wgt", c("fd00:1::/64")).unwrap();
         rt.add("wgt", c("10.244.2.0/24")).unwrap(); // replace is idempotent
-        let want: BTreeSet<Cidr> =
+        let want: BTreeSet<IpNet> =
             [c("10.244.1.0/24"), c("10.244.2.0/24"), c("fd00:1::/64")].into();
         assert_eq!(rt.list("wgt").unwrap(), want);
         let shown = ns_output(&ns2, "ip", &["route", "show", "dev", "wgt"]).unwrap();

@@ -57,6 +57,10 @@ for b in kitfleet-operator kitfleet-node-agent kitfleet-build kitfleet-wg kitfle
   if ldd "$bin/$b" >/dev/null 2>&1 && ! ldd "$bin/$b" 2>&1 | grep -q 'statically linked'; then
     echo "images: $b is not static" >&2; exit 1
   fi
+  # Test fault hooks (cni-wg's `fault-injection` feature) never ship: their variable names must not be in a binary.
+  if grep -q KITFLEET_WG_TEST "$bin/$b"; then
+    echo "images: $b was built with test fault hooks (feature fault-injection); refusing" >&2; exit 1
+  fi
 done
 echo "images: binaries ready after $(( $(date +%s) - start )) s" >&2
 

@@ -115,10 +115,9 @@ fn limiter_for(public: &x25519::PublicKey) -> Arc<RateLimiter> {
 }
 
 fn random_seed() -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: writes at most 4 bytes into the live array; a short read only weakens the seed.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), 4, 0) };
-    u32::from_ne_bytes(b)
+    // The first session index (on the wire in every datagram). A failure (no getrandom(2)) only makes it
+    // predictable, which WireGuard does not rely on.
+    getrandom::u32().unwrap_or(0x9e37_79b9)
 }
 
 impl Loop {
@@ -575,7 +574,7 @@ fn deliver(
     sink: &mut TunSink<'_>,
     dropped: &mut u64,
 ) -> Outcome {
-    if !peer.allowed.iter().any(|c| c.contains(inner_src)) {
+    if !peer.allowed.iter().any(|c| c.contains(&inner_src)) {
         *dropped += 1;
         return Outcome::Rejected;
     }

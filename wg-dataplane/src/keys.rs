@@ -18,23 +18,12 @@ pub struct PrivateKey(x25519::StaticSecret);
 pub struct PublicKey(pub [u8; 32]);
 
 impl PrivateKey {
-    /// A fresh key from `getrandom(2)`.
+    /// A fresh key from the kernel's CSPRNG (`getrandom(2)`, through the `getrandom` crate).
     pub fn generate() -> Result<Self> {
         let mut b = [0u8; 32];
-        let mut filled = 0;
-        while filled < b.len() {
-            // SAFETY: writes at most `b.len() - filled` bytes into the live array.
-            let n =
-                unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), b.len() - filled, 0) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(Error::Random { source: e });
-            }
-            filled += n as usize;
-        }
+        getrandom::fill(&mut b).map_err(|e| Error::Random {
+            source: std::io::Error::from(e),
+        })?;
         Ok(PrivateKey(x25519::StaticSecret::from(b)))
     }
 

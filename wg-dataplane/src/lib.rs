@@ -9,8 +9,9 @@
 //! while the loop runs; the TUN stays (TUNSETPERSIST) when the process exits, so a restarted agent
 //! re-attaches to it with its addresses and routes intact.
 
-mod cidr;
 mod event_loop;
+use ipnet::IpNet;
+
 pub mod handshake;
 pub mod keys;
 pub mod offload;
@@ -25,7 +26,6 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use cidr::Cidr;
 pub use keys::{PrivateKey, PublicKey};
 
 /// Errors of the data plane.
@@ -46,8 +46,6 @@ pub enum Error {
     Key { what: &'static str, reason: String },
     #[error("reading random bytes: {source}")]
     Random { source: io::Error },
-    #[error("CIDR {input:?}: {reason}")]
-    Cidr { input: String, reason: String },
     #[error("peer {peer}: {reason}")]
     Peer { peer: PublicKey, reason: String },
     #[error("creating the wake-up eventfd: {source}")]
@@ -78,7 +76,7 @@ pub struct PeerConfig {
     pub public_key: PublicKey,
     pub endpoint: Option<SocketAddr>,
     /// Inner source/destination prefixes routed to and accepted from this peer.
-    pub allowed_ips: Vec<Cidr>,
+    pub allowed_ips: Vec<IpNet>,
     pub persistent_keepalive: Option<u16>,
 }
 

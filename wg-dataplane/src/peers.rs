@@ -9,14 +9,16 @@ use boringtun::noise::Tunn;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519;
 
-use super::{Cidr, Error, PeerConfig, PrivateKey, PublicKey, Result};
+use ipnet::IpNet;
+
+use super::{Error, PeerConfig, PrivateKey, PublicKey, Result};
 
 /// One live peer.
 pub(super) struct Peer {
     pub key: PublicKey,
     pub tunn: Tunn,
     pub endpoint: Option<SocketAddr>,
-    pub allowed: Vec<Cidr>,
+    pub allowed: Vec<IpNet>,
     pub keepalive: Option<u16>,
 }
 
@@ -25,7 +27,7 @@ pub(super) struct Peers {
     peers: HashMap<u32, Peer>,
     by_key: HashMap<PublicKey, u32>,
     /// Allowed IPs, longest prefix first.
-    routes: Vec<(Cidr, u32)>,
+    routes: Vec<(IpNet, u32)>,
     /// Recent destination → peer answers (cleared whenever the routes change, bounded).
     cache: HashMap<IpAddr, Option<u32>>,
     next_index: u32,
@@ -39,7 +41,7 @@ const ROUTE_CACHE: usize = 4096;
 /// claimed by two peers.
 fn validate(own: PublicKey, wanted: &[PeerConfig]) -> Result<()> {
     let mut keys = HashSet::new();
-    let mut owners: HashMap<Cidr, PublicKey> = HashMap::new();
+    let mut owners: HashMap<IpNet, PublicKey> = HashMap::new();
     for p in wanted {
         let err = |reason: String| Error::Peer {
             peer: p.public_key,
@@ -157,7 +159,7 @@ impl Peers {
             .flat_map(|(i, p)| p.allowed.iter().map(move |c| (*c, *i)))
             .collect();
         self.routes
-            .sort_by(|a, b| b.0.prefix().cmp(&a.0.prefix()).then(a.0.cmp(&b.0)));
+            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()).then(a.0.cmp(&b.0)));
         self.cache.clear();
     }
 
@@ -187,7 +189,7 @@ impl Peers {
         let found = self
             .routes
             .iter()
-            .find(|(c, _)| c.contains(dst))
+            .find(|(c, _)| c.contains(&dst))
             .map(|(_, i)| *i);
         if self.cache.len() >= ROUTE_CACHE {
             self.cache.clear();

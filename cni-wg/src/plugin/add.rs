@@ -121,7 +121,7 @@ fn masquerade(conf: &NetConf, cidr: Ipv4Net, cluster: &[Ipv4Net]) -> Result<(), 
 }
 
 fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Result<(), CniError> {
-    fault_point("after-reserve")?;
+    super::fault::point("after-reserve")?;
     nl.create_veth(
         (&a.host_if, HOST_MAC),
         (&a.pod_if, pod_mac(a.ip)),
@@ -138,7 +138,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
             kernel(e)
         }
     })?;
-    fault_point("after-veth")?;
+    super::fault::point("after-veth")?;
     // Pod side: up, the /32, a link route to the gateway, a permanent neighbour entry for it
     // (no proxy ARP needed on the host), and the default route with MTU/advmss metrics.
     let missing = || {
@@ -154,7 +154,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         .index;
     pod_nl.set_up(pod_idx).map_err(kernel)?;
     pod_nl.add_addr(pod_idx, a.ip, 32).map_err(kernel)?;
-    fault_point("after-pod-addr")?;
+    super::fault::point("after-pod-addr")?;
     let gw_route = Route {
         dst: GATEWAY,
         prefix: 32,
@@ -176,7 +176,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
     pod_nl
         .add_route(&default, RouteScope::Universe, Some((a.mtu, advmss(a.mtu))))
         .map_err(kernel)?;
-    fault_point("after-pod-routes")?;
+    super::fault::point("after-pod-routes")?;
     // Host side: up and a /32 route to the pod.
     let host_missing = || {
         CniError::new(
@@ -190,7 +190,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         .ok_or_else(host_missing)?
         .index;
     nl.set_up(host_idx).map_err(kernel)?;
-    fault_point("after-host-up")?;
+    super::fault::point("after-host-up")?;
     nl.add_route(
         &Route {
             dst: a.ip,
@@ -202,25 +202,7 @@ fn attach(nl: &mut Netlink, pod_nl: &mut Netlink, ns: &File, a: &Attached) -> Re
         None,
     )
     .map_err(kernel)?;
-    fault_point("after-host-route")
-}
-
-/// Fault injection for the killed-ADD and rollback tests: with `KITFLEET_WG_TEST_HANG=<point>`
-/// the plugin stops at that point until killed (so a test can SIGKILL it there); with
-/// `KITFLEET_WG_TEST_FAIL=<point>` the step fails there (so a test can check the rollback).
-fn fault_point(point: &str) -> Result<(), CniError> {
-    if std::env::var("KITFLEET_WG_TEST_HANG").is_ok_and(|p| p == point) {
-        tracing::warn!(point, "KITFLEET_WG_TEST_HANG: hanging until killed");
-        eprintln!("kitfleet-wg: hanging at {point}");
-        std::thread::sleep(std::time::Duration::from_secs(3600));
-    }
-    if std::env::var("KITFLEET_WG_TEST_FAIL").is_ok_and(|p| p == point) {
-        return Err(CniError::new(
-            code::KERNEL,
-            format!("injected failure at {point} (KITFLEET_WG_TEST_FAIL)"),
-        ));
-    }
-    Ok(())
+    super::fault::point("after-host-route")
 }
 
 /// Undoes a partial ADD under the store lock ADD still holds: the veth pair (its routes go with

@@ -66,9 +66,7 @@ pub(super) fn del(env: &Env, conf: &NetConf) -> Result<(), CniError> {
 fn spawn_reaper(index: i32, marker: &Path) -> std::io::Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env_clear();
-    if let Some(delay) = std::env::var_os(REAP_DELAY_ENV) {
-        cmd.env(REAP_DELAY_ENV, delay);
-    }
+    super::fault::pass_reap_delay(&mut cmd);
     cmd.env(REAP_ENV, index.to_string())
         .env(REAP_MARKER_ENV, marker)
         .stdin(Stdio::null())
@@ -78,9 +76,6 @@ fn spawn_reaper(index: i32, marker: &Path) -> std::io::Result<()> {
         .spawn()
         .map(drop)
 }
-
-/// Test hook: the reaper waits this many milliseconds first (to test a racing ADD).
-pub const REAP_DELAY_ENV: &str = "KITFLEET_WG_TEST_REAP_DELAY_MS";
 
 /// Reaper mode: deletes the link with ifindex `index` (the pod end goes with it; a newer link
 /// with the same name, from a quick re-ADD, is never touched) and removes the marker. The
@@ -111,12 +106,7 @@ pub fn reap(index: &str, marker: Option<&Path>) -> Result<(), CniError> {
             ),
         ));
     }
-    if let Some(ms) = std::env::var(REAP_DELAY_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
+    super::fault::reap_delay();
     Netlink::open()
         .and_then(|mut nl| nl.delete_link_checked(index, &d.host_if, "veth"))
         .map_err(kernel)?;

@@ -4,6 +4,7 @@
 mod add;
 mod check;
 mod del;
+pub mod fault;
 
 pub use del::{REAP_ENV, REAP_MARKER_ENV, reap};
 mod status_gc;

@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kitfleet_dataplane::{Cidr, PeerConfig, PublicKey};
+use ipnet::IpNet;
+use kitfleet_dataplane::{PeerConfig, PublicKey};
 
 use super::guard::{Guard, overlaps};
 use super::nodes::NodeInfo;
@@ -12,7 +13,7 @@ use super::nodes::NodeInfo;
 pub struct Skip {
     pub node: String,
     /// The refused podCIDR; `None` when the whole Node is left out.
-    pub prefix: Option<Cidr>,
+    pub prefix: Option<IpNet>,
     pub reason: String,
 }
 
@@ -31,7 +32,7 @@ pub struct Desired {
     /// One peer per usable other Node, by public key.
     pub peers: BTreeMap<PublicKey, PeerConfig>,
     /// Routes through the WireGuard interface: the peers' podCIDRs.
-    pub routes: BTreeSet<Cidr>,
+    pub routes: BTreeSet<IpNet>,
     /// Nodes and podCIDRs left out, with the reason.
     pub skipped: Vec<Skip>,
 }
@@ -40,7 +41,7 @@ pub struct Desired {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actual {
     pub peers: BTreeMap<PublicKey, PeerConfig>,
-    pub routes: BTreeSet<Cidr>,
+    pub routes: BTreeSet<IpNet>,
 }
 
 /// Steps from actual to desired.
@@ -50,8 +51,8 @@ pub struct Plan {
     /// Same key, new endpoint, allowed IPs or keepalive.
     pub update_peers: Vec<PeerConfig>,
     pub remove_peers: Vec<PublicKey>,
-    pub add_routes: Vec<Cidr>,
-    pub del_routes: Vec<Cidr>,
+    pub add_routes: Vec<IpNet>,
+    pub del_routes: Vec<IpNet>,
 }
 
 impl Plan {
@@ -78,7 +79,7 @@ pub fn desired(
 ) -> Desired {
     let mut sorted: Vec<&NodeInfo> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut taken: Vec<(Cidr, String)> = sorted
+    let mut taken: Vec<(IpNet, String)> = sorted
         .iter()
         .filter(|n| n.name == own_name)
         .flat_map(|n| n.pod_cidrs.iter().map(|c| (*c, n.name.clone())))

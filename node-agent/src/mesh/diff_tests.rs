@@ -25,7 +25,7 @@ fn peer(k: u8, ep: &str, cidrs: &[&str]) -> PeerConfig {
     }
 }
 
-fn c(s: &str) -> Cidr {
+fn c(s: &str) -> IpNet {
     s.parse().unwrap()
 }
 
@@ -235,7 +235,7 @@ fn desired_table() {
         let d = desired("a", &key(1), &c.nodes, None, &guard());
         let got: Vec<PeerConfig> = d.peers.values().cloned().collect();
         assert_eq!(got, c.peers, "{}", c.name);
-        let routes: BTreeSet<Cidr> = c.peers.iter().flat_map(|p| p.allowed_ips.clone()).collect();
+        let routes: BTreeSet<IpNet> = c.peers.iter().flat_map(|p| p.allowed_ips.clone()).collect();
         assert_eq!(d.routes, routes, "{}", c.name);
         let skipped: Vec<String> = d.skipped.iter().map(ToString::to_string).collect();
         assert_eq!(skipped, c.skipped, "{}", c.name);
@@ -275,7 +275,7 @@ fn diff_table() {
             skipped: vec![],
         }
     };
-    let r = |s: &str| -> Cidr { s.parse().unwrap() };
+    let r = |s: &str| -> IpNet { s.parse().unwrap() };
     struct Case {
         name: &'static str,
         actual: Actual,

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use kitfleet_dataplane::Cidr;
+use ipnet::IpNet;
 
 /// Ranges no cluster CIDR may overlap, with their names for the error message.
 const SPECIAL: &[(&str, &str)] = &[
@@ -24,24 +24,24 @@ const SPECIAL: &[(&str, &str)] = &[
 ];
 
 /// Whether two prefixes share an address.
-pub fn overlaps(a: &Cidr, b: &Cidr) -> bool {
-    a.contains(b.addr()) || b.contains(a.addr())
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 /// Whether `outer` contains all of `inner`.
-pub fn covers(outer: &Cidr, inner: &Cidr) -> bool {
-    outer.prefix() <= inner.prefix() && outer.contains(inner.addr())
+pub fn covers(outer: &IpNet, inner: &IpNet) -> bool {
+    outer.contains(inner)
 }
 
 /// Checks one configured cluster CIDR; the error says why (used as the flag's value parser).
-pub fn check_cluster_cidr(c: &Cidr) -> Result<(), String> {
-    if c.prefix() == 0 {
+pub fn check_cluster_cidr(c: &IpNet) -> Result<(), String> {
+    if c.prefix_len() == 0 {
         return Err(format!(
             "{c} is the whole address space; give the cluster's pod CIDRs"
         ));
     }
     for (range, name) in SPECIAL {
-        let r: Cidr = range.parse().expect("constant CIDR");
+        let r: IpNet = range.parse().expect("constant CIDR");
         if overlaps(c, &r) {
             return Err(format!("{c} overlaps the {name} range {r}"));
         }
@@ -50,8 +50,8 @@ pub fn check_cluster_cidr(c: &Cidr) -> Result<(), String> {
 }
 
 /// Parses and checks a `--cluster-cidr` value.
-pub fn parse_cluster_cidr(s: &str) -> Result<Cidr, String> {
-    let c: Cidr = s.parse().map_err(|e| format!("{e}"))?;
+pub fn parse_cluster_cidr(s: &str) -> Result<IpNet, String> {
+    let c = super::prefix::parse(s)?;
     check_cluster_cidr(&c)?;
     Ok(c)
 }
@@ -59,7 +59,7 @@ pub fn parse_cluster_cidr(s: &str) -> Result<Cidr, String> {
 /// A route the agent does not own, as the routing table shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignRoute {
-    pub dst: Cidr,
+    pub dst: IpNet,
     /// What it is, for the log: `local`, `dev eth0 proto kernel table 254`…
     pub what: String,
     /// A `local` route: one of this host's addresses.
@@ -77,7 +77,7 @@ pub struct HostView {
 pub enum Refusal {
     OutsideClusterCidrs,
     HoldsLocalAddress(IpAddr),
-    OverlapsForeignRoute { dst: Cidr, what: String },
+    OverlapsForeignRoute { dst: IpNet, what: String },
 }
 
 impl fmt::Display for Refusal {
@@ -98,14 +98,14 @@ impl fmt::Display for Refusal {
 /// The rules a peer's podCIDR must pass before it is routed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Guard {
-    pub cluster_cidrs: Vec<Cidr>,
+    pub cluster_cidrs: Vec<IpNet>,
     pub host: HostView,
 }
 
 impl Guard {
     /// `Ok` when `p` may be routed through the mesh.
-    pub fn check(&self, p: &Cidr) -> Result<(), Refusal> {
-        let clusters: Vec<&Cidr> = self.cluster_cidrs.iter().filter(|c| covers(c, p)).collect();
+    pub fn check(&self, p: &IpNet) -> Result<(), Refusal> {
+        let clusters: Vec<&IpNet> = self.cluster_cidrs.iter().filter(|c| covers(c, p)).collect();
         if clusters.is_empty() {
             return Err(Refusal::OutsideClusterCidrs);
         }
@@ -118,7 +118,7 @@ impl Guard {
         let local = foreign.iter().filter(|r| r.local).find(blocks);
         if let Some(r) = local.or_else(|| foreign.iter().find(blocks)) {
             return Err(if r.local {
-                Refusal::HoldsLocalAddress(r.dst.addr())
+                Refusal::HoldsLocalAddress(r.dst.network())
             } else {
                 Refusal::OverlapsForeignRoute {
                     dst: r.dst,
@@ -134,7 +134,7 @@ impl Guard {
 mod tests {
     use super::*;
 
-    fn c(s: &str) -> Cidr {
+    fn c(s: &str) -> IpNet {
         s.parse().unwrap()
     }
 

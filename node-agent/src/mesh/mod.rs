@@ -10,6 +10,7 @@ pub mod keyfile;
 pub mod kube_source;
 pub mod node_address;
 pub mod nodes;
+pub mod prefix;
 pub mod routes;
 pub mod run;
 pub mod source;

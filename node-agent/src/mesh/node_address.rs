@@ -9,18 +9,18 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use kitfleet_dataplane::Cidr;
+use ipnet::IpNet;
 use kitfleet_netlink::Netlink;
 
 use super::guard;
 
 /// The address the node takes on the mesh interface (pure): network+1 of the first IPv4 `own` podCIDR that lies inside
 /// a cluster CIDR and is /30 or larger (smaller ones have no address to spare: IPAM hands all of them to pods).
-pub fn node_address(own: &[Cidr], cluster: &[Cidr]) -> Option<Ipv4Addr> {
+pub fn node_address(own: &[IpNet], cluster: &[IpNet]) -> Option<Ipv4Addr> {
     own.iter()
-        .filter(|c| c.prefix() <= 30)
+        .filter(|c| c.prefix_len() <= 30)
         .filter(|c| cluster.iter().any(|outer| guard::covers(outer, c)))
-        .find_map(|c| match c.addr() {
+        .find_map(|c| match c.network() {
             IpAddr::V4(n) => Some(Ipv4Addr::from(u32::from(n) + 1)),
             IpAddr::V6(_) => None,
         })
@@ -48,9 +48,8 @@ pub fn ensure(interface: &str, ip: Ipv4Addr) -> Result<bool, String> {
 mod tests {
     use super::*;
 
-    fn c(s: &str) -> Cidr {
-        let (a, p) = s.split_once('/').unwrap();
-        Cidr::new(a.parse().unwrap(), p.parse().unwrap()).unwrap()
+    fn c(s: &str) -> IpNet {
+        s.parse::<IpNet>().unwrap().trunc()
     }
 
     #[test]
@@ -66,7 +65,7 @@ mod tests {
             (&[], None),
         ];
         for (own, want) in rows {
-            let own: Vec<Cidr> = own.iter().map(|s| c(s)).collect();
+            let own: Vec<IpNet> = own.iter().map(|s| c(s)).collect();
             assert_eq!(
                 node_address(&own, &cluster),
                 want.map(|w| w.parse().unwrap()),

@@ -3,8 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use kitfleet_dataplane::{Cidr, PublicKey};
+use kitfleet_dataplane::PublicKey;
 
 /// Node annotation holding the node's WireGuard public key (base64).
 pub const ANNOTATION_PUBLIC_KEY: &str = kitfleet_api::constants::ANNOTATION_WG_PUBLIC_KEY;
@@ -17,7 +18,7 @@ pub const DEFAULT_PORT: u16 = kitfleet_api::constants::WG_DEFAULT_PORT;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-    pub pod_cidrs: Vec<Cidr>,
+    pub pod_cidrs: Vec<IpNet>,
     pub internal_ip: Option<IpAddr>,
     pub public_key: Option<PublicKey>,
     pub endpoint: Option<SocketAddr>,
@@ -47,7 +48,7 @@ impl NodeInfo {
         }
         let mut pod_cidrs = Vec::new();
         for (path, c) in raw {
-            match c.parse::<Cidr>() {
+            match super::prefix::parse(c) {
                 Ok(c) => pod_cidrs.push(c),
                 Err(e) => problems.push(format!("{path}: {e}")),
             }

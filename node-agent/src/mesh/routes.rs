@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
-use kitfleet_dataplane::Cidr;
 use kitfleet_netlink::{
     AddressFamily, Netlink, NetlinkError, RouteEntry, RouteProtocol, RouteScope, RouteSpec,
 };
@@ -31,14 +30,14 @@ pub enum RouteError {
 /// The kernel routing table as the mesh uses it (a trait so the runner can be tested with a fake).
 pub trait RouteTable: Send {
     /// The agent's routes through `dev`.
-    fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError>;
+    fn list(&mut self, dev: &str) -> Result<BTreeSet<IpNet>, RouteError>;
     /// Everything in the routing tables (every table) except the agent's own routes through `dev`.
     fn host_view(&mut self, dev: &str) -> Result<HostView, RouteError>;
     /// Creates the route `cidr dev <dev>`; an existing route for it that is not the agent's is
     /// [`RouteError::NotOurs`] (never replaced), one that is the agent's is fine.
-    fn add(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError>;
+    fn add(&mut self, dev: &str, cidr: IpNet) -> Result<(), RouteError>;
     /// Deletes it; a route already gone is not an error.
-    fn del(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError>;
+    fn del(&mut self, dev: &str, cidr: IpNet) -> Result<(), RouteError>;
 }
 
 const RTN_UNICAST: u8 = 1;
@@ -50,15 +49,6 @@ const RT_TABLE_MAIN: u32 = kitfleet_netlink::route::RT_TABLE_MAIN;
 #[derive(Debug)]
 pub struct NetlinkRoutes {
     nl: Netlink,
-}
-
-fn to_cidr(n: IpNet) -> Option<Cidr> {
-    Cidr::new(n.addr(), n.prefix_len())
-}
-
-fn to_net(c: Cidr) -> IpNet {
-    // A Cidr's prefix always fits its family.
-    IpNet::new(c.addr(), c.prefix()).unwrap_or_default()
 }
 
 fn ours(e: &RouteEntry, oif: u32) -> bool {
@@ -82,12 +72,8 @@ fn describe(e: &RouteEntry, names: &BTreeMap<u32, String>) -> String {
     s.trim_start().to_string()
 }
 
-/// The route the agent makes for `cidr` out of `oif`.
-fn spec(cidr: Cidr, oif: u32) -> RouteSpec {
-    spec_for(to_net(cidr), oif)
-}
-
-fn spec_for(dst: IpNet, oif: u32) -> RouteSpec {
+/// The route the agent makes for `dst` out of `oif`.
+fn spec(dst: IpNet, oif: u32) -> RouteSpec {
     RouteSpec {
         dst,
         gw: None,
@@ -119,7 +105,7 @@ impl NetlinkRoutes {
     /// Deletes every route carrying the agent's protocol tag ([`RTPROT_KITFLEET`]) in the main table, whatever its
     /// interface (what `kitfleet-node-agent cleanup` leaves no trace of); returns what it deleted. Routes of any
     /// other protocol are never touched.
-    pub fn purge_ours(&mut self) -> Result<Vec<Cidr>, RouteError> {
+    pub fn purge_ours(&mut self) -> Result<Vec<IpNet>, RouteError> {
         let ours = (self.dump()?.into_iter())
             .filter(|e| e.protocol == RTPROT_KITFLEET && e.table == RT_TABLE_MAIN);
         let mut deleted = Vec::new();
@@ -127,10 +113,10 @@ impl NetlinkRoutes {
             let s = RouteSpec {
                 dst: e.dst,
                 oif: e.oif,
-                ..spec_for(e.dst, 0)
+                ..spec(e.dst, 0)
             };
             if self.nl.delete_route_spec(&s)? {
-                deleted.extend(to_cidr(e.dst));
+                deleted.push(e.dst.trunc());
             }
         }
         Ok(deleted)
@@ -138,11 +124,11 @@ impl NetlinkRoutes {
 }
 
 impl RouteTable for NetlinkRoutes {
-    fn list(&mut self, dev: &str) -> Result<BTreeSet<Cidr>, RouteError> {
+    fn list(&mut self, dev: &str) -> Result<BTreeSet<IpNet>, RouteError> {
         let oif = self.ifindex(dev)?;
         Ok((self.dump()?.into_iter())
             .filter(|e| ours(e, oif))
-            .filter_map(|e| to_cidr(e.dst))
+            .map(|e| e.dst.trunc())
             .collect())
     }
 
@@ -153,18 +139,16 @@ impl RouteTable for NetlinkRoutes {
             .collect();
         let foreign = (self.dump()?.iter())
             .filter(|e| oif.is_none_or(|o| !ours(e, o)))
-            .filter_map(|e| {
-                Some(ForeignRoute {
-                    dst: to_cidr(e.dst)?,
-                    what: describe(e, &names),
-                    local: e.kind == RTN_LOCAL,
-                })
+            .map(|e| ForeignRoute {
+                dst: e.dst.trunc(),
+                what: describe(e, &names),
+                local: e.kind == RTN_LOCAL,
             })
             .collect();
         Ok(HostView { foreign })
     }
 
-    fn add(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {
+    fn add(&mut self, dev: &str, cidr: IpNet) -> Result<(), RouteError> {
         let oif = self.ifindex(dev)?;
         match self.nl.add_route_spec(&spec(cidr, oif)) {
             Ok(()) => Ok(()),
@@ -181,7 +165,7 @@ impl RouteTable for NetlinkRoutes {
         }
     }
 
-    fn del(&mut self, dev: &str, cidr: Cidr) -> Result<(), RouteError> {
+    fn del(&mut self, dev: &str, cidr: IpNet) -> Result<(), RouteError> {
         let oif = match self.ifindex(dev) {
             Ok(i) => i,
             Err(RouteError::NoInterface { .. }) => return Ok(()),

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use kitfleet_cni_wg::state::NodeState;
-use kitfleet_dataplane::{self as dataplane, Cidr, Config, DataPlane, PrivateKey};
+use kitfleet_dataplane::{self as dataplane, Config, DataPlane, PrivateKey};
 
 use super::MeshError;
 use super::diff::{self, Actual, Skip};
@@ -34,7 +35,7 @@ pub struct MeshConfig {
     pub underlay_mtu: Option<u32>,
     /// The cluster's pod CIDRs (required): only podCIDRs inside them are routed; the state file
     /// lists them (not masqueraded).
-    pub cluster_cidrs: Vec<Cidr>,
+    pub cluster_cidrs: Vec<IpNet>,
     pub keepalive: Option<u16>,
     /// How often the key file, own annotations and health are re-checked.
     pub resync: Duration,
@@ -364,7 +365,7 @@ impl<S: NodeSource, R: RouteTable> Mesh<S, R> {
     }
 
     fn write_state(&self, healthy: bool) -> Result<(), MeshError> {
-        let v4 = |c: &&Cidr| matches!(c.addr(), IpAddr::V4(_));
+        let v4 = |c: &&IpNet| matches!(c, IpNet::V4(_));
         let own: Vec<String> = self
             .nodes
             .iter()

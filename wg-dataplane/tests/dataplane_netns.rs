@@ -6,7 +6,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use kitfleet_dataplane::{Config, DataPlane, PeerConfig, PrivateKey};
-use kitfleet_node_agent::testbed::{ip, ns_output, privileged, with_netns};
+use kitfleet_testbed::netns::{ip, ns_output, require_privileges, with_netns};
 
 struct Ns(String);
 
@@ -78,13 +78,7 @@ fn delivered(tx: &UdpSocket, rx: &UdpSocket, dst: &str, msg: &[u8]) -> bool {
 
 #[test]
 fn live_peer_changes_counters_and_tun_reattach() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("live_peer_changes_counters_and_tun_reattach") {
         return;
     }
     let id = std::process::id() % 10000;
@@ -282,16 +276,10 @@ fn cookie_replies(s: &UdpSocket) -> usize {
 /// the node is under load, and bad-mac1 ones are dropped before any Diffie-Hellman.
 #[test]
 fn forged_handshakes_neither_move_endpoints_nor_buy_handshakes() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("forged_handshakes_neither_move_endpoints_nor_buy_handshakes") {
         return;
     }
-    use kitfleet_node_agent::forge::Forger;
+    use kitfleet_testbed::forge::Forger;
     let id = std::process::id() % 10000;
     let (a, b) = (netns(&format!("dfa{id}")), netns(&format!("dfb{id}")));
     ip(&[
@@ -452,16 +440,10 @@ fn forged_handshakes_neither_move_endpoints_nor_buy_handshakes() {
 /// back within its cookie round trip plus one retry (WireGuard's 5 s REKEY_TIMEOUT).
 #[test]
 fn a_cookie_answering_flood_does_not_starve_the_real_peer() {
-    if !privileged() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "needs root, TUN and netns (CI=true: failing)"
-        );
-        eprintln!("skipping: needs root, TUN and network namespaces");
+    if !require_privileges("a_cookie_answering_flood_does_not_starve_the_real_peer") {
         return;
     }
-    use kitfleet_node_agent::forge::Forger;
+    use kitfleet_testbed::forge::Forger;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;

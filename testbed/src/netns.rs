@@ -1,5 +1,5 @@
-//! A throwaway multi-node topology in network namespaces, for the mesh's namespace tests and the
-//! benchmark: an underlay netns with a bridge, N "node" netns each joined to it by a veth, and per
+//! Throwaway network namespaces: one [`Netns`], or a multi-node [`Testbed`] for the mesh's namespace
+//! tests and the benchmark: an underlay netns with a bridge, N "node" netns each joined to it by a veth, and per
 //! node M "pod" netns wired Calico-style (pod /32, default route via 169.254.1.1, which the host
 //! veth owns; host /32 route). Everything is deleted on drop. Needs root (CAP_NET_ADMIN, /dev/net/tun).
 
@@ -88,6 +88,55 @@ pub fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     root && Path::new("/dev/net/tun").exists() && Path::new("/proc/self/ns/net").exists()
+}
+
+/// The privileged tests' gate: true when [`privileged`]; otherwise, under `CI=true`, a panic naming
+/// `what` (a privileged test fails there instead of skipping), else a "skipping" message and false.
+pub fn require_privileges(what: &str) -> bool {
+    if privileged() {
+        return true;
+    }
+    let msg = format!("{what}: needs root, /dev/net/tun and network namespaces");
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "{msg} (CI=true: failing, not skipping)"
+    );
+    eprintln!("skipping: {msg}");
+    false
+}
+
+/// A named network namespace with `lo` up, created fresh (a leftover of the same name is deleted
+/// first) and deleted on drop.
+#[derive(Debug)]
+pub struct Netns(String);
+
+impl Netns {
+    /// Creates namespace `name` (keep it short and unique per test, e.g. with the process id).
+    pub fn new(name: &str) -> Result<Self> {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        ip(&["netns", "add", name])?;
+        let ns = Netns(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Its name (as `ip netns` knows it).
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns` (so std sockets live there).

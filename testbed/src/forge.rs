@@ -1,5 +1,5 @@
 //! Forged WireGuard handshake initiations, for the namespace tests and the flood benchmark (test
-//! scaffolding, like [`crate::testbed`]). Built from the WireGuard paper's message-1 formulas (§5.4.2):
+//! scaffolding, like [`crate::netns`]). Built from the WireGuard paper's message-1 formulas (§5.4.2):
 //! anyone who knows a node's public key (it is published on its Node) can make an initiation whose
 //! mac1 is valid and whose encrypted static key names any peer; only the timestamp needs the claimed
 //! peer's private key, so a forged one carries random bytes there.
@@ -45,14 +45,7 @@ fn kdf2(key: &[u8], input: &[u8]) -> ([u8; 32], [u8; 32]) {
 
 fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
-    let mut filled = 0;
-    while filled < N {
-        // SAFETY: writes at most `N - filled` bytes into the live array.
-        let n = unsafe { libc::getrandom(b[filled..].as_mut_ptr().cast(), N - filled, 0) };
-        if n > 0 {
-            filled += n as usize;
-        }
-    }
+    getrandom::fill(&mut b).expect("getrandom(2)");
     b
 }
 

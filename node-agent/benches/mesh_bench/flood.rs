@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use kitfleet_dataplane::PublicKey;
-use kitfleet_node_agent::forge::{Forger, INITIATION_LEN};
 use kitfleet_node_agent::mesh::nodes::ANNOTATION_PUBLIC_KEY;
 use kitfleet_node_agent::mesh::source::parse_manifest;
-use kitfleet_node_agent::testbed::{Proc, Testbed, ip, with_netns};
+use kitfleet_testbed::forge::{Forger, INITIATION_LEN};
+use kitfleet_testbed::netns::{Proc, Testbed, ip, with_netns};
 
 /// What the attacker sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

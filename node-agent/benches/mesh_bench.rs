@@ -1,7 +1,10 @@
 //! `kitfleet-mesh-bench`: pod-to-pod TCP throughput (iperf3) and ping latency across two namespace
 //! "nodes", side by side for: plain routing (no encryption), the Kitfleet data plane (the
-//! `kitfleet-node-agent mesh` binary next to this one), and Debian's wireguard-go configured with `wg`.
+//! `kitfleet-node-agent mesh` binary of the same build), and Debian's wireguard-go configured with `wg`.
 //! Prints a table. Needs root, iperf3, ping, wireguard-go and wg.
+//!
+//! A benchmark target (it links the test scaffolding, `kitfleet-testbed`, which no shipped binary does):
+//! `cargo bench -p kitfleet-node-agent --bench mesh_bench -- --seconds 10 --rounds 2`.
 //!
 //! `--flood`: the Kitfleet data plane alone, with and without forged handshake initiations sent to
 //! the receiving node (see `mesh_bench/flood.rs`). Needs root and iperf3.
@@ -16,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use kitfleet_dataplane::PrivateKey;
-use kitfleet_node_agent::testbed::{NodeNs, Proc, Testbed, in_ns, ip, ns_output, privileged};
+use kitfleet_testbed::netns::{NodeNs, Proc, Testbed, in_ns, ip, ns_output, privileged};
 
 #[derive(Debug, Parser)]
 #[command(name = "kitfleet-mesh-bench")]
@@ -30,9 +33,12 @@ struct Args {
     /// Pings per data plane and round.
     #[arg(long, default_value_t = 200)]
     pings: u32,
-    /// The agent binary (default: kitfleet-node-agent next to this binary).
+    /// The agent binary (default: the kitfleet-node-agent of this build).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Passed by `cargo bench` to every benchmark target; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
     /// Only these data planes (plain, kitfleet, wireguard-go); default all.
     #[arg(long = "only")]
     only: Vec<String>,
@@ -565,7 +571,7 @@ fn bench(args: Args) -> Result<()> {
     }
     let agent = match &args.agent {
         Some(a) => a.clone(),
-        None => std::env::current_exe()?.with_file_name("kitfleet-node-agent"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_kitfleet-node-agent")),
     };
     if !agent.exists() {
         bail!(

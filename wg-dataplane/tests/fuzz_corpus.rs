@@ -1,0 +1,16 @@
+//! The checked-in fuzz corpus of this crate's targets (`fuzz/corpus/<target>/`), replayed on stable through the
+//! very checks the fuzz targets run (`fuzz/src/dataplane.rs`), so CI keeps every corpus file (and every past finding in
+//! it) passing without nightly. Fuzzing itself: `bash scripts/fuzz.sh`.
+
+#[path = "../../fuzz/src/dataplane.rs"]
+mod checks;
+#[path = "../../fuzz/src/replay.rs"]
+mod replay;
+
+#[test]
+fn fuzz_corpus_replays() {
+    for (target, check) in checks::TARGETS {
+        let n = replay::replay(env!("CARGO_MANIFEST_DIR"), target, *check);
+        eprintln!("{target}: {n} corpus files pass");
+    }
+}
