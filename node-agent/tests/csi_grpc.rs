@@ -442,11 +442,36 @@ async fn publish_mounts_read_only_and_unpublish_cleans_up() {
         .await
         .unwrap();
 
+    // The launcher refuses after all (a second report replaces the first); the kubelet unpublishes the volume of
+    // the terminated pod before the next sandbox report: the refusal is kept for the report.
+    let mut s = std::os::unix::net::UnixStream::connect(target.join("outcome.sock")).unwrap();
+    s.write_all(b"{\"event\":\"refused\",\"reason\":\"minAbi 99\"}\n")
+        .unwrap();
+    drop(s);
+    for _ in 0..200 {
+        if bed
+            .driver
+            .outcomes()
+            .get("csi-a")
+            .map(|o| o.report["event"].clone())
+            == Some("refused".into())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(bed.driver.ended_refusals().is_empty());
     bed.node
         .node_unpublish_volume(unpublish_req("csi-a", &target))
         .await
         .unwrap();
     nothing_left(&bed, "csi-a", &target, "unpublish a");
+    let ended = bed.driver.ended_refusals();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(
+        (ended[0].pod.as_str(), ended[0].report["reason"].as_str()),
+        ("shop/web-0", Some("minAbi 99"))
+    );
     assert!(!target.exists(), "target dir removed");
     assert!(
         bed.profiles().path(&hash).exists(),

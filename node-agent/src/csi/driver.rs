@@ -130,6 +130,23 @@ pub struct PublishFailure {
 /// At most this many publish failures are kept (newest last; one per pod).
 pub const MAX_PUBLISH_FAILURES: usize = 16;
 
+/// A launch refusal whose volume is gone (the kubelet unpublishes a terminated pod's volumes, often before the next
+/// report): kept for the node's sandbox report like publish failures, so no refusal goes unreported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedRefusal {
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// Pod uid.
+    pub pod_uid: String,
+    /// Names of the set's policies, sorted.
+    pub policies: Vec<String>,
+    /// The launcher's outcome report (its JSON object).
+    pub report: serde_json::Value,
+}
+
+/// At most this many ended refusals are kept (newest last; one per pod).
+pub const MAX_ENDED_REFUSALS: usize = 16;
+
 /// The last outcome report a launcher sent for a volume.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -152,6 +169,7 @@ pub struct Driver<S> {
     outcomes: Arc<Mutex<BTreeMap<String, Outcome>>>,
     failures: Mutex<std::collections::VecDeque<PublishFailure>>,
     failed_total: std::sync::atomic::AtomicU32,
+    ended: Mutex<std::collections::VecDeque<EndedRefusal>>,
 }
 
 /// The short key of a volume id.
@@ -171,6 +189,7 @@ impl<S: PolicySource> Driver<S> {
             outcomes: Arc::new(Mutex::new(BTreeMap::new())),
             failures: Mutex::new(Default::default()),
             failed_total: Default::default(),
+            ended: Mutex::new(Default::default()),
         }
     }
 
@@ -204,6 +223,11 @@ impl<S: PolicySource> Driver<S> {
         }
         self.failed_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Launch refusals of volumes that are gone (newest last, one per pod).
+    pub fn ended_refusals(&self) -> Vec<EndedRefusal> {
+        self.ended.lock().expect("lock").iter().cloned().collect()
     }
 
     /// The settings.
@@ -565,7 +589,20 @@ impl<S: PolicySource> Driver<S> {
             }
             _ => {}
         }
-        self.outcomes.lock().expect("lock").remove(&r.volume_id);
+        let outcome = self.outcomes.lock().expect("lock").remove(&r.volume_id);
+        if let Some(o) = outcome.filter(|o| super::report::is_refusal(&o.report)) {
+            let mut ended = self.ended.lock().expect("lock");
+            ended.retain(|e| e.pod_uid != r.pod_uid);
+            ended.push_back(EndedRefusal {
+                pod: r.pod.clone(),
+                pod_uid: r.pod_uid.clone(),
+                policies: r.policies.clone(),
+                report: o.report,
+            });
+            while ended.len() > MAX_ENDED_REFUSALS {
+                ended.pop_front();
+            }
+        }
         if !keep_profile && !self.records()?.iter().any(|o| o.set_hash == r.set_hash) {
             self.cfg.profiles.remove(&r.set_hash)?;
         }

@@ -3,7 +3,7 @@
 //! the Node annotation `agent.kitfleet.dev/sandbox-report` whenever it changes ([`run`]). README.md ("Sandbox
 //! report") has the schema; the operator aggregates the reports of every node into SecurityPolicy status.
 
-use crate::csi::driver::{Driver, Outcome, PublishFailure, Record};
+use crate::csi::driver::{Driver, EndedRefusal, Outcome, PublishFailure, Record};
 use crate::csi::source::PolicySource;
 use k8s_openapi::api::core::v1::Node;
 use kitfleet_api::constants::ANNOTATION_SANDBOX_REPORT;
@@ -56,6 +56,11 @@ struct Parsed {
     dropped: Vec<String>,
 }
 
+/// Whether a launcher's outcome report says it refused the pod (or failed to start it).
+pub fn is_refusal(report: &serde_json::Value) -> bool {
+    parse_outcome(report).refused.is_some()
+}
+
 fn parse_outcome(report: &serde_json::Value) -> Parsed {
     let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
     let mut p = Parsed::default();
@@ -101,12 +106,13 @@ fn namespace_of(pod: &str) -> &str {
 }
 
 /// The report for the given state. Pure: sets sorted by (namespace, set hash), refusals newest last (launch
-/// refusals of current volumes first, by pod, then publish failures in the order they happened), every list
-/// bounded as [`NodeSandboxReport`] says.
+/// refusals of current volumes first, by pod, then those of volumes already unpublished, then publish failures, each
+/// in the order they happened), every list bounded as [`NodeSandboxReport`] says.
 pub fn build(
     landlock_abi: u32,
     records: &[Record],
     outcomes: &BTreeMap<String, Outcome>,
+    ended: &[EndedRefusal],
     failures: &[PublishFailure],
     publish_failed_total: u32,
 ) -> NodeSandboxReport {
@@ -153,6 +159,22 @@ pub fn build(
                 pod: rec.pod.clone(),
                 pod_uid: rec.pod_uid.clone(),
                 policies: rec.policies.clone(),
+                stage: "launch".into(),
+                reason: text(&reason),
+            });
+        }
+    }
+    let current: std::collections::BTreeSet<&str> =
+        records.iter().map(|r| r.pod_uid.as_str()).collect();
+    for e in ended
+        .iter()
+        .filter(|e| !current.contains(e.pod_uid.as_str()))
+    {
+        if let Some(reason) = parse_outcome(&e.report).refused {
+            refusals.push(PodRefusal {
+                pod: e.pod.clone(),
+                pod_uid: e.pod_uid.clone(),
+                policies: e.policies.clone(),
                 stage: "launch".into(),
                 reason: text(&reason),
             });
@@ -251,7 +273,15 @@ pub async fn run<S: PolicySource>(
             }
         };
         let (failures, total) = driver.publish_failures();
-        let value = encode(&build(abi, &records, &driver.outcomes(), &failures, total));
+        let ended = driver.ended_refusals();
+        let value = encode(&build(
+            abi,
+            &records,
+            &driver.outcomes(),
+            &ended,
+            &failures,
+            total,
+        ));
         if last.as_deref() == Some(value.as_str()) {
             continue;
         }

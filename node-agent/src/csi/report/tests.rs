@@ -60,7 +60,7 @@ fn counts_enforced_refused_dropped_and_not_applied_per_set() {
         policies: vec!["web".into()],
         reason: "the SecurityPolicy set changed since admission".into(),
     }];
-    let r = build(7, &records, &outcomes, &failures, 3);
+    let r = build(7, &records, &outcomes, &[], &failures, 3);
     assert_eq!(r.landlock_abi, 7);
     assert_eq!(
         (
@@ -106,7 +106,7 @@ fn counts_enforced_refused_dropped_and_not_applied_per_set() {
 
 #[test]
 fn an_empty_node_reports_its_abi_only() {
-    let r = build(5, &[], &BTreeMap::new(), &[], 0);
+    let r = build(5, &[], &BTreeMap::new(), &[], &[], 0);
     assert_eq!(
         encode(&r),
         r#"{"landlockAbi":5,"counts":{"volumes":0,"enforced":0,"refused":0,"droppedRules":0,"publishFailed":0}}"#
@@ -136,7 +136,7 @@ fn the_report_stays_bounded() {
             out("x", json!({"event": "refused", "reason": long, "landlock": [{"policy": "p", "applied": true, "rules": rules}]})),
         );
     }
-    let r = build(7, &records, &outcomes, &[], 0);
+    let r = build(7, &records, &outcomes, &[], &[], 0);
     assert_eq!(r.sets.len(), NodeSandboxReport::MAX_SETS);
     assert_eq!(r.sets_omitted, 500 - NodeSandboxReport::MAX_SETS as u32);
     assert_eq!(r.refusals.len(), NodeSandboxReport::MAX_REFUSALS);
@@ -171,4 +171,72 @@ fn clipping_keeps_utf8_boundaries() {
     let s = "é".repeat(300);
     let c = clip(&s, 256);
     assert!(c.len() <= 256 && c.ends_with("..."));
+}
+
+/// The kubelet unpublishes a terminated pod's volume, often before the next report: the refusal stays in the report
+/// (after the current volumes' refusals, before publish failures), and only once per pod.
+#[test]
+fn a_refusal_outlives_its_volume() {
+    let ended = vec![
+        EndedRefusal {
+            pod: "shop/gone".into(),
+            pod_uid: "uid-gone".into(),
+            policies: vec!["strict".into()],
+            report: json!({"event": "refused", "reason": "policy shop/strict: spec.landlock.minAbi is 99 but this kernel offers Landlock ABI 7"}),
+        },
+        // A pod whose volume is published again (same uid) is reported from its current volume only.
+        EndedRefusal {
+            pod: "shop/b".into(),
+            pod_uid: "uid-v2".into(),
+            policies: vec!["web".into()],
+            report: json!({"event": "refused", "reason": "older refusal"}),
+        },
+        // Only refusals are kept, but an enforced report is ignored even if one slips in.
+        EndedRefusal {
+            pod: "shop/ok".into(),
+            pod_uid: "uid-ok".into(),
+            policies: vec!["web".into()],
+            report: json!({"event": "enforced"}),
+        },
+    ];
+    let records = vec![rec("v2", "shop/b", "h1", &["web"])];
+    let mut outcomes = BTreeMap::new();
+    outcomes.insert(
+        "v2".into(),
+        out(
+            "shop/b",
+            json!({"event": "refused", "reason": "current refusal"}),
+        ),
+    );
+    let failures = vec![PublishFailure {
+        pod: "shop/e".into(),
+        pod_uid: "uid-e".into(),
+        policies: vec!["web".into()],
+        reason: "the SecurityPolicy set changed since admission".into(),
+    }];
+    let r = build(7, &records, &outcomes, &ended, &failures, 1);
+    let got: Vec<(&str, &str, &str)> = r
+        .refusals
+        .iter()
+        .map(|f| (f.pod.as_str(), f.stage.as_str(), f.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("shop/b", "launch", "current refusal"),
+            (
+                "shop/gone",
+                "launch",
+                "policy shop/strict: spec.landlock.minAbi is 99 but this kernel offers Landlock ABI 7"
+            ),
+            (
+                "shop/e",
+                "publish",
+                "the SecurityPolicy set changed since admission"
+            ),
+        ]
+    );
+    assert_eq!(r.refusals[1].policies, ["strict"]);
+    assert_eq!(r.counts.refused, 1, "counts are of current volumes");
+    assert!(is_refusal(&ended[0].report) && !is_refusal(&ended[2].report));
 }
