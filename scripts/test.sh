@@ -57,6 +57,11 @@ else
     done
     [ -e e2e/tests/kind_lifecycle.rs ] && suites+=(kind_lifecycle)
     for n in "${suites[@]}"; do
+      if [ "$n" = kind_lifecycle ]; then
+        # Memory of the Kitfleet processes that served every suite so far (the lifecycle suite reinstalls them).
+        stamp "RSS after the kind suites (scripts/kind/rss.sh)"
+        bash scripts/kind/rss.sh || true
+      fi
       stamp "kind suite: $n"
       KITFLEET_KIND=1 KUBECONFIG="$kubeconfig" cargo test -p kitfleet-e2e --test "$n" -- --test-threads=1 2>&1 \
         | tee -a "$out" || status=1
