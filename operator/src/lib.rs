@@ -13,6 +13,7 @@ pub mod rbac;
 pub mod rollout;
 pub mod run;
 pub mod server;
+pub mod wake;
 pub mod webhook;
 
 /// Server-side apply field manager (and Lease field manager) of the operator.

@@ -14,7 +14,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, NodeStatus};
 use kitfleet_api::NodeImage;
 use kitfleet_api::constants::CONDITION_KITFLEET_HARDENED;
@@ -24,6 +23,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
+
+use crate::wake;
 use tracing::{debug, info, warn};
 
 use summary::NodeView;
@@ -109,51 +110,26 @@ pub async fn run(client: Client, settings: HardeningSettings, shutdown: impl Fut
         .default_backoff()
         .modify(trim_node);
     let tasks = [
-        tokio::spawn(notify_each(
+        tokio::spawn(wake::notify_each(
             reflector::reflector(iw, image_stream),
             changed.clone(),
             "NodeImage",
         )),
-        tokio::spawn(notify_each(
+        tokio::spawn(wake::notify_each(
             reflector::reflector(nw, node_stream),
             changed.clone(),
             "Node",
         )),
     ];
     info!("starting the NodeImage KSPP status controller");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = changed.notified() => {}
-            () = tokio::time::sleep(settings.resync) => {}
-            () = &mut shutdown => break,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(settings.debounce) => {}
-            () = &mut shutdown => break,
-        }
+    let (debounce, resync) = (settings.debounce, settings.resync);
+    let mut passes = wake::Passes::new(changed, debounce, resync, shutdown);
+    while passes.next().await {
         pass(&client, &images, &nodes).await;
     }
     for t in tasks {
         t.abort();
     }
-}
-
-/// Drives a reflector's stream, waking the pass on every event.
-async fn notify_each<T>(
-    stream: impl futures::Stream<Item = Result<T, watcher::Error>>,
-    changed: Arc<Notify>,
-    what: &'static str,
-) {
-    stream
-        .for_each(|r| {
-            match r {
-                Ok(_) => changed.notify_one(),
-                Err(e) => warn!(error = %e, "{what} watch"),
-            }
-            std::future::ready(())
-        })
-        .await;
 }
 
 /// One recompute of every NodeImage; writes only the summaries that changed.

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -24,6 +23,8 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::Notify;
+
+use crate::wake;
 use tracing::{debug, info, warn};
 
 use status::{NodeView, PodView};
@@ -93,17 +94,9 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    reflector::reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .for_each(move |r| {
-            let changed = changed.clone();
-            async move {
-                match r {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => warn!(error = %e, "{what} watch"),
-                }
-            }
-        })
+    let stream =
+        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    wake::notify_each(stream, changed, what)
 }
 
 /// Runs the controller until `shutdown` completes.
@@ -150,17 +143,9 @@ pub async fn run(
         emitted: HashSet::new(),
     };
     info!("starting the SecurityPolicy status controller");
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = changed.notified() => {}
-            () = tokio::time::sleep(settings.resync) => {}
-            () = &mut shutdown => break,
-        }
-        tokio::select! {
-            () = tokio::time::sleep(settings.debounce) => {}
-            () = &mut shutdown => break,
-        }
+    let (debounce, resync) = (settings.debounce, settings.resync);
+    let mut passes = wake::Passes::new(changed, debounce, resync, shutdown);
+    while passes.next().await {
         ctl.pass(&policies, &pods, &nodes).await;
     }
     for t in tasks {
