@@ -23,10 +23,9 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::Notify;
-
-use crate::wake;
 use tracing::{debug, info, warn};
 
+use crate::wake;
 use summary::NodeView;
 
 /// The field manager of `status.hardening` (and of nothing else).
