@@ -37,3 +37,14 @@ pub fn replay(manifest_dir: &str, target: &str, check: fn(&[u8])) -> usize {
     );
     files.len()
 }
+
+/// A fuzz target: its name and its check (as each `fuzz/src/<crate>.rs` lists them in `TARGETS`).
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Replays every target of `targets` (an owning crate's `TARGETS`), printing how many corpus files each passed.
+pub fn replay_all(manifest_dir: &str, targets: &[Target]) {
+    for (target, check) in targets {
+        let n = replay(manifest_dir, target, *check);
+        eprintln!("{target}: {n} corpus files pass");
+    }
+}

@@ -19,24 +19,10 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
-use common::NS;
+use common::{NS, eventually};
 
 const POOL: &str = "hd-workers";
 const SOURCE: &str = kitfleet_api::kspp::SOURCE_VERSION;
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 async fn put_node(nodes: &Api<Node>, name: &str, pool: &str) {
     let n = json!({"apiVersion": "v1", "kind": "Node",

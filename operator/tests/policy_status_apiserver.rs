@@ -21,23 +21,9 @@ use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::sync::watch;
 
-use common::NS;
+use common::{NS, eventually};
 
 const SHOP: &str = "ps-shop";
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
 
 fn policy(name: &str, spec: serde_json::Value) -> SecurityPolicy {
     serde_json::from_value(json!({

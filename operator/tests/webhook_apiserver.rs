@@ -22,7 +22,7 @@ use kube::api::PostParams;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use common::NS;
+use common::{NS, eventually};
 
 const SHOP: &str = "wh-shop";
 const PLAIN: &str = "wh-plain";
@@ -47,20 +47,6 @@ fn chart_webhooks(port: u16) -> Vec<Value> {
     }
     assert_eq!(out.len(), 2, "the chart has both configurations");
     out
-}
-
-async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    for _ in 0..300 {
-        if let Some(v) = f().await {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 fn pod(name: &str, ns: &str) -> Pod {

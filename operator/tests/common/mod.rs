@@ -69,3 +69,18 @@ pub fn manifest(name: &str, reg: &str, extra: &str) -> kitfleet_api::NodeImage {
     ))
     .unwrap()
 }
+
+/// Polls `f` every 100 ms until it yields a value; panics naming `what` after 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
